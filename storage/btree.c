@@ -1,0 +1,278 @@
+/* B+tree over byte-string keys: leaves are linked for ordered scans. Single-threaded. */
+#include "btree.h"
+
+#include "common.h"
+
+#include <string.h>
+
+struct bnode {
+    int leaf;
+    int n; /* items (leaf) or keys (internal; children = n + 1) */
+    struct bnode *next; /* leaves only */
+    struct entry *items[BTREE_ORDER]; /* leaf: items; internal: separator items (key of child i+1's min) */
+    struct bnode *kids[];     /* internal only: BTREE_ORDER + 1 */
+};
+
+int bkey_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
+{
+    size_t n = alen < blen ? alen : blen;
+    int c = n ? memcmp(a, b, n) : 0;
+    if (c)
+        return c;
+    return alen < blen ? -1 : alen > blen;
+}
+
+static struct bnode *node_new(int leaf)
+{
+    size_t sz = sizeof(struct bnode) + (leaf ? 0 : (BTREE_ORDER + 1) * sizeof(struct bnode *));
+    struct bnode *n = sm_calloc(1, sz);
+    if (n)
+        n->leaf = leaf;
+    return n;
+}
+
+static struct bnode *take(struct bnode **pool)
+{
+    struct bnode *n = *pool;
+    *pool = n->next;
+    n->next = NULL;
+    return n;
+}
+
+void btree_init(struct btree *t)
+{
+    t->spare_leaf = NULL;
+    t->spare_inner = NULL;
+    t->root = NULL;
+    t->count = 0;
+    t->height = 0;
+}
+
+static void free_node(struct bnode *n, void (*free_item)(struct entry *))
+{
+    if (n->leaf) {
+        if (free_item)
+            for (int i = 0; i < n->n; i++)
+                free_item(n->items[i]);
+    } else {
+        for (int i = 0; i <= n->n; i++)
+            free_node(n->kids[i], free_item);
+    }
+    sm_free(n);
+}
+
+void btree_close(struct btree *t, void (*free_item)(struct entry *))
+{
+    if (t->root)
+        free_node(t->root, free_item);
+    sm_free(t->spare_leaf);
+    while (t->spare_inner)
+        sm_free(take(&t->spare_inner));
+    btree_init(t);
+}
+
+static inline int cmp_item(const struct entry *item, const uint8_t *key, size_t klen)
+{
+    return bkey_cmp(item->key, item->klen, key, klen);
+}
+
+/* First index i in [0, n) with items[i] >= key (leaf) — or n. */
+static int lower_bound(const struct bnode *n, const uint8_t *key, size_t klen)
+{
+    int lo = 0, hi = n->n;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (cmp_item(n->items[mid], key, klen) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Child to descend into for key: number of separators <= key. */
+static int child_index(const struct bnode *n, const uint8_t *key, size_t klen)
+{
+    int lo = 0, hi = n->n;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (cmp_item(n->items[mid], key, klen) <= 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+struct entry *btree_get(const struct btree *t, const uint8_t *key, size_t klen)
+{
+    struct bnode *n = t->root;
+    if (n == NULL)
+        return NULL;
+    while (!n->leaf)
+        n = n->kids[child_index(n, key, klen)];
+    int i = lower_bound(n, key, klen);
+    if (i < n->n && cmp_item(n->items[i], key, klen) == 0)
+        return n->items[i];
+    return NULL;
+}
+
+/* Insert into subtree; on split returns the new right sibling and its separator item. */
+static int insert_rec(struct btree *t, struct bnode *n, struct entry *item, const struct entry *k,
+                      struct bnode **split, struct entry **sep)
+{
+    *split = NULL;
+    if (n->leaf) {
+        int i = lower_bound(n, k->key, k->klen);
+        if (n->n < BTREE_ORDER) {
+            memmove(&n->items[i + 1], &n->items[i], (size_t)(n->n - i) * sizeof(void *));
+            n->items[i] = item;
+            n->n++;
+            return 0;
+        }
+        struct bnode *r = take(&t->spare_leaf);
+        struct entry *tmp[BTREE_ORDER + 1];
+        memcpy(tmp, n->items, (size_t)i * sizeof(void *));
+        tmp[i] = item;
+        memcpy(tmp + i + 1, n->items + i, (size_t)(BTREE_ORDER - i) * sizeof(void *));
+        /* Appends (sequential keys) leave the left leaf full; otherwise split evenly. */
+        int left = (i == BTREE_ORDER) ? BTREE_ORDER : (BTREE_ORDER + 1) / 2;
+        n->n = left;
+        memcpy(n->items, tmp, (size_t)left * sizeof(void *));
+        r->n = BTREE_ORDER + 1 - left;
+        memcpy(r->items, tmp + left, (size_t)r->n * sizeof(void *));
+        r->next = n->next;
+        n->next = r;
+        *split = r;
+        *sep = r->items[0];
+        return 0;
+    }
+    int c = child_index(n, k->key, k->klen);
+    struct bnode *cs;
+    struct entry *csep;
+    int rc = insert_rec(t, n->kids[c], item, k, &cs, &csep);
+    if (rc || cs == NULL)
+        return rc;
+    if (n->n < BTREE_ORDER) {
+        memmove(&n->items[c + 1], &n->items[c], (size_t)(n->n - c) * sizeof(void *));
+        memmove(&n->kids[c + 2], &n->kids[c + 1], (size_t)(n->n - c) * sizeof(void *));
+        n->items[c] = csep;
+        n->kids[c + 1] = cs;
+        n->n++;
+        return 0;
+    }
+    struct bnode *r = take(&t->spare_inner);
+    struct entry *ti[BTREE_ORDER + 1];
+    struct bnode *tk[BTREE_ORDER + 2];
+    memcpy(ti, n->items, (size_t)c * sizeof(void *));
+    ti[c] = csep;
+    memcpy(ti + c + 1, n->items + c, (size_t)(BTREE_ORDER - c) * sizeof(void *));
+    memcpy(tk, n->kids, (size_t)(c + 1) * sizeof(void *));
+    tk[c + 1] = cs;
+    memcpy(tk + c + 2, n->kids + c + 1, (size_t)(BTREE_ORDER - c) * sizeof(void *));
+    int left = (c == BTREE_ORDER) ? BTREE_ORDER - 1 : BTREE_ORDER / 2;
+    n->n = left;
+    memcpy(n->items, ti, (size_t)left * sizeof(void *));
+    memcpy(n->kids, tk, (size_t)(left + 1) * sizeof(void *));
+    *sep = ti[left];
+    r->n = BTREE_ORDER - left;
+    memcpy(r->items, ti + left + 1, (size_t)r->n * sizeof(void *));
+    memcpy(r->kids, tk + left + 1, (size_t)(r->n + 1) * sizeof(void *));
+    *split = r;
+    return 0;
+}
+
+/* Splits cannot fail half way: before an insert the tree holds one spare leaf and one
+ * spare internal node per level (+1 for a new root), so an out-of-memory insert fails
+ * before touching anything. */
+static int fill_spares(struct btree *t)
+{
+    if (t->spare_leaf == NULL && (t->spare_leaf = node_new(1)) == NULL)
+        return STRATA_OUT_OF_MEMORY;
+    int have = 0;
+    for (struct bnode *n = t->spare_inner; n; n = n->next)
+        have++;
+    while (have < t->height + 1) {
+        struct bnode *n = node_new(0);
+        if (n == NULL)
+            return STRATA_OUT_OF_MEMORY;
+        n->next = t->spare_inner;
+        t->spare_inner = n;
+        have++;
+    }
+    return 0;
+}
+
+int btree_insert(struct btree *t, struct entry *item)
+{
+    if (t->root == NULL) {
+        t->root = node_new(1);
+        if (t->root == NULL)
+            return STRATA_OUT_OF_MEMORY;
+        t->height = 1;
+    }
+    int rc = fill_spares(t);
+    if (rc)
+        return rc;
+    struct bnode *split;
+    struct entry *sep;
+    rc = insert_rec(t, t->root, item, item, &split, &sep);
+    if (rc)
+        return rc;
+    t->count++;
+    if (split) {
+        struct bnode *root = take(&t->spare_inner);
+        root->n = 1;
+        root->items[0] = sep;
+        root->kids[0] = t->root;
+        root->kids[1] = split;
+        t->root = root;
+        t->height++;
+    }
+    return 0;
+}
+
+struct entry *btree_remove(struct btree *t, const uint8_t *key, size_t klen)
+{
+    /* Lazy deletion: remove from the leaf without rebalancing. Separators may keep
+     * pointing at a removed item's key, so callers must keep removed items' keys valid
+     * until the tree is closed or rebuilt; storage only removes during rebuilds. */
+    struct bnode *n = t->root;
+    if (n == NULL)
+        return NULL;
+    while (!n->leaf)
+        n = n->kids[child_index(n, key, klen)];
+    int i = lower_bound(n, key, klen);
+    if (i >= n->n || cmp_item(n->items[i], key, klen) != 0)
+        return NULL;
+    struct entry *item = n->items[i];
+    memmove(&n->items[i], &n->items[i + 1], (size_t)(n->n - i - 1) * sizeof(void *));
+    n->n--;
+    t->count--;
+    return item;
+}
+
+void btree_seek(const struct btree *t, const uint8_t *key, size_t klen,
+                struct btree_iter *it)
+{
+    it->leaf = NULL;
+    it->pos = 0;
+    struct bnode *n = t->root;
+    if (n == NULL)
+        return;
+    while (!n->leaf)
+        n = n->kids[child_index(n, key, klen)];
+    it->leaf = n;
+    it->pos = lower_bound(n, key, klen);
+}
+
+struct entry *btree_next(struct btree_iter *it)
+{
+    while (it->leaf && it->pos >= it->leaf->n) {
+        it->leaf = it->leaf->next;
+        it->pos = 0;
+    }
+    if (it->leaf == NULL)
+        return NULL;
+    return it->leaf->items[it->pos++];
+}

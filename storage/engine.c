@@ -1,0 +1,453 @@
+/* Engine core: the branch table, MVCC reads through fork chains, and atomic installation
+ * of a command's staged writes at one new version. */
+#include "internal.h"
+
+#include <string.h>
+
+void storage_config_default(struct storage_config *cfg)
+{
+    cfg->max_key_bytes = 1024;
+    cfg->max_value_bytes = 16u << 20;
+    cfg->max_depth = 128;
+    cfg->max_fork_depth = 32;
+}
+
+size_t ikey_make(uint8_t *out, const char *space, size_t slen, int tag, const void *rest,
+                 size_t rlen)
+{
+    out[0] = (uint8_t)slen;
+    memcpy(out + 1, space, slen);
+    out[1 + slen] = (uint8_t)tag;
+    if (rlen)
+        memcpy(out + 2 + slen, rest, rlen);
+    return 2 + slen + rlen;
+}
+
+int ikey_split(const uint8_t *k, size_t klen, const uint8_t **space, size_t *slen, int *tag,
+               const uint8_t **rest, size_t *rlen)
+{
+    if (klen < 2 || k[0] == 0 || (size_t)k[0] + 2 > klen)
+        return -1;
+    *slen = k[0];
+    *space = k + 1;
+    *tag = k[1 + k[0]];
+    *rest = k + 2 + k[0];
+    *rlen = klen - 2 - k[0];
+    return 0;
+}
+
+/* ---- Branch table ---------------------------------------------------------------------- */
+
+struct branch *branch_find(struct storage *s, const char *name, size_t len)
+{
+    for (size_t i = 0; i < s->nbranches; i++) {
+        struct branch *b = s->branches[i];
+        if (!b->deleted && strlen(b->name) == len && memcmp(b->name, name, len) == 0)
+            return b;
+    }
+    return NULL;
+}
+
+int branch_add(struct storage *s, const char *name, size_t len, struct branch *parent,
+               uint64_t fork_ver, struct branch **out)
+{
+    struct branch **arr = sm_realloc(s->branches, (s->nbranches + 1) * sizeof *arr);
+    if (arr == NULL)
+        return STRATA_OUT_OF_MEMORY;
+    s->branches = arr;
+    struct branch *b = sm_calloc(1, sizeof *b);
+    if (b == NULL)
+        return STRATA_OUT_OF_MEMORY;
+    b->name = sm_strndup(name, len);
+    if (b->name == NULL) {
+        sm_free(b);
+        return STRATA_OUT_OF_MEMORY;
+    }
+    b->id = s->next_branch_id++;
+    b->refs = 1;
+    b->parent = parent;
+    b->fork_ver = fork_ver;
+    b->depth = parent ? parent->depth + 1 : 0;
+    b->flat = false;
+    if (parent)
+        parent->refs++;
+    btree_init(&b->idx);
+    s->branches[s->nbranches++] = b;
+    *out = b;
+    return 0;
+}
+
+static void free_entry(struct entry *e)
+{
+    struct version *v = e->head;
+    while (v) {
+        struct version *o = v->older;
+        sm_free(v);
+        v = o;
+    }
+    sm_free(e);
+}
+
+static void branch_destroy(struct branch *b)
+{
+    btree_close(&b->idx, free_entry);
+    sm_free(b->log);
+    sm_free(b->merges);
+    sm_free(b->name);
+    sm_free(b);
+}
+
+/* Drop one reference; a branch with none left is freed and releases its parent. */
+void branch_unref(struct storage *s, struct branch *b)
+{
+    while (b && --b->refs == 0) {
+        struct branch *parent = b->parent;
+        size_t i = 0;
+        while (i < s->nbranches && s->branches[i] != b)
+            i++;
+        if (i < s->nbranches) {
+            memmove(&s->branches[i], &s->branches[i + 1],
+                    (s->nbranches - i - 1) * sizeof s->branches[0]);
+            s->nbranches--;
+        }
+        branch_destroy(b);
+        b = parent;
+    }
+}
+
+void storage_clear(struct storage *s)
+{
+    for (size_t i = 0; i < s->nbranches; i++)
+        branch_destroy(s->branches[i]);
+    sm_free(s->branches);
+    s->branches = NULL;
+    s->nbranches = 0;
+    s->version = 0;
+    s->last_ts = 0;
+    s->next_branch_id = 1;
+}
+
+int storage_new(const struct storage_config *cfg, struct storage **out)
+{
+    struct storage *s = sm_calloc(1, sizeof *s);
+    if (s == NULL)
+        return STRATA_OUT_OF_MEMORY;
+    if (cfg)
+        s->cfg = *cfg;
+    else
+        storage_config_default(&s->cfg);
+    s->next_branch_id = 1;
+    struct branch *b;
+    int rc = branch_add(s, "default", 7, NULL, 0, &b);
+    if (rc) {
+        storage_free(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+void storage_free(struct storage *s)
+{
+    if (s == NULL)
+        return;
+    storage_clear(s);
+    sm_free(s);
+}
+
+uint64_t storage_version(const struct storage *s)
+{
+    return s->version;
+}
+
+int64_t storage_last_ts(const struct storage *s)
+{
+    return s->last_ts;
+}
+
+/* ---- Reads ----------------------------------------------------------------------------- */
+
+int chain_visible(const struct entry *e, uint64_t limit, const struct read_at *at,
+                  const struct version **out)
+{
+    const struct version *v = e->head;
+    for (; v; v = v->older) {
+        if (v->ver <= limit && (!at->by_ts || v->ts <= at->ts)) {
+            *out = v;
+            return 1;
+        }
+    }
+    return (e->flags & ENTRY_PRUNED) ? -1 : 0;
+}
+
+static int history_err(struct err *err, const struct branch *b)
+{
+    return err_set(err, STRATA_HISTORY_UNAVAILABLE,
+                   "requested version of this key in branch '%s' was pruned by retention",
+                   b->name);
+}
+
+int view_get(struct branch *b, const uint8_t *k, size_t klen, const struct read_at *at,
+             const struct version **out, struct err *err)
+{
+    uint64_t limit = at->ver;
+    *out = NULL;
+    for (; b; limit = limit < b->fork_ver ? limit : b->fork_ver, b = b->flat ? NULL : b->parent) {
+        struct entry *e = btree_get(&b->idx, k, klen);
+        if (e == NULL)
+            continue;
+        const struct version *v;
+        int r = chain_visible(e, limit, at, &v);
+        if (r < 0)
+            return history_err(err, b);
+        if (r > 0) {
+            *out = v->len == VLEN_TOMB ? NULL : v;
+            return 0;
+        }
+    }
+    return 0;
+}
+
+void view_iter_init(struct view_iter *vi, struct branch *b, const struct read_at *at,
+                    const uint8_t *start, size_t slen, const uint8_t *end, size_t elen)
+{
+    vi->n = 0;
+    vi->at = *at;
+    vi->end = end;
+    vi->endlen = elen;
+    uint64_t limit = at->ver;
+    for (; b && vi->n < VIEW_MAX_LEVELS; b = b->flat ? NULL : b->parent) {
+        vi->lv[vi->n].b = b;
+        vi->lv[vi->n].limit = limit;
+        btree_seek(&b->idx, start, slen, &vi->lv[vi->n].it);
+        vi->lv[vi->n].cur = btree_next(&vi->lv[vi->n].it);
+        vi->n++;
+        if (b->fork_ver < limit)
+            limit = b->fork_ver;
+    }
+}
+
+int view_iter_next(struct view_iter *vi, struct entry **eout, const struct version **vout,
+                   struct err *err)
+{
+    for (;;) {
+        struct entry *min = NULL;
+        for (int i = 0; i < vi->n; i++) {
+            struct entry *c = vi->lv[i].cur;
+            if (c && (min == NULL || bkey_cmp(c->key, c->klen, min->key, min->klen) < 0))
+                min = c;
+        }
+        if (min == NULL)
+            return 0;
+        if (vi->end && bkey_cmp(min->key, min->klen, vi->end, vi->endlen) >= 0)
+            return 0;
+        /* Nearest level with a visible version of this key decides. */
+        const struct version *found = NULL;
+        int decided = 0, rc = 0;
+        struct entry *owner = NULL;
+        for (int i = 0; i < vi->n; i++) {
+            struct entry *c = vi->lv[i].cur;
+            if (c == NULL || bkey_cmp(c->key, c->klen, min->key, min->klen) != 0)
+                continue;
+            if (!decided) {
+                const struct version *v;
+                int r = chain_visible(c, vi->lv[i].limit, &vi->at, &v);
+                if (r < 0) {
+                    rc = history_err(err, vi->lv[i].b);
+                    decided = 1;
+                } else if (r > 0) {
+                    found = v;
+                    owner = c;
+                    decided = 1;
+                }
+            }
+            vi->lv[i].cur = btree_next(&vi->lv[i].it);
+        }
+        if (rc)
+            return rc;
+        if (found && found->len != VLEN_TOMB) {
+            *eout = owner;
+            *vout = found;
+            return 1;
+        }
+    }
+}
+
+/* ---- Staging and commit ------------------------------------------------------------- */
+
+void stage_init(struct stage *st)
+{
+    st->ops = NULL;
+    st->n = st->cap = 0;
+}
+
+void stage_close(struct stage *st)
+{
+    for (size_t i = 0; i < st->n; i++) {
+        sm_free(st->ops[i].key);
+        sm_free(st->ops[i].val);
+    }
+    sm_free(st->ops);
+    stage_init(st);
+}
+
+const struct stage_op *stage_find(const struct stage *st, const struct branch *b,
+                                  const uint8_t *k, size_t klen)
+{
+    for (size_t i = st->n; i-- > 0;) {
+        const struct stage_op *op = &st->ops[i];
+        if (op->b == b && op->klen == klen && memcmp(op->key, k, klen) == 0)
+            return op;
+    }
+    return NULL;
+}
+
+int stage_put(struct stage *st, struct branch *b, const uint8_t *k, size_t klen,
+              const uint8_t *val, size_t len)
+{
+    uint8_t *vcopy = NULL;
+    if (val) {
+        vcopy = sm_malloc(len);
+        if (vcopy == NULL)
+            return STRATA_OUT_OF_MEMORY;
+        memcpy(vcopy, val, len);
+    }
+    struct stage_op *op = (struct stage_op *)stage_find(st, b, k, klen);
+    if (op) {
+        sm_free(op->val);
+        op->val = vcopy;
+        op->len = val ? (uint32_t)len : VLEN_TOMB;
+        return 0;
+    }
+    if (st->n == st->cap) {
+        size_t cap = st->cap ? st->cap * 2 : 8;
+        struct stage_op *ops = sm_realloc(st->ops, cap * sizeof *ops);
+        if (ops == NULL)
+            goto err_free_val;
+        st->ops = ops;
+        st->cap = cap;
+    }
+    uint8_t *kcopy = sm_malloc(klen);
+    if (kcopy == NULL)
+        goto err_free_val;
+    memcpy(kcopy, k, klen);
+    st->ops[st->n++] = (struct stage_op){b, kcopy, klen, vcopy, val ? (uint32_t)len : VLEN_TOMB};
+    return 0;
+err_free_val:
+    sm_free(vcopy);
+    return STRATA_OUT_OF_MEMORY;
+}
+
+int stage_read(const struct stage *st, struct branch *b, const uint8_t *k, size_t klen,
+               const uint8_t **val, size_t *len, struct err *err)
+{
+    const struct stage_op *op = st ? stage_find(st, b, k, klen) : NULL;
+    if (op) {
+        *val = op->val;
+        *len = op->val ? op->len : 0;
+        return 0;
+    }
+    struct read_at head = {UINT64_MAX, 0, false};
+    const struct version *v;
+    int rc = view_get(b, k, klen, &head, &v, err);
+    if (rc)
+        return rc;
+    *val = v ? v->data : NULL;
+    *len = v ? v->len : 0;
+    return 0;
+}
+
+int stage_commit(struct storage *s, struct stage *st, int64_t ts, uint64_t *ver_out,
+                 int64_t *ts_out)
+{
+    if (st->n == 0) {
+        if (ver_out)
+            *ver_out = s->version;
+        if (ts_out)
+            *ts_out = s->last_ts;
+        return 0;
+    }
+    /* Phase 1: allocate everything that can fail, touching nothing shared. */
+    struct version **vs = sm_calloc(st->n, sizeof *vs);
+    struct entry **es = sm_calloc(st->n, sizeof *es);
+    bool *fresh = sm_calloc(st->n, sizeof *fresh);
+    if (vs == NULL || es == NULL || fresh == NULL)
+        goto err_oom;
+    uint64_t ver = s->version + 1;
+    if (ts <= s->last_ts)
+        ts = s->last_ts + 1;
+    for (size_t i = 0; i < st->n; i++) {
+        struct stage_op *op = &st->ops[i];
+        size_t vlen = op->val ? op->len : 0;
+        vs[i] = sm_malloc(sizeof(struct version) + vlen);
+        if (vs[i] == NULL)
+            goto err_oom;
+        vs[i]->ver = ver;
+        vs[i]->ts = ts;
+        vs[i]->len = op->val ? op->len : VLEN_TOMB;
+        if (vlen)
+            memcpy(vs[i]->data, op->val, vlen);
+        es[i] = btree_get(&op->b->idx, op->key, op->klen);
+        if (es[i] == NULL) {
+            es[i] = sm_malloc(sizeof(struct entry) + op->klen);
+            if (es[i] == NULL)
+                goto err_oom;
+            es[i]->head = NULL;
+            es[i]->flags = 0;
+            es[i]->klen = (uint16_t)op->klen;
+            memcpy(es[i]->key, op->key, op->klen);
+            fresh[i] = true;
+        }
+        struct branch *b = op->b;
+        if (b->caplog < b->nlog + st->n) {
+            size_t cap = b->caplog ? b->caplog * 2 : 16;
+            if (cap < b->nlog + st->n)
+                cap = b->nlog + st->n;
+            struct change *log = sm_realloc(b->log, cap * sizeof *log);
+            if (log == NULL)
+                goto err_oom;
+            b->log = log;
+            b->caplog = cap;
+        }
+    }
+    /* Inserting new entries can fail (tree nodes). An entry with an empty chain is
+     * invisible to every read and skipped by snapshots, so on failure the ones already
+     * inserted simply stay, empty: the state is unchanged. */
+    for (size_t i = 0; i < st->n; i++) {
+        if (!fresh[i])
+            continue;
+        if (btree_insert(&st->ops[i].b->idx, es[i]))
+            goto err_oom;
+        fresh[i] = false; /* owned by the tree now */
+    }
+    /* Phase 2: link. Nothing below fails. */
+    for (size_t i = 0; i < st->n; i++) {
+        struct branch *b = st->ops[i].b;
+        vs[i]->older = es[i]->head;
+        es[i]->head = vs[i];
+        b->log[b->nlog++] = (struct change){ver, es[i]};
+        retention_apply_entry(s, b, es[i], ts);
+    }
+    s->version = ver;
+    s->last_ts = ts;
+    if (ver_out)
+        *ver_out = ver;
+    if (ts_out)
+        *ts_out = ts;
+    sm_free(vs);
+    sm_free(es);
+    sm_free(fresh);
+    return 0;
+err_oom:
+    if (vs)
+        for (size_t i = 0; i < st->n; i++)
+            sm_free(vs[i]);
+    if (es && fresh)
+        for (size_t i = 0; i < st->n; i++)
+            if (fresh[i])
+                sm_free(es[i]);
+    sm_free(vs);
+    sm_free(es);
+    sm_free(fresh);
+    return STRATA_OUT_OF_MEMORY;
+}
