@@ -30,7 +30,8 @@ enum {
 enum ikey_tag {
     TAG_KV = 'k',
     TAG_JSON = 'j',
-    TAG_EVENT = 'e',
+    TAG_EVENT = 'e',      /* rest = be64(seq) */
+    TAG_EVENT_HEAD = 'E', /* rest empty: {"len": n, "hash": bin32} of the space's log */
     TAG_STATE = 's',
     TAG_VCOLL = 'C',
     TAG_VECTOR = 'v',
@@ -250,6 +251,31 @@ int prim_count(struct exec *x, int tag, uint64_t *count);
 /* Pack the history of one internal key (newest first, through the fork chain):
  * [{"value": v | nil, "deleted": bool, "version", "ts"}...]; args "limit" optional. */
 int prim_history(struct exec *x, int tag, const void *rest, size_t rlen);
+
+/* ---- Hooks the generic diff/merge (merge.c) calls into primitives ------------------ */
+
+/* json.c: three-way merge of one document. Any input may be NULL (= absent/deleted).
+ * base = state at the merge base, target = target branch now, source = source branch now.
+ * Merges per path: a path changed on one side only takes that side; changed on both
+ * to different values is a conflict — its path string ("$.a.b[0]") is packed into
+ * `conflicts` and counted in *nconflicts; with source_wins the source's value is used.
+ * On return 0, out (reset first) holds the merged document, or out->len == 0 if the
+ * merged result is "absent". */
+int json_merge3(const struct storage_config *cfg, const uint8_t *base, size_t blen,
+                const uint8_t *target, size_t tlen, const uint8_t *source, size_t slen,
+                bool source_wins, struct buf *out, msgpack_packer *conflicts,
+                uint32_t *nconflicts, struct err *err);
+
+/* event.c: merge one space's event log. x is an exec on the target branch with x->space
+ * set and x->stage the merge's stage. `src` read at `src_at` is the source; `base_at`
+ * (read in src) is the merge base. Events the source appended since the base are
+ * appended to the target (new sequence numbers, chain continued from the target's
+ * head). If the target also appended since the base: strict → one conflict with path
+ * "events:<space>" packed and counted; source_wins → source's events go after the
+ * target's. */
+int event_merge_space(struct exec *x, struct branch *src, const struct read_at *src_at,
+                      const struct read_at *base_at, bool source_wins,
+                      msgpack_packer *conflicts, uint32_t *nconflicts);
 
 /* Per-primitive command tables, terminated by {NULL}. */
 extern const struct op_def kv_ops[];
