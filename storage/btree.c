@@ -5,13 +5,64 @@
 
 #include <string.h>
 
+/* Every key in a node shares its first `lcp` bytes; slice[i] holds the 8 bytes of
+ * items[i]'s key after that prefix (big-endian, zero-padded), so a search compares
+ * integers inside the node and dereferences an entry only when slices tie. Slices
+ * order keys consistently with bkey_cmp (a tie means "compare the full keys"). */
 struct bnode {
     int leaf;
-    int n; /* items (leaf) or keys (internal; children = n + 1) */
-    struct bnode *next; /* leaves only */
-    struct entry *items[BTREE_ORDER]; /* leaf: items; internal: separator items (key of child i+1's min) */
-    struct bnode *kids[];     /* internal only: BTREE_ORDER + 1 */
+    int n;        /* items (leaf) or keys (internal; children = n + 1) */
+    uint16_t lcp; /* a common prefix length of all items (not necessarily the longest) */
+    struct bnode *next; /* leaves: right sibling; spare nodes: pool link */
+    uint64_t slice[BTREE_ORDER];
+    struct entry *items[BTREE_ORDER]; /* leaf: items; internal: separators (min of kid i+1) */
+    struct bnode *kids[];             /* internal only: BTREE_ORDER + 1 */
 };
+
+static inline uint64_t slice_of(const uint8_t *k, size_t klen, size_t lcp)
+{
+    uint8_t b[8] = {0};
+    if (klen > lcp)
+        memcpy(b, k + lcp, klen - lcp < 8 ? klen - lcp : 8);
+    return get_be64(b);
+}
+
+static size_t common_prefix(const struct entry *a, const struct entry *b)
+{
+    size_t n = a->klen < b->klen ? a->klen : b->klen, i = 0;
+    while (i < n && a->key[i] == b->key[i])
+        i++;
+    return i;
+}
+
+/* Recompute lcp and every slice (after a split or when a new key shortens the prefix). */
+static void node_reslice(struct bnode *n)
+{
+    if (n->n == 0) {
+        n->lcp = 0;
+        return;
+    }
+    size_t l = common_prefix(n->items[0], n->items[n->n - 1]);
+    n->lcp = (uint16_t)(l > 0xffff ? 0xffff : l);
+    for (int i = 0; i < n->n; i++)
+        n->slice[i] = slice_of(n->items[i]->key, n->items[i]->klen, n->lcp);
+}
+
+/* Place item at position i (already made room), keeping lcp and slices valid. */
+static void node_set(struct bnode *n, int i, struct entry *item)
+{
+    n->items[i] = item;
+    if (n->n > 1) {
+        const struct entry *other = n->items[i == 0 ? 1 : 0];
+        if (common_prefix(item, other) < n->lcp) {
+            node_reslice(n);
+            return;
+        }
+    } else {
+        n->lcp = item->klen;
+    }
+    n->slice[i] = slice_of(item->key, item->klen, n->lcp);
+}
 
 int bkey_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
 {
@@ -76,13 +127,40 @@ static inline int cmp_item(const struct entry *item, const uint8_t *key, size_t 
     return bkey_cmp(item->key, item->klen, key, klen);
 }
 
-/* First index i in [0, n) with items[i] >= key (leaf) — or n. */
+/* Compare item i with key, using the slice first. */
+static inline int cmp_at(const struct bnode *n, int i, uint64_t ks, const uint8_t *key,
+                         size_t klen)
+{
+    if (n->slice[i] != ks)
+        return n->slice[i] < ks ? -1 : 1;
+    return cmp_item(n->items[i], key, klen);
+}
+
+/* Where key stands against the node's common prefix: -1 before every item, 1 after
+ * every item, 0 shares it (then slices decide). */
+static inline int prefix_side(const struct bnode *n, const uint8_t *key, size_t klen)
+{
+    if (n->n == 0 || n->lcp == 0)
+        return 0;
+    const struct entry *f = n->items[0];
+    size_t m = klen < n->lcp ? klen : n->lcp;
+    int c = memcmp(key, f->key, m);
+    if (c)
+        return c < 0 ? -1 : 1;
+    return klen < n->lcp ? -1 : 0;
+}
+
+/* First index i in [0, n) with items[i] >= key — or n. */
 static int lower_bound(const struct bnode *n, const uint8_t *key, size_t klen)
 {
+    int side = prefix_side(n, key, klen);
+    if (side)
+        return side < 0 ? 0 : n->n;
+    uint64_t ks = slice_of(key, klen, n->lcp);
     int lo = 0, hi = n->n;
     while (lo < hi) {
         int mid = (lo + hi) / 2;
-        if (cmp_item(n->items[mid], key, klen) < 0)
+        if (cmp_at(n, mid, ks, key, klen) < 0)
             lo = mid + 1;
         else
             hi = mid;
@@ -93,10 +171,14 @@ static int lower_bound(const struct bnode *n, const uint8_t *key, size_t klen)
 /* Child to descend into for key: number of separators <= key. */
 static int child_index(const struct bnode *n, const uint8_t *key, size_t klen)
 {
+    int side = prefix_side(n, key, klen);
+    if (side)
+        return side < 0 ? 0 : n->n;
+    uint64_t ks = slice_of(key, klen, n->lcp);
     int lo = 0, hi = n->n;
     while (lo < hi) {
         int mid = (lo + hi) / 2;
-        if (cmp_item(n->items[mid], key, klen) <= 0)
+        if (cmp_at(n, mid, ks, key, klen) <= 0)
             lo = mid + 1;
         else
             hi = mid;
@@ -126,8 +208,9 @@ static int insert_rec(struct btree *t, struct bnode *n, struct entry *item, cons
         int i = lower_bound(n, k->key, k->klen);
         if (n->n < BTREE_ORDER) {
             memmove(&n->items[i + 1], &n->items[i], (size_t)(n->n - i) * sizeof(void *));
-            n->items[i] = item;
+            memmove(&n->slice[i + 1], &n->slice[i], (size_t)(n->n - i) * sizeof(uint64_t));
             n->n++;
+            node_set(n, i, item);
             return 0;
         }
         struct bnode *r = take(&t->spare_leaf);
@@ -143,6 +226,8 @@ static int insert_rec(struct btree *t, struct bnode *n, struct entry *item, cons
         memcpy(r->items, tmp + left, (size_t)r->n * sizeof(void *));
         r->next = n->next;
         n->next = r;
+        node_reslice(n);
+        node_reslice(r);
         *split = r;
         *sep = r->items[0];
         return 0;
@@ -155,10 +240,11 @@ static int insert_rec(struct btree *t, struct bnode *n, struct entry *item, cons
         return rc;
     if (n->n < BTREE_ORDER) {
         memmove(&n->items[c + 1], &n->items[c], (size_t)(n->n - c) * sizeof(void *));
+        memmove(&n->slice[c + 1], &n->slice[c], (size_t)(n->n - c) * sizeof(uint64_t));
         memmove(&n->kids[c + 2], &n->kids[c + 1], (size_t)(n->n - c) * sizeof(void *));
-        n->items[c] = csep;
         n->kids[c + 1] = cs;
         n->n++;
+        node_set(n, c, csep);
         return 0;
     }
     struct bnode *r = take(&t->spare_inner);
@@ -178,6 +264,8 @@ static int insert_rec(struct btree *t, struct bnode *n, struct entry *item, cons
     r->n = BTREE_ORDER - left;
     memcpy(r->items, ti + left + 1, (size_t)r->n * sizeof(void *));
     memcpy(r->kids, tk + left + 1, (size_t)(r->n + 1) * sizeof(void *));
+    node_reslice(n);
+    node_reslice(r);
     *split = r;
     return 0;
 }
@@ -223,7 +311,7 @@ int btree_insert(struct btree *t, struct entry *item)
     if (split) {
         struct bnode *root = take(&t->spare_inner);
         root->n = 1;
-        root->items[0] = sep;
+        node_set(root, 0, sep);
         root->kids[0] = t->root;
         root->kids[1] = split;
         t->root = root;
@@ -247,6 +335,7 @@ struct entry *btree_remove(struct btree *t, const uint8_t *key, size_t klen)
         return NULL;
     struct entry *item = n->items[i];
     memmove(&n->items[i], &n->items[i + 1], (size_t)(n->n - i - 1) * sizeof(void *));
+    memmove(&n->slice[i], &n->slice[i + 1], (size_t)(n->n - i - 1) * sizeof(uint64_t));
     n->n--;
     t->count--;
     return item;

@@ -45,7 +45,8 @@ static json_t *to_json(const msgpack_object *o)
             const msgpack_object *k = &o->via.map.ptr[i].key;
             if (k->type != MSGPACK_OBJECT_STR)
                 continue;
-            json_object_setn_new(m, k->via.str.ptr, k->via.str.size,
+            /* msgpack-c gives a NULL pointer for an empty string key. */
+            json_object_setn_new(m, k->via.str.size ? k->via.str.ptr : "", k->via.str.size,
                                  to_json(&o->via.map.ptr[i].val));
         }
         return m;
