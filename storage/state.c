@@ -23,8 +23,8 @@ static int cell_decode(struct exec *x, const char *name, size_t nlen, const uint
     if (val == NULL)
         return 0;
     msgpack_object o;
-    if (value_decode(val, len, z, &o) || o.type != MSGPACK_OBJECT_ARRAY ||
-        o.via.array.size != 2 || o.via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+    if (value_decode(val, len, z, &o) || o.type != MSGPACK_OBJECT_ARRAY || o.via.array.size != 2 ||
+        o.via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
         return err_set(x->err, STRATA_INTERNAL, "corrupt state cell '%.*s' in space '%s'",
                        (int)(nlen > 200 ? 200 : nlen), name, x->space);
     c->counter = o.via.array.ptr[0].via.u64;
@@ -33,8 +33,8 @@ static int cell_decode(struct exec *x, const char *name, size_t nlen, const uint
 }
 
 /* Read the cell (this command's staged writes first, so batched ops chain). */
-static int cell_read(struct exec *x, const char *name, size_t nlen, msgpack_zone *z,
-                     struct cell *c, const struct version **v)
+static int cell_read(struct exec *x, const char *name, size_t nlen, msgpack_zone *z, struct cell *c,
+                     const struct version **v)
 {
     const uint8_t *val;
     size_t len;
@@ -88,8 +88,7 @@ static int cell_set(struct exec *x, enum set_mode mode)
         if ((rc = arg_u64_opt(x, "expected_counter", &expected, &has_expected)))
             return rc;
         if (!has_expected)
-            return err_set(x->err, STRATA_INVALID_ARGUMENT,
-                           "missing argument 'expected_counter'");
+            return err_set(x->err, STRATA_INVALID_ARGUMENT, "missing argument 'expected_counter'");
     }
     if ((rc = arg_value(x, "value", &value)))
         return rc;

@@ -48,8 +48,8 @@ static void test_state_init_only_when_absent(void **state)
     struct storage *s = *state;
     EXPECT(s, "{\"version\":1,\"ts\":1000,\"counter\":1}",
            "{\"op\":\"state.init\",\"cell\":\"c\",\"value\":\"first\"}");
-    const char *msg =
-        FAILS(s, STRATA_ALREADY_EXISTS, "{\"op\":\"state.init\",\"cell\":\"c\",\"value\":\"second\"}");
+    const char *msg = FAILS(s, STRATA_ALREADY_EXISTS,
+                            "{\"op\":\"state.init\",\"cell\":\"c\",\"value\":\"second\"}");
     assert_non_null(strstr(msg, "'c' already exists"));
     assert_int_equal(storage_version(s), 1);
     assert_non_null(strstr(OK(s, "{\"op\":\"state.get\",\"cell\":\"c\"}"), "\"value\":\"first\""));
@@ -68,8 +68,9 @@ static void test_state_cas_success_and_failure(void **state)
     EXPECT(s, "{\"version\":2,\"ts\":2000,\"counter\":2}",
            "{\"op\":\"state.cas\",\"cell\":\"c\",\"expected_counter\":1,\"value\":\"b\"}");
     /* A stale counter fails, names both counters and writes nothing. */
-    const char *msg = FAILS(s, STRATA_CONFLICT,
-                            "{\"op\":\"state.cas\",\"cell\":\"c\",\"expected_counter\":1,\"value\":\"x\"}");
+    const char *msg =
+        FAILS(s, STRATA_CONFLICT,
+              "{\"op\":\"state.cas\",\"cell\":\"c\",\"expected_counter\":1,\"value\":\"x\"}");
     assert_non_null(strstr(msg, "expected counter 1"));
     assert_non_null(strstr(msg, "current counter is 2"));
     assert_int_equal(storage_version(s), 2);
@@ -92,7 +93,8 @@ static void test_state_delete(void **state)
     EXPECT(s, "{\"deleted\":false}", "{\"op\":\"state.delete\",\"cell\":\"nope\"}");
     assert_int_equal(storage_version(s), 0);
     OK(s, "{\"op\":\"state.set\",\"cell\":\"c\",\"value\":1}");
-    EXPECT(s, "{\"version\":2,\"ts\":3000,\"deleted\":true}", "{\"op\":\"state.delete\",\"cell\":\"c\"}");
+    EXPECT(s, "{\"version\":2,\"ts\":3000,\"deleted\":true}",
+           "{\"op\":\"state.delete\",\"cell\":\"c\"}");
     EXPECT(s, "null", "{\"op\":\"state.get\",\"cell\":\"c\"}");
     EXPECT(s, "{\"deleted\":false}", "{\"op\":\"state.delete\",\"cell\":\"c\"}");
     assert_int_equal(storage_version(s), 2);
@@ -109,7 +111,8 @@ static void test_state_list_and_prefix(void **state)
     OK(s, "{\"op\":\"state.set\",\"cell\":\"lock\",\"value\":1}");
     OK(s, "{\"op\":\"kv.put\",\"key\":\"job:9\",\"value\":1}"); /* another primitive */
     OK(s, "{\"op\":\"state.set\",\"cell\":\"other\",\"value\":1,\"space\":\"s2\"}");
-    EXPECT(s, "{\"keys\":[\"job:1\",\"job:2\",\"lock\"],\"cursor\":null}", "{\"op\":\"state.list\"}");
+    EXPECT(s, "{\"keys\":[\"job:1\",\"job:2\",\"lock\"],\"cursor\":null}",
+           "{\"op\":\"state.list\"}");
     EXPECT(s, "{\"keys\":[\"job:1\"],\"cursor\":\"job:1\"}",
            "{\"op\":\"state.list\",\"prefix\":\"job:\",\"limit\":1}");
     EXPECT(s, "{\"keys\":[\"other\"],\"cursor\":null}", "{\"op\":\"state.list\",\"space\":\"s2\"}");
@@ -161,16 +164,18 @@ static void test_state_batch_chains_counters(void **state)
     EXPECT(s, "{\"value\":2,\"counter\":3,\"version\":1,\"ts\":1000}",
            "{\"op\":\"state.get\",\"cell\":\"c\"}");
     /* A failing CAS inside a batch rejects the whole batch. */
-    const char *msg = FAILS(s, STRATA_CONFLICT,
-                            "{\"op\":\"batch\",\"ops\":[{\"op\":\"state.set\",\"cell\":\"d\",\"value\":1},"
-                            "{\"op\":\"state.cas\",\"cell\":\"c\",\"expected_counter\":1,\"value\":9}]}");
+    const char *msg =
+        FAILS(s, STRATA_CONFLICT,
+              "{\"op\":\"batch\",\"ops\":[{\"op\":\"state.set\",\"cell\":\"d\",\"value\":1},"
+              "{\"op\":\"state.cas\",\"cell\":\"c\",\"expected_counter\":1,\"value\":9}]}");
     assert_non_null(strstr(msg, "op 1:"));
     EXPECT(s, "null", "{\"op\":\"state.get\",\"cell\":\"d\"}");
     /* delete then init in one batch: the cell is absent for the init. */
-    EXPECT(s,
-           "[{\"version\":2,\"ts\":5000,\"deleted\":true},{\"version\":2,\"ts\":5000,\"counter\":1}]",
-           "{\"op\":\"batch\",\"ops\":[{\"op\":\"state.delete\",\"cell\":\"c\"},"
-           "{\"op\":\"state.init\",\"cell\":\"c\",\"value\":\"again\"}]}");
+    EXPECT(
+        s,
+        "[{\"version\":2,\"ts\":5000,\"deleted\":true},{\"version\":2,\"ts\":5000,\"counter\":1}]",
+        "{\"op\":\"batch\",\"ops\":[{\"op\":\"state.delete\",\"cell\":\"c\"},"
+        "{\"op\":\"state.init\",\"cell\":\"c\",\"value\":\"again\"}]}");
     assert_int_equal(storage_version(s), 2);
 }
 
@@ -207,7 +212,8 @@ static void test_state_bad_input(void **state)
           "{\"op\":\"state.cas\",\"cell\":\"c\",\"expected_counter\":-1,\"value\":1}");
     FAILS(s, STRATA_INVALID_ARGUMENT,
           "{\"op\":\"state.cas\",\"cell\":\"c\",\"expected_counter\":\"0\",\"value\":1}");
-    FAILS(s, STRATA_INVALID_ARGUMENT, "{\"op\":\"state.cas\",\"cell\":\"c\",\"expected_counter\":0}");
+    FAILS(s, STRATA_INVALID_ARGUMENT,
+          "{\"op\":\"state.cas\",\"cell\":\"c\",\"expected_counter\":0}");
     FAILS(s, STRATA_INVALID_ARGUMENT, "{\"op\":\"state.get\"}");
     FAILS(s, STRATA_INVALID_ARGUMENT, "{\"op\":\"state.get\",\"cell\":[]}");
     FAILS(s, STRATA_INVALID_ARGUMENT, "{\"op\":\"state.delete\"}");
@@ -222,7 +228,8 @@ static void test_state_bad_input(void **state)
     char key[1100];
     memset(key, 'k', 1025);
     key[1025] = 0;
-    msg = FAILS(s, STRATA_INVALID_ARGUMENT, "{\"op\":\"state.set\",\"cell\":\"%s\",\"value\":1}", key);
+    msg = FAILS(s, STRATA_INVALID_ARGUMENT, "{\"op\":\"state.set\",\"cell\":\"%s\",\"value\":1}",
+                key);
     assert_non_null(strstr(msg, "key limit"));
     assert_int_equal(storage_version(s), 0);
 }
@@ -242,13 +249,45 @@ static void test_state_value_limits(void **state)
     const char *msg =
         FAILS(s, STRATA_TOO_LARGE, "{\"op\":\"state.set\",\"cell\":\"c\",\"value\":\"%s\"}", big);
     assert_non_null(strstr(msg, "limit of 64 bytes"));
-    msg = FAILS(s, STRATA_INVALID_ARGUMENT, "{\"op\":\"state.init\",\"cell\":\"c\",\"value\":[[1]]}");
+    msg =
+        FAILS(s, STRATA_INVALID_ARGUMENT, "{\"op\":\"state.init\",\"cell\":\"c\",\"value\":[[1]]}");
     assert_non_null(strstr(msg, "nesting"));
     FAILS(s, STRATA_TOO_LARGE,
           "{\"op\":\"state.cas\",\"cell\":\"c\",\"expected_counter\":0,\"value\":\"%s\"}", big);
     assert_int_equal(storage_version(s), 0);
     OK(s, "{\"op\":\"state.set\",\"cell\":\"c\",\"value\":[1]}");
     storage_free(s);
+}
+
+/* Every allocation failure inside a CAS is OUT_OF_MEMORY and changes nothing. */
+static void test_state_cas_out_of_memory_changes_nothing(void **state)
+{
+    struct storage *s = *state;
+    OK(s, "{\"op\":\"state.set\",\"cell\":\"c\",\"value\":1}");
+    const char *json = "{\"op\":\"state.cas\",\"cell\":\"c\",\"expected_counter\":1,"
+                       "\"value\":{\"big\":[1,2,3]}}";
+    struct buf cmd, res;
+    buf_init(&cmd);
+    buf_init(&res);
+    struct err err;
+    assert_int_equal(storage_json_to_value(json, strlen(json), &cmd, &err), 0);
+    int rc = STRATA_OUT_OF_MEMORY;
+    long n;
+    for (n = 1; n < 500 && rc; n++) {
+        sm_fail_after(n);
+        rc = storage_exec(s, cmd.data, cmd.len, 10000 + n, &res, &err);
+        sm_fail_after(0);
+        if (rc) {
+            assert_int_equal(rc, STRATA_OUT_OF_MEMORY);
+            assert_int_equal(storage_version(s), 1);
+        }
+    }
+    assert_int_equal(rc, 0);
+    assert_true(n > 2);
+    buf_close(&cmd);
+    buf_close(&res);
+    assert_non_null(strstr(OK(s, "{\"op\":\"state.get\",\"cell\":\"c\"}"),
+                           "{\"value\":{\"big\":[1,2,3]},\"counter\":2,\"version\":2,"));
 }
 
 int main(void)
@@ -267,6 +306,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_state_bad_input, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state_value_limits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_state_cas_out_of_memory_changes_nothing, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests_name("storage_state", tests, NULL, NULL);
 }
