@@ -81,7 +81,17 @@ void buf_init(struct buf *b);
 void buf_close(struct buf *b);
 /* Make room for `extra` more bytes. Returns 0 or STRATA_OUT_OF_MEMORY. */
 int buf_reserve(struct buf *b, size_t extra);
-int buf_append(struct buf *b, const void *p, size_t n);
+int buf_append_slow(struct buf *b, const void *p, size_t n);
+/* Append n bytes. Returns 0 or STRATA_OUT_OF_MEMORY (the buffer is then unchanged). */
+static inline int buf_append(struct buf *b, const void *p, size_t n)
+{
+    if (n <= b->cap - b->len && b->data != NULL) {
+        __builtin_memcpy(b->data + b->len, p, n);
+        b->len += n;
+        return 0;
+    }
+    return buf_append_slow(b, p, n);
+}
 int buf_append_u8(struct buf *b, uint8_t v);
 int buf_append_be32(struct buf *b, uint32_t v);
 int buf_append_be64(struct buf *b, uint64_t v);

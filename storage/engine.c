@@ -92,7 +92,6 @@ static void branch_destroy(struct branch *b)
 {
     btree_close(&b->idx, free_entry);
     sm_free(b->log);
-    sm_free(b->merges);
     sm_free(b->name);
     sm_free(b);
 }
@@ -137,6 +136,11 @@ int storage_new(const struct storage_config *cfg, struct storage **out)
     else
         storage_config_default(&s->cfg);
     s->next_branch_id = 1;
+    buf_init(&s->scratch);
+    if (!msgpack_zone_init(&s->zone, 2048)) {
+        sm_free(s);
+        return STRATA_OUT_OF_MEMORY;
+    }
     struct branch *b;
     int rc = branch_add(s, "default", 7, NULL, 0, &b);
     if (rc) {
@@ -152,6 +156,8 @@ void storage_free(struct storage *s)
     if (s == NULL)
         return;
     storage_clear(s);
+    msgpack_zone_destroy(&s->zone);
+    buf_close(&s->scratch);
     sm_free(s);
 }
 

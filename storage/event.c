@@ -576,18 +576,31 @@ static int target_base_len(struct exec *x, struct branch *src, const struct read
                            uint64_t src_base_len, uint64_t *out)
 {
     *out = src_base_len;
-    const struct merge_rec *rec = NULL;
-    for (size_t i = 0; i < x->b->nmerges; i++) {
-        const struct merge_rec *m = &x->b->merges[i];
-        if (m->other_id == src->id && !base_at->by_ts && m->src_ver == base_at->ver &&
-            (rec == NULL || m->ver > rec->ver))
-            rec = m;
-    }
-    if (rec == NULL)
+    if (base_at->by_ts)
         return 0;
-    struct read_at at = {rec->ver, 0, false};
+    /* The merge record of src into this target: 0x00 'M' be64(src id) -> [src_ver, ver]. */
+    uint8_t mk[10] = {0, TAG_MERGE};
+    put_be64(mk + 2, src->id);
+    struct read_at head = {UINT64_MAX, 0, false};
+    const struct version *rv;
+    int rc = view_get(x->b, mk, sizeof mk, &head, &rv, x->err);
+    if (rc || rv == NULL)
+        return rc;
+    msgpack_zone z;
+    msgpack_zone_init(&z, 128);
+    msgpack_object o;
+    uint64_t merge_ver = 0;
+    if (value_decode(rv->data, rv->len, &z, &o) == 0 && o.type == MSGPACK_OBJECT_ARRAY &&
+        o.via.array.size == 2 && o.via.array.ptr[0].type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+        o.via.array.ptr[1].type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+        o.via.array.ptr[0].via.u64 == base_at->ver)
+        merge_ver = o.via.array.ptr[1].via.u64;
+    msgpack_zone_destroy(&z);
+    if (merge_ver == 0)
+        return 0;
+    struct read_at at = {merge_ver, 0, false};
     struct head h;
-    int rc = head_view(x, x->b, &at, &h);
+    rc = head_view(x, x->b, &at, &h);
     if (rc == 0)
         *out = h.len;
     return rc;

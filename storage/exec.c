@@ -6,7 +6,7 @@
 
 static const struct op_def *const tables[] = {kv_ops,     json_ops,   event_ops,
                                               state_ops,  vector_ops, branch_ops,
-                                              space_ops,  txn_ops};
+                                              space_ops,  txn_ops,    merge_ops};
 
 static int op_batch(struct exec *x);
 
@@ -18,7 +18,7 @@ const struct op_def *op_lookup(const char *name, size_t len)
         return &batch_def;
     for (size_t t = 0; t < sizeof tables / sizeof tables[0]; t++)
         for (const struct op_def *d = tables[t]; d->name; d++)
-            if (strlen(d->name) == len && memcmp(d->name, name, len) == 0)
+            if (d->name[0] == name[0] && strncmp(d->name, name, len) == 0 && d->name[len] == '\0')
                 return d;
     return NULL;
 }
@@ -368,6 +368,23 @@ int storage_cmd_kind(const uint8_t *cmd, size_t len, enum storage_cmd_kind *kind
     return rc;
 }
 
+/* The result packer's sink: remembers an allocation failure, which msgpack-c's packing
+ * functions report but every caller would otherwise have to check. */
+struct sink {
+    struct buf *b;
+    bool oom;
+};
+
+static int sink_write(void *data, const char *p, size_t len)
+{
+    struct sink *k = data;
+    if (buf_append(k->b, p, len)) {
+        k->oom = true;
+        return -1;
+    }
+    return 0;
+}
+
 int storage_exec(struct storage *s, const uint8_t *cmd, size_t len, int64_t ts_us,
                  struct buf *result, struct err *err)
 {
@@ -375,20 +392,18 @@ int storage_exec(struct storage *s, const uint8_t *cmd, size_t len, int64_t ts_u
     if (err == NULL)
         err = &local;
     err_clear(err);
-    msgpack_zone z;
-    msgpack_zone_init(&z, 1024);
     msgpack_object o;
     size_t off = 0;
     struct stage st;
     stage_init(&st);
-    struct buf out, scratch;
-    buf_init(&out);
-    buf_init(&scratch);
+    /* The result is packed straight into the caller's buffer and cut back on error. */
+    size_t start = result->len;
+    struct sink sink = {result, false};
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &out, buf_pack_write);
+    msgpack_packer_init(&pk, &sink, sink_write);
     int rc;
 
-    msgpack_unpack_return r = msgpack_unpack((const char *)cmd, len, &off, &z, &o);
+    msgpack_unpack_return r = msgpack_unpack((const char *)cmd, len, &off, &s->zone, &o);
     if (r == MSGPACK_UNPACK_NOMEM_ERROR) {
         rc = err_set(err, STRATA_OUT_OF_MEMORY, "out of memory decoding the command");
         goto done;
@@ -398,27 +413,29 @@ int storage_exec(struct storage *s, const uint8_t *cmd, size_t len, int64_t ts_u
         goto done;
     }
     struct exec x = {.s = s, .err = err, .args = &o, .ts = ts_us, .stage = &st, .pk = &pk,
-                     .scratch = &scratch, .wver = s->version + 1,
+                     .scratch = &s->scratch, .wver = s->version + 1,
                      .wts = ts_us > s->last_ts ? ts_us : s->last_ts + 1};
     const struct op_def *d;
     if ((rc = decode_op(&x, &d)) || (rc = resolve_common(&x, d, NULL)))
         goto done;
     if ((rc = d->fn(&x)))
         goto done;
-    if (d->flags & OP_WRITE) {
-        if ((rc = stage_commit(s, &st, ts_us, NULL, NULL))) {
-            err_set(err, rc, "out of memory installing the write");
-            goto done;
-        }
+    if (sink.oom) {
+        rc = err_set(err, STRATA_OUT_OF_MEMORY, "out of memory building the result");
+        goto done;
     }
-    if (out.len == 0)
-        msgpack_pack_nil(&pk);
-    if ((rc = buf_append(result, out.data, out.len)))
-        err_set(err, rc, "out of memory returning the result");
+    if ((d->flags & OP_WRITE) && (rc = stage_commit(s, &st, ts_us, NULL, NULL))) {
+        err_set(err, rc, "out of memory installing the write");
+        goto done;
+    }
+    if (result->len == start && (msgpack_pack_nil(&pk) != 0 || sink.oom))
+        rc = err_set(err, STRATA_OUT_OF_MEMORY, "out of memory returning the result");
 done:
-    buf_close(&scratch);
-    buf_close(&out);
+    if (rc)
+        result->len = start;
     stage_close(&st);
-    msgpack_zone_destroy(&z);
+    msgpack_zone_clear(&s->zone);
+    if (s->scratch.cap > 1u << 20)
+        buf_close(&s->scratch); /* do not keep a huge buffer around */
     return rc;
 }

@@ -36,6 +36,7 @@ enum ikey_tag {
     TAG_VCOLL = 'C',
     TAG_VECTOR = 'v',
     TAG_SPACE = 'S', /* branch meta: 0x00 'S' space */
+    TAG_MERGE = 'M', /* branch meta: 0x00 'M' be64(source id) -> [source version, merge version] */
 };
 
 #define IKEY_MAX (1 + 64 + 1 + 2048 + 8)
@@ -51,12 +52,6 @@ int ikey_split(const uint8_t *k, size_t klen, const uint8_t **space, size_t *sle
 struct change {
     uint64_t ver;
     struct entry *e;
-};
-
-struct merge_rec {
-    uint64_t other_id; /* the source branch of a merge into this branch */
-    uint64_t src_ver;  /* the source's version that was merged */
-    uint64_t ver;      /* the version of the merge write in this branch */
 };
 
 struct branch {
@@ -75,12 +70,12 @@ struct branch {
     size_t nlog, caplog;
     uint64_t keep_last;  /* retention: versions kept per key (0 = all) */
     int64_t keep_for_us; /* retention: keep versions current within this window (0 = all) */
-    struct merge_rec *merges;
-    size_t nmerges;
 };
 
 struct storage {
     struct storage_config cfg;
+    msgpack_zone zone;     /* reused by every exec (cleared after each) */
+    struct buf scratch;    /* reused encoding buffer */
     uint64_t version; /* last assigned */
     int64_t last_ts;
     uint64_t next_branch_id;
@@ -180,8 +175,10 @@ int value_decode(const uint8_t *data, size_t len, msgpack_zone *z, msgpack_objec
 bool value_equal(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen);
 /* Packer writing into a struct buf (msgpack_packer_init(pk, buf, buf_pack_write)). */
 int buf_pack_write(void *data, const char *p, size_t len);
-/* Find a string key in a map object, or NULL. */
-const msgpack_object *mp_map_get(const msgpack_object *map, const char *key);
+/* Find a string key in a map object, or NULL. mp_map_get takes a C string (its length is
+ * computed at compile time for literals). */
+const msgpack_object *mp_map_getn(const msgpack_object *map, const char *key, size_t klen);
+#define mp_map_get(map, key) mp_map_getn((map), (key), __builtin_strlen(key))
 bool mp_str_eq(const msgpack_object *o, const char *s);
 void mp_pack_str(msgpack_packer *pk, const char *s, size_t len);
 void mp_pack_cstr(msgpack_packer *pk, const char *s);
@@ -286,6 +283,7 @@ extern const struct op_def vector_ops[];
 extern const struct op_def branch_ops[];
 extern const struct op_def space_ops[];
 extern const struct op_def txn_ops[];
+extern const struct op_def merge_ops[];
 
 const struct op_def *op_lookup(const char *name, size_t len);
 

@@ -70,7 +70,7 @@ static void write_branch(msgpack_packer *pk, struct branch *b)
     while ((e = btree_next(&it)) != NULL)
         nentries += e->head != NULL;
 
-    msgpack_pack_array(pk, 13);
+    msgpack_pack_array(pk, 12);
     msgpack_pack_uint64(pk, b->id);
     mp_pack_cstr(pk, b->name);
     msgpack_pack_bool(pk, b->deleted);
@@ -81,13 +81,6 @@ static void write_branch(msgpack_packer *pk, struct branch *b)
     msgpack_pack_int64(pk, b->created_ts);
     msgpack_pack_uint64(pk, b->keep_last);
     msgpack_pack_int64(pk, b->keep_for_us);
-    msgpack_pack_array(pk, (uint32_t)b->nmerges);
-    for (size_t i = 0; i < b->nmerges; i++) {
-        msgpack_pack_array(pk, 3);
-        msgpack_pack_uint64(pk, b->merges[i].other_id);
-        msgpack_pack_uint64(pk, b->merges[i].src_ver);
-        msgpack_pack_uint64(pk, b->merges[i].ver);
-    }
     msgpack_pack_uint64(pk, nentries);
     msgpack_pack_uint64(pk, b->nlog);
 
@@ -278,15 +271,15 @@ static int read_entry(struct snap_reader *r, struct storage *s, struct branch *b
 static int read_branch(struct snap_reader *r, struct storage *s)
 {
     const msgpack_object *o;
-    int rc = next_obj(r, MSGPACK_OBJECT_ARRAY, 13, &o, "branch header");
+    int rc = next_obj(r, MSGPACK_OBJECT_ARRAY, 12, &o, "branch header");
     if (rc)
         return rc;
     const msgpack_object *f = o->via.array.ptr;
     if (!is_u64(&f[0]) || f[1].type != MSGPACK_OBJECT_STR || f[1].via.str.size == 0 ||
         f[1].via.str.size > 128 || f[2].type != MSGPACK_OBJECT_BOOLEAN || !is_u64(&f[3]) ||
         !is_u64(&f[4]) || f[5].type != MSGPACK_OBJECT_BOOLEAN || !is_u64(&f[6]) ||
-        !is_i64(&f[7]) || !is_u64(&f[8]) || !is_i64(&f[9]) ||
-        f[10].type != MSGPACK_OBJECT_ARRAY || !is_u64(&f[11]) || !is_u64(&f[12]))
+        !is_i64(&f[7]) || !is_u64(&f[8]) || !is_i64(&f[9]) || !is_u64(&f[10]) ||
+        !is_u64(&f[11]))
         return corrupt(r, "branch fields");
     uint64_t id = f[0].via.u64, pid = f[3].via.u64;
     if (id >= s->next_branch_id || (s->nbranches && id <= s->branches[s->nbranches - 1]->id))
@@ -321,24 +314,7 @@ static int read_branch(struct snap_reader *r, struct storage *s)
     b->created_ts = f[7].via.i64;
     b->keep_last = f[8].via.u64;
     b->keep_for_us = f[9].via.i64;
-    const msgpack_object *m = &f[10];
-    if (m->via.array.size) {
-        b->merges = sm_calloc(m->via.array.size, sizeof *b->merges);
-        if (b->merges == NULL)
-            return err_set(r->err, STRATA_OUT_OF_MEMORY, "out of memory");
-    }
-    for (uint32_t i = 0; i < m->via.array.size; i++) {
-        const msgpack_object *mr = &m->via.array.ptr[i];
-        if (mr->type != MSGPACK_OBJECT_ARRAY || mr->via.array.size != 3 ||
-            !is_u64(&mr->via.array.ptr[0]) || !is_u64(&mr->via.array.ptr[1]) ||
-            !is_u64(&mr->via.array.ptr[2]))
-            return corrupt(r, "merge record");
-        b->merges[i] = (struct merge_rec){mr->via.array.ptr[0].via.u64,
-                                          mr->via.array.ptr[1].via.u64,
-                                          mr->via.array.ptr[2].via.u64};
-        b->nmerges++;
-    }
-    uint64_t nentries = f[11].via.u64, nlog = f[12].via.u64;
+    uint64_t nentries = f[10].via.u64, nlog = f[11].via.u64;
     const uint8_t *prev = NULL;
     size_t prev_len = 0;
     for (uint64_t i = 0; i < nentries; i++)

@@ -159,11 +159,10 @@ bool value_equal(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
     return alen == blen && memcmp(a, b, alen) == 0;
 }
 
-const msgpack_object *mp_map_get(const msgpack_object *map, const char *key)
+const msgpack_object *mp_map_getn(const msgpack_object *map, const char *key, size_t klen)
 {
     if (map == NULL || map->type != MSGPACK_OBJECT_MAP)
         return NULL;
-    size_t klen = strlen(key);
     for (uint32_t i = 0; i < map->via.map.size; i++) {
         const msgpack_object *k = &map->via.map.ptr[i].key;
         if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == klen &&

@@ -711,6 +711,27 @@ static void test_event_merge_space_both_appended_strict_conflicts(void **state)
     EXPECT(s, "2", "{\"op\":\"event.len\",\"space\":\"s1\"}");
 }
 
+/* Install the merge record branch.merge writes (meta key 0x00 'M' be64(source id) ->
+ * [source version merged, merge version]) for merges driven through the hook directly. */
+static void record_merge(struct storage *s, struct branch *t, struct branch *f, uint64_t src_ver,
+                         uint64_t merge_ver)
+{
+    uint8_t mk[10] = {0, TAG_MERGE};
+    put_be64(mk + 2, f->id);
+    uint8_t val[32];
+    struct buf b = {val, 0, sizeof val};
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, buf_pack_write);
+    msgpack_pack_array(&pk, 2);
+    msgpack_pack_uint64(&pk, src_ver);
+    msgpack_pack_uint64(&pk, merge_ver);
+    struct stage st;
+    stage_init(&st);
+    assert_int_equal(stage_put(&st, t, mk, sizeof mk, val, b.len), 0);
+    assert_int_equal(stage_commit(s, &st, 0, NULL, NULL), 0);
+    stage_close(&st);
+}
+
 static void test_event_merge_space_source_wins_appends_after_target(void **state)
 {
     struct storage *s = *state;
@@ -739,10 +760,7 @@ static void test_event_merge_space_source_wins_appends_after_target(void **state
      * its base: the target's own state right after that merge. The source appends one
      * more, the target nothing: strict must not see a conflict. */
     struct branch *t = branch_find(s, "default", 7), *f = branch_find(s, "f", 1);
-    t->merges = sm_malloc(sizeof *t->merges);
-    assert_non_null(t->merges);
-    t->merges[0] = (struct merge_rec){f->id, src_ver, merge_ver};
-    t->nmerges = 1;
+    record_merge(s, t, f, src_ver, merge_ver);
     append_n(s, "f", "default", "src", 5, 5);
     mctx_init(&m, s, "default", "default");
     mctx_merge(&m, "f", src_ver, false);
@@ -757,7 +775,7 @@ static void test_event_merge_space_source_wins_appends_after_target(void **state
 
     /* Now the target appends too: strict conflicts again. */
     uint64_t src_ver2 = storage_version(s);
-    t->merges[0] = (struct merge_rec){f->id, src_ver2 - 1, src_ver2};
+    record_merge(s, t, f, src_ver2 - 1, src_ver2);
     append_n(s, "default", "default", "tgt", 6, 6);
     append_n(s, "f", "default", "src", 7, 7);
     mctx_init(&m, s, "default", "default");
