@@ -87,9 +87,9 @@ static int flatten_into(struct exec *x, struct branch *dst, struct branch *src, 
     const struct version *v;
     int r;
     while ((r = view_iter_next(&vi, &e, &v, x->err)) == 1) {
-        struct entry *ne = sm_malloc(sizeof *ne + e->klen);
-        struct version *nv = sm_malloc(sizeof *nv + v->len);
-        if (ne == NULL || nv == NULL || btree_insert(&dst->idx, ne)) {
+        struct entry *ne = sm_malloc(ENTRY_SIZE(e->klen));
+        struct version *nv = sm_malloc(VERSION_SIZE(v->len));
+        if (ne == NULL || nv == NULL || branch_insert(dst, ne)) {
             sm_free(ne);
             sm_free(nv);
             return err_set(x->err, STRATA_OUT_OF_MEMORY, "out of memory materializing a fork");
@@ -97,7 +97,7 @@ static int flatten_into(struct exec *x, struct branch *dst, struct branch *src, 
         ne->klen = e->klen;
         ne->flags = 0;
         memcpy(ne->key, e->key, e->klen);
-        memcpy(nv, v, sizeof *nv + v->len);
+        memcpy(nv, v, VERSION_SIZE(v->len));
         nv->older = NULL;
         ne->head = nv;
     }

@@ -5,19 +5,28 @@
 
 #include <string.h>
 
-/* Every key in a node shares its first `lcp` bytes; slice[i] holds the 8 bytes of
- * items[i]'s key after that prefix (big-endian, zero-padded), so a search compares
- * integers inside the node and dereferences an entry only when slices tie. Slices
- * order keys consistently with bkey_cmp (a tie means "compare the full keys"). */
+/* Internal nodes: every separator shares its first `lcp` bytes; slice[i] holds the 8
+ * bytes of items[i]'s key after that prefix (big-endian, zero-padded), so a descent
+ * compares integers inside the node and dereferences an entry only when slices tie.
+ * Slices order keys consistently with bkey_cmp (a tie means "compare the full keys").
+ * Leaves carry no slices (8 bytes per key saved): point lookups use the hash index, and
+ * a leaf search dereferences only ~log2(48) entries. */
 struct bnode {
     int leaf;
     int n;        /* items (leaf) or keys (internal; children = n + 1) */
-    uint16_t lcp; /* a common prefix length of all items (not necessarily the longest) */
+    uint16_t lcp; /* internal: a common prefix length of all separators */
     struct bnode *next; /* leaves: right sibling; spare nodes: pool link */
-    uint64_t slice[BTREE_ORDER];
     struct entry *items[BTREE_ORDER]; /* leaf: items; internal: separators (min of kid i+1) */
-    struct bnode *kids[];             /* internal only: BTREE_ORDER + 1 */
 };
+
+struct inode {
+    struct bnode base;
+    uint64_t slice[BTREE_ORDER];
+    struct bnode *kids[BTREE_ORDER + 1];
+};
+
+#define SLICE(n) (((struct inode *)(n))->slice)
+#define KIDS(n) (((struct inode *)(n))->kids)
 
 static inline uint64_t slice_of(const uint8_t *k, size_t klen, size_t lcp)
 {
@@ -38,6 +47,8 @@ static size_t common_prefix(const struct entry *a, const struct entry *b)
 /* Recompute lcp and every slice (after a split or when a new key shortens the prefix). */
 static void node_reslice(struct bnode *n)
 {
+    if (n->leaf)
+        return;
     if (n->n == 0) {
         n->lcp = 0;
         return;
@@ -45,13 +56,15 @@ static void node_reslice(struct bnode *n)
     size_t l = common_prefix(n->items[0], n->items[n->n - 1]);
     n->lcp = (uint16_t)(l > 0xffff ? 0xffff : l);
     for (int i = 0; i < n->n; i++)
-        n->slice[i] = slice_of(n->items[i]->key, n->items[i]->klen, n->lcp);
+        SLICE(n)[i] = slice_of(n->items[i]->key, n->items[i]->klen, n->lcp);
 }
 
 /* Place item at position i (already made room), keeping lcp and slices valid. */
 static void node_set(struct bnode *n, int i, struct entry *item)
 {
     n->items[i] = item;
+    if (n->leaf)
+        return;
     if (n->n > 1) {
         const struct entry *other = n->items[i == 0 ? 1 : 0];
         if (common_prefix(item, other) < n->lcp) {
@@ -61,7 +74,7 @@ static void node_set(struct bnode *n, int i, struct entry *item)
     } else {
         n->lcp = item->klen;
     }
-    n->slice[i] = slice_of(item->key, item->klen, n->lcp);
+    SLICE(n)[i] = slice_of(item->key, item->klen, n->lcp);
 }
 
 int bkey_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
@@ -75,7 +88,7 @@ int bkey_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
 
 static struct bnode *node_new(int leaf)
 {
-    size_t sz = sizeof(struct bnode) + (leaf ? 0 : (BTREE_ORDER + 1) * sizeof(struct bnode *));
+    size_t sz = leaf ? sizeof(struct bnode) : sizeof(struct inode);
     struct bnode *n = sm_calloc(1, sz);
     if (n)
         n->leaf = leaf;
@@ -107,7 +120,7 @@ static void free_node(struct bnode *n, void (*free_item)(struct entry *))
                 free_item(n->items[i]);
     } else {
         for (int i = 0; i <= n->n; i++)
-            free_node(n->kids[i], free_item);
+            free_node(KIDS(n)[i], free_item);
     }
     sm_free(n);
 }
@@ -131,8 +144,8 @@ static inline int cmp_item(const struct entry *item, const uint8_t *key, size_t 
 static inline int cmp_at(const struct bnode *n, int i, uint64_t ks, const uint8_t *key,
                          size_t klen)
 {
-    if (n->slice[i] != ks)
-        return n->slice[i] < ks ? -1 : 1;
+    if (SLICE(n)[i] != ks)
+        return SLICE(n)[i] < ks ? -1 : 1;
     return cmp_item(n->items[i], key, klen);
 }
 
@@ -153,6 +166,17 @@ static inline int prefix_side(const struct bnode *n, const uint8_t *key, size_t 
 /* First index i in [0, n) with items[i] >= key — or n. */
 static int lower_bound(const struct bnode *n, const uint8_t *key, size_t klen)
 {
+    if (n->leaf) {
+        int lo = 0, hi = n->n;
+        while (lo < hi) {
+            int mid = (lo + hi) / 2;
+            if (cmp_item(n->items[mid], key, klen) < 0)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        return lo;
+    }
     int side = prefix_side(n, key, klen);
     if (side)
         return side < 0 ? 0 : n->n;
@@ -192,7 +216,7 @@ struct entry *btree_get(const struct btree *t, const uint8_t *key, size_t klen)
     if (n == NULL)
         return NULL;
     while (!n->leaf)
-        n = n->kids[child_index(n, key, klen)];
+        n = KIDS(n)[child_index(n, key, klen)];
     int i = lower_bound(n, key, klen);
     if (i < n->n && cmp_item(n->items[i], key, klen) == 0)
         return n->items[i];
@@ -208,7 +232,6 @@ static int insert_rec(struct btree *t, struct bnode *n, struct entry *item, cons
         int i = lower_bound(n, k->key, k->klen);
         if (n->n < BTREE_ORDER) {
             memmove(&n->items[i + 1], &n->items[i], (size_t)(n->n - i) * sizeof(void *));
-            memmove(&n->slice[i + 1], &n->slice[i], (size_t)(n->n - i) * sizeof(uint64_t));
             n->n++;
             node_set(n, i, item);
             return 0;
@@ -235,14 +258,14 @@ static int insert_rec(struct btree *t, struct bnode *n, struct entry *item, cons
     int c = child_index(n, k->key, k->klen);
     struct bnode *cs;
     struct entry *csep;
-    int rc = insert_rec(t, n->kids[c], item, k, &cs, &csep);
+    int rc = insert_rec(t, KIDS(n)[c], item, k, &cs, &csep);
     if (rc || cs == NULL)
         return rc;
     if (n->n < BTREE_ORDER) {
         memmove(&n->items[c + 1], &n->items[c], (size_t)(n->n - c) * sizeof(void *));
-        memmove(&n->slice[c + 1], &n->slice[c], (size_t)(n->n - c) * sizeof(uint64_t));
-        memmove(&n->kids[c + 2], &n->kids[c + 1], (size_t)(n->n - c) * sizeof(void *));
-        n->kids[c + 1] = cs;
+        memmove(&SLICE(n)[c + 1], &SLICE(n)[c], (size_t)(n->n - c) * sizeof(uint64_t));
+        memmove(&KIDS(n)[c + 2], &KIDS(n)[c + 1], (size_t)(n->n - c) * sizeof(void *));
+        KIDS(n)[c + 1] = cs;
         n->n++;
         node_set(n, c, csep);
         return 0;
@@ -253,17 +276,17 @@ static int insert_rec(struct btree *t, struct bnode *n, struct entry *item, cons
     memcpy(ti, n->items, (size_t)c * sizeof(void *));
     ti[c] = csep;
     memcpy(ti + c + 1, n->items + c, (size_t)(BTREE_ORDER - c) * sizeof(void *));
-    memcpy(tk, n->kids, (size_t)(c + 1) * sizeof(void *));
+    memcpy(tk, KIDS(n), (size_t)(c + 1) * sizeof(void *));
     tk[c + 1] = cs;
-    memcpy(tk + c + 2, n->kids + c + 1, (size_t)(BTREE_ORDER - c) * sizeof(void *));
+    memcpy(tk + c + 2, KIDS(n) + c + 1, (size_t)(BTREE_ORDER - c) * sizeof(void *));
     int left = (c == BTREE_ORDER) ? BTREE_ORDER - 1 : BTREE_ORDER / 2;
     n->n = left;
     memcpy(n->items, ti, (size_t)left * sizeof(void *));
-    memcpy(n->kids, tk, (size_t)(left + 1) * sizeof(void *));
+    memcpy(KIDS(n), tk, (size_t)(left + 1) * sizeof(void *));
     *sep = ti[left];
     r->n = BTREE_ORDER - left;
     memcpy(r->items, ti + left + 1, (size_t)r->n * sizeof(void *));
-    memcpy(r->kids, tk + left + 1, (size_t)(r->n + 1) * sizeof(void *));
+    memcpy(KIDS(r), tk + left + 1, (size_t)(r->n + 1) * sizeof(void *));
     node_reslice(n);
     node_reslice(r);
     *split = r;
@@ -312,8 +335,8 @@ int btree_insert(struct btree *t, struct entry *item)
         struct bnode *root = take(&t->spare_inner);
         root->n = 1;
         node_set(root, 0, sep);
-        root->kids[0] = t->root;
-        root->kids[1] = split;
+        KIDS(root)[0] = t->root;
+        KIDS(root)[1] = split;
         t->root = root;
         t->height++;
     }
@@ -329,13 +352,12 @@ struct entry *btree_remove(struct btree *t, const uint8_t *key, size_t klen)
     if (n == NULL)
         return NULL;
     while (!n->leaf)
-        n = n->kids[child_index(n, key, klen)];
+        n = KIDS(n)[child_index(n, key, klen)];
     int i = lower_bound(n, key, klen);
     if (i >= n->n || cmp_item(n->items[i], key, klen) != 0)
         return NULL;
     struct entry *item = n->items[i];
     memmove(&n->items[i], &n->items[i + 1], (size_t)(n->n - i - 1) * sizeof(void *));
-    memmove(&n->slice[i], &n->slice[i + 1], (size_t)(n->n - i - 1) * sizeof(uint64_t));
     n->n--;
     t->count--;
     return item;
@@ -350,7 +372,7 @@ void btree_seek(const struct btree *t, const uint8_t *key, size_t klen,
     if (n == NULL)
         return;
     while (!n->leaf)
-        n = n->kids[child_index(n, key, klen)];
+        n = KIDS(n)[child_index(n, key, klen)];
     it->leaf = n;
     it->pos = lower_bound(n, key, klen);
 }

@@ -16,6 +16,9 @@ struct entry {
     uint8_t key[];
 };
 
+/* Bytes to allocate for an entry with a klen-byte key (no tail padding). */
+#define ENTRY_SIZE(klen) (offsetof(struct entry, key) + (size_t)(klen))
+
 #define BTREE_ORDER 48
 
 struct bnode;

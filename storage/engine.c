@@ -72,6 +72,7 @@ int branch_add(struct storage *s, const char *name, size_t len, struct branch *p
     if (parent)
         parent->refs++;
     btree_init(&b->idx);
+    hindex_init(&b->hx);
     s->branches[s->nbranches++] = b;
     *out = b;
     return 0;
@@ -88,8 +89,17 @@ static void free_entry(struct entry *e)
     sm_free(e);
 }
 
+int branch_insert(struct branch *b, struct entry *e)
+{
+    if (hindex_reserve(&b->hx, b->hx.count + 1) || btree_insert(&b->idx, e))
+        return STRATA_OUT_OF_MEMORY;
+    hindex_insert(&b->hx, e);
+    return 0;
+}
+
 static void branch_destroy(struct branch *b)
 {
+    hindex_close(&b->hx);
     btree_close(&b->idx, free_entry);
     sm_free(b->log);
     sm_free(b->name);
@@ -199,7 +209,7 @@ int view_get(struct branch *b, const uint8_t *k, size_t klen, const struct read_
     uint64_t limit = at->ver;
     *out = NULL;
     for (; b; limit = limit < b->fork_ver ? limit : b->fork_ver, b = b->flat ? NULL : b->parent) {
-        struct entry *e = btree_get(&b->idx, k, klen);
+        struct entry *e = branch_get(b, k, klen);
         if (e == NULL)
             continue;
         const struct version *v;
@@ -385,7 +395,7 @@ int stage_commit(struct storage *s, struct stage *st, int64_t ts, uint64_t *ver_
     for (size_t i = 0; i < st->n; i++) {
         struct stage_op *op = &st->ops[i];
         size_t vlen = op->val ? op->len : 0;
-        vs[i] = sm_malloc(sizeof(struct version) + vlen);
+        vs[i] = sm_malloc(VERSION_SIZE(vlen));
         if (vs[i] == NULL)
             goto err_oom;
         vs[i]->ver = ver;
@@ -393,9 +403,9 @@ int stage_commit(struct storage *s, struct stage *st, int64_t ts, uint64_t *ver_
         vs[i]->len = op->val ? op->len : VLEN_TOMB;
         if (vlen)
             memcpy(vs[i]->data, op->val, vlen);
-        es[i] = btree_get(&op->b->idx, op->key, op->klen);
+        es[i] = branch_get(op->b, op->key, op->klen);
         if (es[i] == NULL) {
-            es[i] = sm_malloc(sizeof(struct entry) + op->klen);
+            es[i] = sm_malloc(ENTRY_SIZE(op->klen));
             if (es[i] == NULL)
                 goto err_oom;
             es[i]->head = NULL;
@@ -405,6 +415,8 @@ int stage_commit(struct storage *s, struct stage *st, int64_t ts, uint64_t *ver_
             fresh[i] = true;
         }
         struct branch *b = op->b;
+        if (hindex_reserve(&b->hx, b->hx.count + st->n))
+            goto err_oom;
         if (b->caplog < b->nlog + st->n) {
             size_t cap = b->caplog ? b->caplog * 2 : 16;
             if (cap < b->nlog + st->n)
@@ -424,6 +436,7 @@ int stage_commit(struct storage *s, struct stage *st, int64_t ts, uint64_t *ver_
             continue;
         if (btree_insert(&st->ops[i].b->idx, es[i]))
             goto err_oom;
+        hindex_insert(&st->ops[i].b->hx, es[i]); /* capacity reserved above */
         fresh[i] = false; /* owned by the tree now */
     }
     /* Phase 2: link. Nothing below fails. */

@@ -4,6 +4,7 @@
 #define STRATA_STORAGE_INTERNAL_H
 
 #include "btree.h"
+#include "hindex.h"
 #include "storage.h"
 
 #include <msgpack.h>
@@ -21,6 +22,9 @@ struct version {
     uint32_t len;
     uint8_t data[];
 };
+
+/* Bytes to allocate for a version holding len value bytes (no tail padding). */
+#define VERSION_SIZE(len) (offsetof(struct version, data) + (size_t)(len))
 
 enum {
     ENTRY_PRUNED = 1, /* older versions of this key were removed by retention */
@@ -65,7 +69,8 @@ struct branch {
     bool flat;         /* holds a full copy of the parent at fork_ver: reads stop here */
     uint64_t created_ver;
     int64_t created_ts;
-    struct btree idx;
+    struct btree idx;   /* key order, for scans */
+    struct hindex hx;   /* the same entries, for point lookups */
     struct change *log; /* every write to this branch, in version order */
     size_t nlog, caplog;
     uint64_t keep_last;  /* retention: versions kept per key (0 = all) */
@@ -84,6 +89,13 @@ struct storage {
 };
 
 struct branch *branch_find(struct storage *s, const char *name, size_t len); /* live only */
+/* The branch's own entry for a key (no fall-through), or NULL. */
+static inline struct entry *branch_get(const struct branch *b, const uint8_t *k, size_t klen)
+{
+    return hindex_get(&b->hx, k, klen);
+}
+/* Add a new entry (key absent) to both indexes. Returns 0 or OUT_OF_MEMORY (unchanged). */
+int branch_insert(struct branch *b, struct entry *e);
 int branch_add(struct storage *s, const char *name, size_t len, struct branch *parent,
                uint64_t fork_ver, struct branch **out);
 void branch_unref(struct storage *s, struct branch *b);

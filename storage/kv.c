@@ -135,7 +135,7 @@ int prim_history(struct exec *x, int tag, const void *rest, size_t rlen)
             msgpack_pack_array(x->pk, (uint32_t)n);
         uint64_t seen = 0, bound = x->at.ver;
         for (struct branch *b = x->b; b && seen < limit; b = b->flat ? NULL : b->parent) {
-            struct entry *e = btree_get(&b->idx, k, klen);
+            struct entry *e = branch_get(b, k, klen);
             for (const struct version *v = e ? e->head : NULL; v && seen < limit; v = v->older) {
                 if (v->ver > bound || (x->at.by_ts && v->ts > x->at.ts))
                     continue;

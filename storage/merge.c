@@ -30,7 +30,7 @@ static int keyset_add(struct keyset *ks, const uint8_t *k, size_t klen)
 {
     if (btree_get(&ks->t, k, klen))
         return 0;
-    struct entry *e = sm_malloc(sizeof *e + klen);
+    struct entry *e = sm_malloc(ENTRY_SIZE(klen));
     if (e == NULL)
         return STRATA_OUT_OF_MEMORY;
     e->head = NULL;

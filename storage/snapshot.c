@@ -224,14 +224,14 @@ static int read_entry(struct snap_reader *r, struct storage *s, struct branch *b
     if (*prev_key && bkey_cmp(*prev_key, *prev_len, (const uint8_t *)k->via.bin.ptr,
                               k->via.bin.size) >= 0)
         return corrupt(r, "keys out of order");
-    struct entry *e = sm_malloc(sizeof *e + k->via.bin.size);
+    struct entry *e = sm_malloc(ENTRY_SIZE(k->via.bin.size));
     if (e == NULL)
         return err_set(r->err, STRATA_OUT_OF_MEMORY, "out of memory");
     e->klen = (uint16_t)k->via.bin.size;
     e->flags = (uint8_t)fl->via.u64;
     memcpy(e->key, k->via.bin.ptr, e->klen);
     e->head = NULL;
-    if (btree_insert(&b->idx, e)) {
+    if (branch_insert(b, e)) {
         sm_free(e);
         return err_set(r->err, STRATA_OUT_OF_MEMORY, "out of memory");
     }
@@ -251,7 +251,7 @@ static int read_entry(struct snap_reader *r, struct storage *s, struct branch *b
             (d->type != MSGPACK_OBJECT_BIN || d->via.bin.size >= VLEN_TOMB))
             return corrupt(r, "version value");
         size_t len = d->type == MSGPACK_OBJECT_BIN ? d->via.bin.size : 0;
-        struct version *nv = sm_malloc(sizeof *nv + len);
+        struct version *nv = sm_malloc(VERSION_SIZE(len));
         if (nv == NULL)
             return err_set(r->err, STRATA_OUT_OF_MEMORY, "out of memory");
         nv->older = NULL;
@@ -334,7 +334,7 @@ static int read_branch(struct snap_reader *r, struct storage *s)
         if (!is_u64(v) || v->via.u64 < last || v->via.u64 > s->version ||
             k->type != MSGPACK_OBJECT_BIN)
             return corrupt(r, "change log record");
-        struct entry *e = btree_get(&b->idx, (const uint8_t *)k->via.bin.ptr, k->via.bin.size);
+        struct entry *e = branch_get(b, (const uint8_t *)k->via.bin.ptr, k->via.bin.size);
         if (e == NULL)
             return corrupt(r, "change log key");
         last = v->via.u64;

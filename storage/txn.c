@@ -45,7 +45,7 @@ static const char *const range_reads[] = {"kv.list",      "kv.scan",     "kv.cou
 
 static int check_key(struct exec *x, uint64_t snap, const uint8_t *k, size_t klen)
 {
-    struct entry *e = btree_get(&x->b->idx, k, klen);
+    struct entry *e = branch_get(x->b, k, klen);
     if (e && e->head && e->head->ver > snap) {
         const uint8_t *sp, *rest;
         size_t slen, rlen;

@@ -1,0 +1,30 @@
+/* Hash index over a branch's entries, for point lookups (the B+tree keeps key order for
+ * scans). Private to storage/. */
+#ifndef STRATA_STORAGE_HINDEX_H
+#define STRATA_STORAGE_HINDEX_H
+
+#include "btree.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Open addressing, linear probing. A slot holds the entry pointer with 16 bits of its
+ * hash in the (unused) top bits of the address, so most mismatches cost no dereference;
+ * 0 is empty. Capacity grows by 1.5x (any size, indexed with a multiply-shift), which
+ * keeps the load between ~0.58 and 0.875. */
+struct hindex {
+    uint64_t *slots;
+    size_t cap;
+    size_t count;
+};
+
+void hindex_init(struct hindex *h);
+void hindex_close(struct hindex *h);
+struct entry *hindex_get(const struct hindex *h, const uint8_t *key, size_t klen);
+/* Make room for `n` entries in total, so that inserts up to that count cannot fail.
+ * Returns 0 or STRATA_OUT_OF_MEMORY (index unchanged). */
+int hindex_reserve(struct hindex *h, size_t n);
+/* Insert an entry whose key is absent. Capacity must have been reserved. */
+void hindex_insert(struct hindex *h, struct entry *e);
+
+#endif
