@@ -86,10 +86,10 @@ static void place(uint64_t *slots, size_t cap, struct entry *e)
 
 int hindex_reserve(struct hindex *h, size_t n)
 {
-    if (n <= h->cap - h->cap / 8)
+    if (n <= h->cap - h->cap / 4)
         return 0;
     size_t cap = h->cap < 16 ? 16 : h->cap;
-    while (n > cap - cap / 8)
+    while (n > cap - cap / 4)
         cap += cap / 2;
     if (cap > 0xffffffffu)
         return STRATA_OUT_OF_MEMORY;

@@ -83,11 +83,15 @@ static void make_kv(struct tmpl *t, const char *op, const char *branch, size_t v
     }
 }
 
+/* Key i as "k%015llu", written directly (snprintf would dominate the loop). */
 static void set_key(struct tmpl *t, uint64_t i)
 {
-    char k[32];
-    snprintf(k, sizeof k, "k%015llu", (unsigned long long)(i % 1000000000000000ull));
-    memcpy(t->b.data + t->key_off, k, 16);
+    uint8_t *k = t->b.data + t->key_off;
+    k[0] = 'k';
+    for (int d = 15; d >= 1; d--) {
+        k[d] = (uint8_t)('0' + i % 10);
+        i /= 10;
+    }
 }
 
 static uint64_t rng = 88172645463325252ull;
