@@ -263,8 +263,8 @@ static int arg_vector(struct exec *x, const char *name, const struct coll *c, fl
                        "argument '%s' must be an array of numbers or float32 bytes", name);
     if (o->via.array.size != c->dim)
         return err_set(x->err, STRATA_INVALID_ARGUMENT,
-                       "argument '%s' has dimension %u; collection '%.*s' has dimension %u",
-                       name, o->via.array.size, (int)c->nlen, c->name, c->dim);
+                       "argument '%s' has dimension %u; collection '%.*s' has dimension %u", name,
+                       o->via.array.size, (int)c->nlen, c->name, c->dim);
     for (uint32_t i = 0; i < c->dim; i++) {
         const msgpack_object *e = &o->via.array.ptr[i];
         double d;
@@ -297,8 +297,7 @@ static int vector_upsert(struct exec *x)
         return rc;
     const msgpack_object *meta = arg_get(x, "metadata");
     if (meta && meta->type != MSGPACK_OBJECT_MAP)
-        return err_set(x->err, STRATA_INVALID_ARGUMENT,
-                       "argument 'metadata' must be an object");
+        return err_set(x->err, STRATA_INVALID_ARGUMENT, "argument 'metadata' must be an object");
     if (meta && (rc = value_check(&x->s->cfg, meta, x->err)))
         return rc;
     float *v = sm_malloc(c.dim * sizeof *v);
@@ -430,8 +429,7 @@ static int scan(struct exec *x, const struct coll *c, const struct vec_query *vq
         uint32_t nbytes;
         /* A vector of another dimension can only come from a merge across a re-created
          * collection; it is not comparable, so it is not a candidate. */
-        if (vec_split(v->data, v->len, &f32, &nbytes, &hit.meta, &hit.mlen) ||
-            nbytes != 4 * c->dim)
+        if (vec_split(v->data, v->len, &f32, &nbytes, &hit.meta, &hit.mlen) || nbytes != 4 * c->dim)
             continue;
         hit.key = e->key + slen;
         hit.klen = e->klen - slen;

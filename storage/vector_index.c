@@ -69,8 +69,8 @@ int vec_split(const uint8_t *data, size_t len, const uint8_t **f32, uint32_t *nb
 
 float vec_load(const uint8_t *p, uint32_t i)
 {
-    uint32_t u = (uint32_t)p[4 * i] | (uint32_t)p[4 * i + 1] << 8 |
-                 (uint32_t)p[4 * i + 2] << 16 | (uint32_t)p[4 * i + 3] << 24;
+    uint32_t u = (uint32_t)p[4 * i] | (uint32_t)p[4 * i + 1] << 8 | (uint32_t)p[4 * i + 2] << 16 |
+                 (uint32_t)p[4 * i + 3] << 24;
     float f;
     memcpy(&f, &u, sizeof f);
     return f;
@@ -128,7 +128,7 @@ enum { K_DOT = 1, K_NORM = 2, K_L2 = 4 };
 #include <emmintrin.h>
 
 KERNEL_INLINE void kernel_blocks(const double *q, const uint8_t *p, size_t nblk, int what,
-                          double *dot, double *nrm)
+                                 double *dot, double *nrm)
 {
     __m128d a0 = _mm_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
     __m128d n0 = a0, n1 = a0, n2 = a0, n3 = a0;
@@ -167,7 +167,7 @@ KERNEL_INLINE void kernel_blocks(const double *q, const uint8_t *p, size_t nblk,
 }
 #else
 KERNEL_INLINE void kernel_blocks(const double *q, const uint8_t *p, size_t nblk, int what,
-                          double *dot, double *nrm)
+                                 double *dot, double *nrm)
 {
     for (int l = 0; l < LANES; l++)
         dot[l] = nrm[l] = 0;
@@ -188,7 +188,7 @@ KERNEL_INLINE void kernel_blocks(const double *q, const uint8_t *p, size_t nblk,
 /* One pass over a stored vector: the sums `what` asks for (K_L2 puts the squared
  * distance in *nrm). */
 KERNEL_INLINE void kernel(const double *q, const uint8_t *p, uint32_t dim, int what, double *dot,
-                   double *nrm)
+                          double *nrm)
 {
     double a[LANES], n[LANES];
     size_t nblk = dim / LANES;
@@ -398,16 +398,15 @@ static int check_scalar(const msgpack_object *o, const char *field, size_t flen,
     if (ok && is_float(o) && !isfinite(o->via.f64))
         ok = false;
     if (!ok)
-        return err_set(err, STRATA_INVALID_ARGUMENT,
-                       "filter on '%.*s': operand must be %s", (int)(flen > 64 ? 64 : flen),
-                       field,
+        return err_set(err, STRATA_INVALID_ARGUMENT, "filter on '%.*s': operand must be %s",
+                       (int)(flen > 64 ? 64 : flen), field,
                        ordered ? "a number or a string"
                                : "null, a boolean, a finite number or a string");
     return 0;
 }
 
-static int compile_cond(const msgpack_object *field, const msgpack_object *cond,
-                        struct vec_cond *c, struct err *err)
+static int compile_cond(const msgpack_object *field, const msgpack_object *cond, struct vec_cond *c,
+                        struct err *err)
 {
     c->field = field->via.str.ptr;
     c->flen = field->via.str.size;
@@ -419,8 +418,8 @@ static int compile_cond(const msgpack_object *field, const msgpack_object *cond,
     }
     if (cond->via.map.size != 1 || cond->via.map.ptr[0].key.type != MSGPACK_OBJECT_STR)
         return err_set(err, STRATA_INVALID_ARGUMENT,
-                       "filter on '%.*s': a condition object must hold exactly one operator",
-                       fl, c->field);
+                       "filter on '%.*s': a condition object must hold exactly one operator", fl,
+                       c->field);
     const msgpack_object *name = &cond->via.map.ptr[0].key;
     c->op = 0;
     for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
@@ -434,11 +433,10 @@ static int compile_cond(const msgpack_object *field, const msgpack_object *cond,
                        name->via.str.ptr);
     c->operand = &cond->via.map.ptr[0].val;
     if (c->op != VF_IN)
-        return check_scalar(c->operand, c->field, c->flen, c->op != VF_EQ && c->op != VF_NE,
-                            err);
+        return check_scalar(c->operand, c->field, c->flen, c->op != VF_EQ && c->op != VF_NE, err);
     if (c->operand->type != MSGPACK_OBJECT_ARRAY)
-        return err_set(err, STRATA_INVALID_ARGUMENT, "filter on '%.*s': $in takes an array",
-                       fl, c->field);
+        return err_set(err, STRATA_INVALID_ARGUMENT, "filter on '%.*s': $in takes an array", fl,
+                       c->field);
     for (uint32_t i = 0; i < c->operand->via.array.size; i++) {
         int rc = check_scalar(&c->operand->via.array.ptr[i], c->field, c->flen, false, err);
         if (rc)

@@ -217,20 +217,22 @@ static void test_vector_upsert_get_delete(void **state)
     EXPECT(s, "{\"version\":5,\"ts\":9000,\"deleted\":true}",
            "{\"op\":\"vector.delete\",\"collection\":\"c\",\"key\":\"a\"}");
     EXPECT(s, "null", "{\"op\":\"vector.get\",\"collection\":\"c\",\"key\":\"a\"}");
-    EXPECT(s, "{\"deleted\":false}", "{\"op\":\"vector.delete\",\"collection\":\"c\",\"key\":\"a\"}");
+    EXPECT(s, "{\"deleted\":false}",
+           "{\"op\":\"vector.delete\",\"collection\":\"c\",\"key\":\"a\"}");
     assert_int_equal(storage_version(s), 5);
     /* The history stays readable. */
-    assert_non_null(strstr(
-        OK(s, "{\"op\":\"vector.get\",\"collection\":\"c\",\"key\":\"a\",\"at_version\":2}"),
-        "\"vector\":[1.0,-2.5]"));
+    assert_non_null(
+        strstr(OK(s, "{\"op\":\"vector.get\",\"collection\":\"c\",\"key\":\"a\",\"at_version\":2}"),
+               "\"vector\":[1.0,-2.5]"));
     /* Keys of one collection do not collide with a collection whose name extends it. */
     OK(s, "{\"op\":\"vector.create_collection\",\"collection\":\"c2\",\"dimension\":2,"
           "\"metric\":\"cosine\"}");
     OK(s, "{\"op\":\"vector.upsert\",\"collection\":\"c2\",\"key\":\"f\",\"vector\":[1,1]}");
     assert_string_equal(
         keys(s, "{\"op\":\"vector.query\",\"collection\":\"c\",\"vector\":[1,1],\"k\":10}"), "f");
-    EXPECT(s, "[{\"name\":\"c\",\"dimension\":2,\"metric\":\"cosine\",\"count\":1},"
-              "{\"name\":\"c2\",\"dimension\":2,\"metric\":\"cosine\",\"count\":1}]",
+    EXPECT(s,
+           "[{\"name\":\"c\",\"dimension\":2,\"metric\":\"cosine\",\"count\":1},"
+           "{\"name\":\"c2\",\"dimension\":2,\"metric\":\"cosine\",\"count\":1}]",
            "{\"op\":\"vector.list_collections\"}");
 }
 
@@ -259,15 +261,18 @@ static void test_vector_upsert_bad_input(void **state)
     FAILS(s, STRATA_INVALID_ARGUMENT,
           "{\"op\":\"vector.upsert\",\"collection\":\"c\",\"key\":\"a\","
           "\"vector\":{\"$bytes\":\"AACAfwAAgD8=\"}}"); /* +inf */
-    msg = FAILS(s, STRATA_INVALID_ARGUMENT,
-                "{\"op\":\"vector.upsert\",\"collection\":\"c\",\"key\":\"a\",\"vector\":[1e39,1]}");
+    msg =
+        FAILS(s, STRATA_INVALID_ARGUMENT,
+              "{\"op\":\"vector.upsert\",\"collection\":\"c\",\"key\":\"a\",\"vector\":[1e39,1]}");
     assert_non_null(strstr(msg, "finite float32"));
-    msg = FAILS(s, STRATA_INVALID_ARGUMENT,
-                "{\"op\":\"vector.upsert\",\"collection\":\"c\",\"key\":\"a\",\"vector\":[1,\"2\"]}");
+    msg =
+        FAILS(s, STRATA_INVALID_ARGUMENT,
+              "{\"op\":\"vector.upsert\",\"collection\":\"c\",\"key\":\"a\",\"vector\":[1,\"2\"]}");
     assert_non_null(strstr(msg, "element 1 is not a number"));
     FAILS(s, STRATA_INVALID_ARGUMENT,
           "{\"op\":\"vector.upsert\",\"collection\":\"c\",\"key\":\"a\",\"vector\":\"12\"}");
-    FAILS(s, STRATA_INVALID_ARGUMENT, "{\"op\":\"vector.upsert\",\"collection\":\"c\",\"key\":\"a\"}");
+    FAILS(s, STRATA_INVALID_ARGUMENT,
+          "{\"op\":\"vector.upsert\",\"collection\":\"c\",\"key\":\"a\"}");
     FAILS(s, STRATA_INVALID_ARGUMENT,
           "{\"op\":\"vector.upsert\",\"collection\":\"c\",\"key\":\"\",\"vector\":[1,2]}");
     FAILS(s, STRATA_INVALID_ARGUMENT,
@@ -310,8 +315,8 @@ static void test_vector_batch_is_one_version(void **state)
     assert_int_equal(storage_version(s), 2);
     assert_string_equal(
         keys(s, "{\"op\":\"vector.query\",\"collection\":\"c\",\"vector\":[1,0],\"k\":10}"), "b");
-    assert_non_null(
-        strstr(OK(s, "{\"op\":\"vector.get\",\"collection\":\"c\",\"key\":\"b\"}"), "\"version\":2"));
+    assert_non_null(strstr(OK(s, "{\"op\":\"vector.get\",\"collection\":\"c\",\"key\":\"b\"}"),
+                           "\"version\":2"));
 }
 
 /* ---- Query ---------------------------------------------------------------------------------- */
@@ -336,19 +341,19 @@ static void test_vector_query_bad_input(void **state)
     FAILS(s, STRATA_NOT_FOUND,
           "{\"op\":\"vector.query\",\"collection\":\"nope\",\"vector\":[1,2],\"k\":1}");
     const char *bad_filters[] = {
-        "[1]",                          /* not an object */
-        "\"x\"",                        /* not an object */
-        "{\"f\":{\"$regex\":\"a\"}}",   /* unknown operator */
+        "[1]",                           /* not an object */
+        "\"x\"",                         /* not an object */
+        "{\"f\":{\"$regex\":\"a\"}}",    /* unknown operator */
         "{\"f\":{\"$gt\":1,\"$lt\":5}}", /* two operators */
-        "{\"f\":{}}",                   /* no operator */
-        "{\"f\":{\"g\":1}}",            /* nested object is not an operator */
-        "{\"f\":{\"$in\":5}}",          /* $in needs an array */
-        "{\"f\":{\"$in\":[1,[2]]}}",    /* $in of a non-scalar */
-        "{\"f\":{\"$gt\":true}}",       /* ordering needs a number or string */
-        "{\"f\":{\"$lte\":null}}",      /* ordering needs a number or string */
-        "{\"f\":[1,2]}",                /* plain arrays are not scalars */
-        "{\"f\":{\"$eq\":{\"a\":1}}}",  /* $eq of an object */
-        "{\"f\":{\"$ne\":[1]}}",        /* $ne of an array */
+        "{\"f\":{}}",                    /* no operator */
+        "{\"f\":{\"g\":1}}",             /* nested object is not an operator */
+        "{\"f\":{\"$in\":5}}",           /* $in needs an array */
+        "{\"f\":{\"$in\":[1,[2]]}}",     /* $in of a non-scalar */
+        "{\"f\":{\"$gt\":true}}",        /* ordering needs a number or string */
+        "{\"f\":{\"$lte\":null}}",       /* ordering needs a number or string */
+        "{\"f\":[1,2]}",                 /* plain arrays are not scalars */
+        "{\"f\":{\"$eq\":{\"a\":1}}}",   /* $eq of an object */
+        "{\"f\":{\"$ne\":[1]}}",         /* $ne of an array */
         "{\"f\":{\"$bytes\":\"AA==\"}}", /* bin is not a filter value */
     };
     for (size_t i = 0; i < sizeof bad_filters / sizeof bad_filters[0]; i++) {
@@ -428,8 +433,9 @@ static void brute_force_check(struct storage *s, const char *metric, int dim)
     char coll[32], vj[1024];
     snprintf(coll, sizeof coll, "%s%d", metric, dim);
     rng_state = 0x1234567u + (uint64_t)dim * 7919u + strlen(metric);
-    OK(s, "{\"op\":\"vector.create_collection\",\"collection\":\"%s\",\"dimension\":%d,"
-          "\"metric\":\"%s\"}",
+    OK(s,
+       "{\"op\":\"vector.create_collection\",\"collection\":\"%s\",\"dimension\":%d,"
+       "\"metric\":\"%s\"}",
        coll, dim, metric);
     for (int i = 0; i < BF_N; i++) {
         for (int j = 0; j < dim; j++)
@@ -457,8 +463,8 @@ static void brute_force_check(struct storage *s, const char *metric, int dim)
             char want[8];
             snprintf(want, sizeof want, "k%02d", refs[i].idx);
             if (strcmp(hits[i].key, want) != 0)
-                fprintf(stderr, "%s dim %d query %d rank %d: got %s want %s\n", metric, dim, t,
-                        i, hits[i].key, want);
+                fprintf(stderr, "%s dim %d query %d rank %d: got %s want %s\n", metric, dim, t, i,
+                        hits[i].key, want);
             assert_string_equal(hits[i].key, want);
             assert_true(fabs(hits[i].score - refs[i].score) <= 1e-12 * (1 + fabs(refs[i].score)));
         }
@@ -467,10 +473,10 @@ static void brute_force_check(struct storage *s, const char *metric, int dim)
     float q[BF_MAXDIM] = {1};
     json_vec(vj, sizeof vj, q, dim);
     struct hit all[BF_N];
-    assert_int_equal(query(s, all, BF_N,
-                           "{\"op\":\"vector.query\",\"collection\":\"%s\",\"vector\":%s,\"k\":500}",
-                           coll, vj),
-                     BF_N);
+    assert_int_equal(
+        query(s, all, BF_N,
+              "{\"op\":\"vector.query\",\"collection\":\"%s\",\"vector\":%s,\"k\":500}", coll, vj),
+        BF_N);
     for (int i = 1; i < BF_N; i++) {
         if (strcmp(metric, "euclidean") == 0)
             assert_true(all[i - 1].score <= all[i].score);
@@ -537,25 +543,30 @@ static void test_vector_query_ties_break_by_key(void **state)
     struct storage *s = *state;
     const char *metrics[] = {"cosine", "dot", "euclidean"};
     for (int m = 0; m < 3; m++) {
-        OK(s, "{\"op\":\"vector.create_collection\",\"collection\":\"%s\",\"dimension\":2,"
-              "\"metric\":\"%s\"}",
+        OK(s,
+           "{\"op\":\"vector.create_collection\",\"collection\":\"%s\",\"dimension\":2,"
+           "\"metric\":\"%s\"}",
            metrics[m], metrics[m]);
         /* Inserted out of order; all score the same. */
         const char *ks[] = {"b", "c", "a", "aa", "B", "ab"};
         for (int i = 0; i < 6; i++)
-            OK(s, "{\"op\":\"vector.upsert\",\"collection\":\"%s\",\"key\":\"%s\","
-                  "\"vector\":[0.5,0.25]}",
+            OK(s,
+               "{\"op\":\"vector.upsert\",\"collection\":\"%s\",\"key\":\"%s\","
+               "\"vector\":[0.5,0.25]}",
                metrics[m], ks[i]);
-        OK(s, "{\"op\":\"vector.upsert\",\"collection\":\"%s\",\"key\":\"worst\","
-              "\"vector\":[-0.5,-0.25]}",
+        OK(s,
+           "{\"op\":\"vector.upsert\",\"collection\":\"%s\",\"key\":\"worst\","
+           "\"vector\":[-0.5,-0.25]}",
            metrics[m]);
         for (int rep = 0; rep < 2; rep++) {
-            assert_string_equal(keys(s, "{\"op\":\"vector.query\",\"collection\":\"%s\","
-                                        "\"vector\":[0.5,0.25],\"k\":10}",
+            assert_string_equal(keys(s,
+                                     "{\"op\":\"vector.query\",\"collection\":\"%s\","
+                                     "\"vector\":[0.5,0.25],\"k\":10}",
                                      metrics[m]),
                                 "B,a,aa,ab,b,c,worst");
-            assert_string_equal(keys(s, "{\"op\":\"vector.query\",\"collection\":\"%s\","
-                                        "\"vector\":[0.5,0.25],\"k\":3}",
+            assert_string_equal(keys(s,
+                                     "{\"op\":\"vector.query\",\"collection\":\"%s\","
+                                     "\"vector\":[0.5,0.25],\"k\":3}",
                                      metrics[m]),
                                 "B,a,aa");
         }
@@ -568,7 +579,7 @@ static void test_vector_query_filter_operators(void **state)
     OK(s, "{\"op\":\"vector.create_collection\",\"collection\":\"f\",\"dimension\":1,"
           "\"metric\":\"dot\"}");
     const char *metas[] = {
-        "{\"n\":1,\"s\":\"apple\",\"b\":true}",    /* m1 */
+        "{\"n\":1,\"s\":\"apple\",\"b\":true}",     /* m1 */
         "{\"n\":2.0,\"s\":\"banana\",\"b\":false}", /* m2 */
         "{\"n\":2,\"s\":\"Banana\",\"z\":null}",    /* m3 */
         "{\"n\":2.5,\"s\":\"cherry\"}",             /* m4 */
@@ -578,11 +589,15 @@ static void test_vector_query_filter_operators(void **state)
         "{\"n\":-9007199254740993,\"s\":\"\"}",     /* m8: beyond double precision */
     };
     for (int i = 0; i < 8; i++)
-        OK(s, "{\"op\":\"vector.upsert\",\"collection\":\"f\",\"key\":\"m%d\",\"vector\":[1],"
-              "\"metadata\":%s}",
+        OK(s,
+           "{\"op\":\"vector.upsert\",\"collection\":\"f\",\"key\":\"m%d\",\"vector\":[1],"
+           "\"metadata\":%s}",
            i + 1, metas[i]);
-#define Q(filter) keys(s, "{\"op\":\"vector.query\",\"collection\":\"f\",\"vector\":[1],\"k\":50," \
-                          "\"filter\":%s}", filter)
+#define Q(filter)                                                                                  \
+    keys(s,                                                                                        \
+         "{\"op\":\"vector.query\",\"collection\":\"f\",\"vector\":[1],\"k\":50,"                  \
+         "\"filter\":%s}",                                                                         \
+         filter)
     assert_string_equal(Q("{}"), "m1,m2,m3,m4,m5,m6,m7,m8");
     /* eq: plain value or $eq; int and float compare numerically. */
     assert_string_equal(Q("{\"n\":2}"), "m2,m3");
@@ -661,8 +676,9 @@ static void test_vector_query_on_fork_sees_parent_and_own_changes(void **state)
     /* Deleting the collection in the fork leaves the parent's intact. */
     EXPECT(s, "{\"version\":9,\"ts\":12000,\"vectors_deleted\":3}",
            "{\"op\":\"vector.delete_collection\",\"branch\":\"f\",\"collection\":\"c\"}");
-    FAILS(s, STRATA_NOT_FOUND, "{\"op\":\"vector.query\",\"branch\":\"f\",\"collection\":\"c\","
-                               "\"vector\":[1,0],\"k\":10}");
+    FAILS(s, STRATA_NOT_FOUND,
+          "{\"op\":\"vector.query\",\"branch\":\"f\",\"collection\":\"c\","
+          "\"vector\":[1,0],\"k\":10}");
     assert_string_equal(keys(s, "{\"op\":\"vector.query\",\"collection\":\"c\",\"vector\":[1,0],"
                                 "\"k\":10}"),
                         "e,c,b,a");
@@ -680,11 +696,13 @@ static void test_vector_query_at_version(void **state)
           "\"metric\":\"cosine\"}"); /* v1 ts 1000 */
     OK(s, "{\"op\":\"vector.upsert\",\"collection\":\"c\",\"key\":\"x\",\"vector\":[1,0],"
           "\"metadata\":{\"v\":1}}"); /* v2 ts 2000 */
-    OK(s, "{\"op\":\"vector.upsert\",\"collection\":\"c\",\"key\":\"y\",\"vector\":[0,1]}"); /* v3 */
+    OK(s,
+       "{\"op\":\"vector.upsert\",\"collection\":\"c\",\"key\":\"y\",\"vector\":[0,1]}"); /* v3 */
     OK(s, "{\"op\":\"vector.upsert\",\"collection\":\"c\",\"key\":\"x\",\"vector\":[-1,0],"
-          "\"metadata\":{\"v\":2}}");                                                     /* v4 */
-    OK(s, "{\"op\":\"vector.delete\",\"collection\":\"c\",\"key\":\"y\"}");                 /* v5 */
-#define Q(at) keys(s, "{\"op\":\"vector.query\",\"collection\":\"c\",\"vector\":[1,0],\"k\":10%s}", at)
+          "\"metadata\":{\"v\":2}}");                                       /* v4 */
+    OK(s, "{\"op\":\"vector.delete\",\"collection\":\"c\",\"key\":\"y\"}"); /* v5 */
+#define Q(at)                                                                                      \
+    keys(s, "{\"op\":\"vector.query\",\"collection\":\"c\",\"vector\":[1,0],\"k\":10%s}", at)
     assert_string_equal(Q(""), "x");
     assert_string_equal(Q(",\"at_version\":2"), "x");
     assert_string_equal(Q(",\"at_version\":3"), "x,y");
@@ -711,8 +729,7 @@ static void test_vector_query_at_version(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_vector_create_list_delete_collection, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_vector_create_list_delete_collection, setup, teardown),
         cmocka_unit_test_setup_teardown(test_vector_create_collection_bad_input, setup, teardown),
         cmocka_unit_test_setup_teardown(test_vector_upsert_get_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_vector_upsert_bad_input, setup, teardown),
@@ -720,8 +737,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_vector_query_bad_input, setup, teardown),
         cmocka_unit_test_setup_teardown(test_vector_query_cosine_matches_brute_force, setup,
                                         teardown),
-        cmocka_unit_test_setup_teardown(test_vector_query_dot_matches_brute_force, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_vector_query_dot_matches_brute_force, setup, teardown),
         cmocka_unit_test_setup_teardown(test_vector_query_euclidean_matches_brute_force, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_vector_query_scores_and_metadata, setup, teardown),
