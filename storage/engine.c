@@ -295,6 +295,8 @@ void stage_init(struct stage *st)
 {
     st->ops = NULL;
     st->n = st->cap = 0;
+    st->slots = NULL;
+    st->nslots = 0;
 }
 
 void stage_close(struct stage *st)
@@ -304,12 +306,50 @@ void stage_close(struct stage *st)
         sm_free(st->ops[i].val);
     }
     sm_free(st->ops);
+    sm_free(st->slots);
     stage_init(st);
+}
+
+/* Big commands (batches, merges, space deletes) stage many writes: past STAGE_LINEAR
+ * ops, lookups go through a hash table instead of a scan, so staging stays O(n). The
+ * branch pointer only spreads the hash; results never depend on it. */
+static size_t stage_hash(const struct branch *b, const uint8_t *k, size_t klen)
+{
+    return (size_t)(hindex_hash(k, klen) ^ ((uint64_t)(uintptr_t)b * 0x9E3779B97F4A7C15ull));
+}
+
+static int stage_rehash(struct stage *st, size_t want)
+{
+    size_t n = 64;
+    while (n < want * 2)
+        n *= 2;
+    uint32_t *slots = sm_calloc(n, sizeof *slots);
+    if (slots == NULL)
+        return STRATA_OUT_OF_MEMORY;
+    for (size_t i = 0; i < st->n; i++) {
+        size_t j = stage_hash(st->ops[i].b, st->ops[i].key, st->ops[i].klen) & (n - 1);
+        while (slots[j])
+            j = (j + 1) & (n - 1);
+        slots[j] = (uint32_t)i + 1;
+    }
+    sm_free(st->slots);
+    st->slots = slots;
+    st->nslots = n;
+    return 0;
 }
 
 const struct stage_op *stage_find(const struct stage *st, const struct branch *b,
                                   const uint8_t *k, size_t klen)
 {
+    if (st->slots) {
+        size_t j = stage_hash(b, k, klen) & (st->nslots - 1);
+        for (; st->slots[j]; j = (j + 1) & (st->nslots - 1)) {
+            const struct stage_op *op = &st->ops[st->slots[j] - 1];
+            if (op->b == b && op->klen == klen && memcmp(op->key, k, klen) == 0)
+                return op;
+        }
+        return NULL;
+    }
     for (size_t i = st->n; i-- > 0;) {
         const struct stage_op *op = &st->ops[i];
         if (op->b == b && op->klen == klen && memcmp(op->key, k, klen) == 0)
@@ -343,11 +383,19 @@ int stage_put(struct stage *st, struct branch *b, const uint8_t *k, size_t klen,
         st->ops = ops;
         st->cap = cap;
     }
+    if (st->n + 1 > STAGE_LINEAR && (st->n + 1) * 2 > st->nslots && stage_rehash(st, st->n + 1))
+        goto err_free_val;
     uint8_t *kcopy = sm_malloc(klen);
     if (kcopy == NULL)
         goto err_free_val;
     memcpy(kcopy, k, klen);
     st->ops[st->n++] = (struct stage_op){b, kcopy, klen, vcopy, val ? (uint32_t)len : VLEN_TOMB};
+    if (st->slots) {
+        size_t j = stage_hash(b, k, klen) & (st->nslots - 1);
+        while (st->slots[j])
+            j = (j + 1) & (st->nslots - 1);
+        st->slots[j] = (uint32_t)st->n;
+    }
     return 0;
 err_free_val:
     sm_free(vcopy);

@@ -9,7 +9,7 @@
 
 /* A 64-bit mix of the key bytes (multiply-xorshift over 8-byte words, then the murmur3
  * finalizer): a hash-table index function, not a cryptographic or persisted hash. */
-static uint64_t hash_key(const uint8_t *k, size_t n)
+uint64_t hindex_hash(const uint8_t *k, size_t n)
 {
     uint64_t h = 0x9E3779B97F4A7C15ull ^ (n * 0xC2B2AE3D27D4EB4Full);
     while (n >= 8) {
@@ -58,7 +58,7 @@ struct entry *hindex_get(const struct hindex *h, const uint8_t *key, size_t klen
 {
     if (h->count == 0)
         return NULL;
-    uint64_t hv = hash_key(key, klen), tag = tag_of(hv);
+    uint64_t hv = hindex_hash(key, klen), tag = tag_of(hv);
     size_t i = home(hv, h->cap);
     for (;;) {
         uint64_t s = h->slots[i];
@@ -76,7 +76,7 @@ struct entry *hindex_get(const struct hindex *h, const uint8_t *key, size_t klen
 
 static void place(uint64_t *slots, size_t cap, struct entry *e)
 {
-    uint64_t hv = hash_key(e->key, e->klen);
+    uint64_t hv = hindex_hash(e->key, e->klen);
     size_t i = home(hv, cap);
     while (slots[i] != 0)
         if (++i == cap)

@@ -19,6 +19,9 @@ struct hindex {
     size_t count;
 };
 
+/* The index's hash of a key (a table hash: neither cryptographic nor persisted). */
+uint64_t hindex_hash(const uint8_t *k, size_t n);
+
 void hindex_init(struct hindex *h);
 void hindex_close(struct hindex *h);
 struct entry *hindex_get(const struct hindex *h, const uint8_t *key, size_t klen);

@@ -150,9 +150,12 @@ struct stage_op {
 };
 
 struct stage {
-    struct stage_op *ops;
+    struct stage_op *ops; /* in staging order (the order they are installed in) */
     size_t n, cap;
+    uint32_t *slots; /* (branch, key) -> op index + 1, once n > STAGE_LINEAR; 0 = empty */
+    size_t nslots;   /* power of two */
 };
+#define STAGE_LINEAR 16
 
 void stage_init(struct stage *st);
 void stage_close(struct stage *st);

@@ -21,8 +21,8 @@ static json_t *to_json(const msgpack_object *o)
     case MSGPACK_OBJECT_FLOAT32:
     case MSGPACK_OBJECT_FLOAT64:
         return isfinite(o->via.f64) ? json_real(o->via.f64) : json_null();
-    case MSGPACK_OBJECT_STR:
-        return json_stringn(o->via.str.ptr, o->via.str.size);
+    case MSGPACK_OBJECT_STR: /* msgpack-c gives a NULL pointer for an empty string */
+        return json_stringn(o->via.str.size ? o->via.str.ptr : "", o->via.str.size);
     case MSGPACK_OBJECT_BIN: {
         size_t n = o->via.bin.size;
         char *b64 = sm_malloc(4 * ((n + 2) / 3) + 1);
@@ -35,8 +35,12 @@ static json_t *to_json(const msgpack_object *o)
     }
     case MSGPACK_OBJECT_ARRAY: {
         json_t *a = json_array();
-        for (uint32_t i = 0; a && i < o->via.array.size; i++)
-            json_array_append_new(a, to_json(&o->via.array.ptr[i]));
+        for (uint32_t i = 0; a && i < o->via.array.size; i++) {
+            if (json_array_append_new(a, to_json(&o->via.array.ptr[i]))) {
+                json_decref(a);
+                return NULL;
+            }
+        }
         return a;
     }
     case MSGPACK_OBJECT_MAP: {
@@ -46,8 +50,11 @@ static json_t *to_json(const msgpack_object *o)
             if (k->type != MSGPACK_OBJECT_STR)
                 continue;
             /* msgpack-c gives a NULL pointer for an empty string key. */
-            json_object_setn_new(m, k->via.str.size ? k->via.str.ptr : "", k->via.str.size,
-                                 to_json(&o->via.map.ptr[i].val));
+            if (json_object_setn_new(m, k->via.str.size ? k->via.str.ptr : "", k->via.str.size,
+                                     to_json(&o->via.map.ptr[i].val))) {
+                json_decref(m);
+                return NULL;
+            }
         }
         return m;
     }
