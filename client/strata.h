@@ -1,0 +1,48 @@
+/* libstrata: the client API of StrataDB — open a database by URI and execute commands.
+ *
+ * A command is one MessagePack map {"op": "kv.put", "branch": ..., ...}; its result is
+ * one MessagePack value. The command set, argument names and result shapes are those of
+ * the storage engine (storage/storage.h, docs/storage.md); the client adds no commands
+ * of its own, so the same bytes work against every kind of database the URI can name.
+ *
+ * URIs:
+ *   mem:           a private in-process engine, empty at open, gone at close.
+ *   file:DIR       a local durable database (not supported yet in this build).
+ *   strata://...   a StrataDB server or cluster (not supported yet in this build).
+ *
+ * Thread: a `struct strata` is not thread-safe; the caller serializes all calls on one
+ * handle. Distinct handles are independent. */
+#ifndef STRATA_CLIENT_H
+#define STRATA_CLIENT_H
+
+#include "common.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* An open database connection. Opaque. */
+struct strata;
+
+/* Open the database named by `uri` (NUL-terminated; see the list above).
+ * On success returns 0 and stores a new handle in *out, owned by the caller and released
+ * with strata_close(). On failure returns a code from common.h with `err` filled (err
+ * may be NULL) and leaves *out untouched:
+ *   INVALID_ARGUMENT  malformed or unknown URI, or a scheme this build does not support;
+ *   OUT_OF_MEMORY     allocation failed. */
+int strata_open(const char *uri, struct strata **out, struct err *err);
+
+/* Close a handle and release everything it owns. NULL is a no-op. For `mem:` the
+ * database's contents are discarded. */
+void strata_close(struct strata *db);
+
+/* Execute one command: `cmd` is `len` bytes holding exactly one MessagePack map (borrowed
+ * for the call). On success returns 0 and appends the MessagePack result to `result`
+ * (caller-owned, not reset first). On failure returns a code from common.h, fills `err`
+ * (may be NULL) with the code and a message naming the offending argument, appends
+ * nothing to `result`, and the database is unchanged. Writes are stamped with the
+ * client's wall clock (clock_now_us()); the engine keeps timestamps strictly increasing
+ * even if that clock steps back. */
+int strata_exec(struct strata *db, const uint8_t *cmd, size_t len, struct buf *result,
+                struct err *err);
+
+#endif
