@@ -100,6 +100,7 @@ enum fmt {
     FMT_AUTO,    /* map: pretty JSON; array: one item per line; else one line of JSON */
     FMT_WRITE,   /* OK version=N field=JSON ... */
     FMT_GET,     /* the "value" as one line of JSON, (nil) when absent */
+    FMT_RAW,     /* the result itself as one line of JSON, (nil) when absent */
     FMT_LIST,    /* one item per line */
     FMT_HISTORY, /* version=N ts=T VALUE | (deleted) */
 };
@@ -144,7 +145,7 @@ static const struct verb_def verbs[] = {
      {KEY, STRV("path", "PATH"), {"value", "VALUE", K_VALUE, 0}}, 0, FMT_WRITE, SP_NONE,
      "set PATH ($ = whole document) of document KEY"},
     {"json", "get", "json.get", V_READ_DATA, {KEY, {"path", "PATH", K_STR, P_OPT}}, O_AT,
-     FMT_GET, SP_NONE, "document KEY, or the value at PATH"},
+     FMT_RAW, SP_NONE, "document KEY, or the value at PATH"},
     {"json", "delete", "json.delete", V_WRITE_DATA, {KEY, {"path", "PATH", K_STR, P_OPT}}, 0,
      FMT_WRITE, SP_NONE, "delete document KEY, or the value at PATH"},
     {"json", "list", "json.list", V_READ_DATA, {{0}}, O_PAGE | O_AT, FMT_LIST, SP_NONE,
@@ -438,10 +439,11 @@ static int render_write(const msgpack_object *o)
     }
     if (o->type != MSGPACK_OBJECT_MAP)
         return print_json(o, false, "\n");
-    /* A merge that found conflicts wrote nothing: say so instead of "OK". */
-    const msgpack_object *c = map_get(o, "conflicts");
-    bool conflicted = c && c->type == MSGPACK_OBJECT_ARRAY && c->via.array.size > 0;
-    fputs(conflicted ? "CONFLICT" : "OK", stdout);
+    /* A merge reports "merged"; strict conflicts come back as a CONFLICT error instead,
+     * and source_wins lists the conflicts it resolved. */
+    const msgpack_object *m = map_get(o, "merged");
+    bool refused = m && m->type == MSGPACK_OBJECT_BOOLEAN && !m->via.boolean;
+    fputs(refused ? "CONFLICT" : "OK", stdout);
     const msgpack_object *ver = map_get(o, "version");
     int rc = 0;
     if (ver) {
@@ -463,7 +465,7 @@ static int render_get(const msgpack_object *o)
     }
     const msgpack_object *val = map_get(o, "value");
     if (val == NULL) /* a record without a single value (an event, a vector): all of it */
-        return print_json(o, o->type == MSGPACK_OBJECT_MAP, "\n");
+        return print_json(o, false, "\n");
     const msgpack_object *counter = map_get(o, "counter");
     int rc = print_json(val, false, counter ? "" : "\n");
     if (rc == 0 && counter) {
@@ -568,6 +570,9 @@ static int render(const uint8_t *mp, size_t len, enum fmt fmt, bool json)
         break;
     case FMT_GET:
         rc = render_get(&o);
+        break;
+    case FMT_RAW:
+        rc = o.type == MSGPACK_OBJECT_NIL ? (puts("(nil)"), 0) : print_json(&o, false, "\n");
         break;
     case FMT_LIST:
         rc = render_list(&o);

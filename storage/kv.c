@@ -142,12 +142,25 @@ int prim_history(struct exec *x, int tag, const void *rest, size_t rlen)
                 seen++;
                 if (pass == 0)
                     continue;
-                msgpack_pack_map(x->pk, 4);
+                /* State cells store [counter, value]: show them apart. */
+                const msgpack_object *cell = NULL;
+                msgpack_object o;
+                if (tag == TAG_STATE && v->len != VLEN_TOMB &&
+                    value_decode(v->data, v->len, &x->s->zone, &o) == 0 &&
+                    o.type == MSGPACK_OBJECT_ARRAY && o.via.array.size == 2)
+                    cell = o.via.array.ptr;
+                msgpack_pack_map(x->pk, cell ? 5 : 4);
                 mp_pack_cstr(x->pk, "value");
-                if (v->len == VLEN_TOMB)
+                if (cell)
+                    value_pack(x->pk, &cell[1]);
+                else if (v->len == VLEN_TOMB)
                     msgpack_pack_nil(x->pk);
                 else
                     mp_pack_raw(x->pk, v->data, v->len);
+                if (cell) {
+                    mp_pack_cstr(x->pk, "counter");
+                    value_pack(x->pk, &cell[0]);
+                }
                 mp_pack_cstr(x->pk, "deleted");
                 if (v->len == VLEN_TOMB)
                     msgpack_pack_true(x->pk);

@@ -374,12 +374,12 @@ t "event append click '{\"x\": 1}'" "~OK version=1*"
 t "event append view '{\"x\": 2}'" "~OK version=2*"
 t "event append click '{\"x\": 3}'" "~OK version=3*"
 t "event len" "3"
-t "--json event get 0" '~{*"type":"click"*"payload":{"x":1}*}'
+t "--json event get 1" '~{*"type":"click"*"payload":{"x":1}*}'
 t "event get 9" "~*"
 t "event range" '~*"type":"click"*' '~*"type":"view"*' '~*"type":"click"*'
 t "event range --type view" '~*"payload":{"x":2}*'
-t "event range --backward --limit 1" '~*"payload":{"x":3}*'
-t "event range --start 1 --end 2" '~*"payload":{"x":2}*'
+t "event range --backward --limit 1" '~*"payload":{"x":3}*' "(more: --cursor 2)"
+t "event range --start 1 --end 2" '~*"payload":{"x":1}*' '~*"payload":{"x":2}*'
 t "event types" click view
 t "--json event verify" "~*true*"
 t "event len --at-version 1" "1"
@@ -409,7 +409,7 @@ end
 
 begin vector
 t "vector create emb 3 cosine" "~OK*"
-t "vector collections" "~emb*"
+t "vector collections" '{"name":"emb","dimension":3,"metric":"cosine","count":0}'
 t "vector upsert emb a '[1, 0, 0]' '{\"tag\": \"x\"}'" "~OK version=2*"
 t "vector upsert emb b '[0, 1, 0]' '{\"tag\": \"y\"}'" "~OK version=3*"
 t "vector upsert emb c '[0, 0, 1]'" "~OK version=4*"

@@ -127,10 +127,10 @@ static void test_state_history(void **state)
     OK(s, "{\"op\":\"state.delete\",\"cell\":\"c\"}");
     EXPECT(s,
            "[{\"value\":null,\"deleted\":true,\"version\":3,\"ts\":3000},"
-           "{\"value\":[2,\"b\"],\"deleted\":false,\"version\":2,\"ts\":2000},"
-           "{\"value\":[1,\"a\"],\"deleted\":false,\"version\":1,\"ts\":1000}]",
+           "{\"value\":\"b\",\"counter\":2,\"deleted\":false,\"version\":2,\"ts\":2000},"
+           "{\"value\":\"a\",\"counter\":1,\"deleted\":false,\"version\":1,\"ts\":1000}]",
            "{\"op\":\"state.history\",\"cell\":\"c\"}");
-    EXPECT(s, "[{\"value\":[2,\"b\"],\"deleted\":false,\"version\":2,\"ts\":2000}]",
+    EXPECT(s, "[{\"value\":\"b\",\"counter\":2,\"deleted\":false,\"version\":2,\"ts\":2000}]",
            "{\"op\":\"state.history\",\"cell\":\"c\",\"at_version\":2,\"limit\":1}");
     EXPECT(s, "[]", "{\"op\":\"state.history\",\"cell\":\"none\"}");
 }
