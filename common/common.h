@@ -85,6 +85,8 @@ int buf_append_slow(struct buf *b, const void *p, size_t n);
 /* Append n bytes. Returns 0 or STRATA_OUT_OF_MEMORY (the buffer is then unchanged). */
 static inline int buf_append(struct buf *b, const void *p, size_t n)
 {
+    if (n == 0)
+        return 0;
     if (n <= b->cap - b->len && b->data != NULL) {
         __builtin_memcpy(b->data + b->len, p, n);
         b->len += n;
