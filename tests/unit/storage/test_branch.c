@@ -267,6 +267,11 @@ static void test_branch_fork_isolation(void **state)
     snprintf(want, sizeof want, "{\"name\":\"c\",\"version\":%llu,\"fork_version\":%llu}",
              (unsigned long long)at_fork, (unsigned long long)at_fork);
     assert_string_equal(r, want);
+    /* O(1): the fork copies nothing; the child has no keys of its own yet. */
+    const char *info = OK(s, "{\"op\":\"branch.info\",\"name\":\"c\"}");
+    assert_int_equal(json_int(info, "own_keys"), 0);
+    assert_int_equal(json_int(info, "writes"), 0);
+    assert_int_equal(json_int(info, "depth"), 1);
     /* Child sees the parent as of the fork. */
     GET_IS(s, "c", "a", "1");
     GET_IS(s, "c", "b", "1");
@@ -313,7 +318,7 @@ static void test_branch_fork_delete_shadows_parent(void **state)
     assert_non_null(strstr(h, "},{\"value\":1,\"deleted\":false,\"version\":1,"));
 }
 
-static void test_branch_fork_list_count_scan_merge_chain(void **state)
+static void test_branch_fork_list_count_scan_through_chain(void **state)
 {
     struct storage *s = *state;
     OK(s, "{\"op\":\"kv.batch_put\",\"items\":[[\"a\",1],[\"b\",1],[\"c\",1],[\"d\",1],"
@@ -774,7 +779,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_branch_delete_parent_children_keep_data, setup, teardown),
         cmocka_unit_test_setup_teardown(test_branch_fork_isolation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_branch_fork_delete_shadows_parent, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_branch_fork_list_count_scan_merge_chain, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_branch_fork_list_count_scan_through_chain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_branch_fork_at_version, setup, teardown),
         cmocka_unit_test_setup_teardown(test_branch_fork_many_all_or_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_branch_fork_deep_chain, setup, teardown),

@@ -457,7 +457,10 @@ static void test_restore_rejects_bad_header_trailing_and_empty(void **state)
     buf_append(&snap, "garbage", 7);
     assert_int_equal(storage_restore(v, snap.data, snap.len, &err), STRATA_INVALID_ARGUMENT);
     snap.len = len;
-    buf_append(&snap, snap.data + 12, len - 12);
+    uint8_t *frame = malloc(len - 12);
+    memcpy(frame, snap.data + 12, len - 12);
+    buf_append(&snap, frame, len - 12);
+    free(frame);
     assert_int_equal(storage_restore(v, snap.data, snap.len, &err), STRATA_INVALID_ARGUMENT);
     snap.len = len;
     buf_append_u8(&snap, 0);
