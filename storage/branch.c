@@ -75,33 +75,77 @@ static int branch_create(struct exec *x)
     return 0;
 }
 
-/* Copy every key visible in src at `ver` into dst with its original version, so dst
- * needs no read-through (used when a fork would make the chain too deep). The copies
- * are not changes: they do not enter dst's change log. */
+/* Materializing a fork (when its read-through chain would get too deep): copy src's
+ * whole lineage as of `ver` into dst — for every key present at any level, every
+ * version it had at or below that level's read-through limit (tombstones and gap
+ * records included), newest first — so reads at any version <= ver and history are
+ * unchanged while dst no longer reads through. The copies are not changes: they do not
+ * enter dst's change log. */
+static void free_chain(struct version *v)
+{
+    while (v) {
+        struct version *o = v->older;
+        sm_free(v);
+        v = o;
+    }
+}
+
+static int flatten_key(struct branch *dst, struct branch *src, uint64_t ver, const struct entry *e0)
+{
+    struct entry *ne = sm_malloc(ENTRY_SIZE(e0->klen));
+    if (ne == NULL)
+        return STRATA_OUT_OF_MEMORY;
+    ne->klen = e0->klen;
+    ne->flags = 0;
+    memcpy(ne->key, e0->key, e0->klen);
+    ne->head = NULL;
+    struct version **tail = &ne->head;
+    uint64_t bound = ver;
+    for (struct branch *b = src; b; b = b->flat ? NULL : b->parent) {
+        struct entry *e = branch_get(b, e0->key, e0->klen);
+        for (const struct version *v = e ? e->head : NULL; v; v = v->older) {
+            if (v->ver > bound)
+                continue;
+            struct version *nv = sm_malloc(version_alloc_size(v));
+            if (nv == NULL)
+                goto err_free;
+            memcpy(nv, v, version_alloc_size(v));
+            nv->older = NULL;
+            *tail = nv;
+            tail = &nv->older;
+        }
+        if (e)
+            ne->flags |= e->flags & ENTRY_PRUNED;
+        if (b->fork_ver < bound)
+            bound = b->fork_ver;
+    }
+    if (ne->head == NULL) {
+        sm_free(ne);
+        return 0;
+    }
+    if (branch_insert(dst, ne))
+        goto err_free;
+    return 0;
+err_free:
+    free_chain(ne->head);
+    sm_free(ne);
+    return STRATA_OUT_OF_MEMORY;
+}
+
 static int flatten_into(struct exec *x, struct branch *dst, struct branch *src, uint64_t ver)
 {
-    struct read_at at = {ver, 0, false};
-    struct view_iter vi;
-    view_iter_init(&vi, src, &at, (const uint8_t *)"", 0, NULL, 0);
-    struct entry *e;
-    const struct version *v;
-    int r;
-    while ((r = view_iter_next(&vi, &e, &v, x->err)) == 1) {
-        struct entry *ne = sm_malloc(ENTRY_SIZE(e->klen));
-        struct version *nv = sm_malloc(VERSION_SIZE(v->len));
-        if (ne == NULL || nv == NULL || branch_insert(dst, ne)) {
-            sm_free(ne);
-            sm_free(nv);
-            return err_set(x->err, STRATA_OUT_OF_MEMORY, "out of memory materializing a fork");
+    for (struct branch *b = src; b; b = b->flat ? NULL : b->parent) {
+        struct btree_iter it;
+        btree_seek(&b->idx, (const uint8_t *)"", 0, &it);
+        struct entry *e;
+        while ((e = btree_next(&it)) != NULL) {
+            if (branch_get(dst, e->key, e->klen))
+                continue;
+            if (flatten_key(dst, src, ver, e))
+                return err_set(x->err, STRATA_OUT_OF_MEMORY, "out of memory materializing a fork");
         }
-        ne->klen = e->klen;
-        ne->flags = 0;
-        memcpy(ne->key, e->key, e->klen);
-        memcpy(nv, v, VERSION_SIZE(v->len));
-        nv->older = NULL;
-        ne->head = nv;
     }
-    return r;
+    return 0;
 }
 
 static int fork_one(struct exec *x, struct branch *src, const char *n, size_t len, uint64_t ver,
@@ -279,23 +323,48 @@ static int branch_info(struct exec *x)
 
 /* ---- Retention -------------------------------------------------------------------------- */
 
-/* Is v the version visible at some read-through child's fork point? */
+/* Is v the version some descendant reads through b at? A descendant reads b at the
+ * smallest fork version on its read-through path down to b. */
 static bool pinned(struct storage *s, struct branch *b, const struct version *v,
                    const struct version *newer)
 {
     for (size_t i = 0; i < s->nbranches; i++) {
-        struct branch *c = s->branches[i];
-        if (c->parent == b && !c->flat && v->ver <= c->fork_ver &&
-            (newer == NULL || newer->ver > c->fork_ver))
-            return true;
+        uint64_t lim = UINT64_MAX;
+        for (struct branch *c = s->branches[i]; c->parent && !c->flat; c = c->parent) {
+            if (c->fork_ver < lim)
+                lim = c->fork_ver;
+            if (c->parent == b) {
+                if (v->ver <= lim && (newer == NULL || newer->ver > lim))
+                    return true;
+                break;
+            }
+        }
     }
     return false;
+}
+
+/* Give `v` (linked from *link) a gap record for removed versions starting at (ver, ts):
+ * the allocation grows by a struct gap. Returns the (possibly moved) version, or NULL if
+ * out of memory — the caller then keeps the version it meant to remove. */
+static struct version *set_gap(struct version **link, struct version *v, struct gap g)
+{
+    if (!(v->vflags & VF_GAP)) {
+        struct version *nv = sm_realloc(v, version_alloc_size(v) + sizeof g);
+        if (nv == NULL)
+            return NULL;
+        *link = nv;
+        v = nv;
+        v->vflags |= VF_GAP;
+    }
+    memcpy(v->data + version_vlen(v), &g, sizeof g);
+    return v;
 }
 
 void retention_apply_entry(struct storage *s, struct branch *b, struct entry *e, int64_t now)
 {
     if (b->keep_last == 0 && b->keep_for_us == 0)
         return;
+    struct version **link = &e->head; /* points at `newer` */
     struct version *newer = e->head, *v = e->head ? e->head->older : NULL;
     uint64_t i = 1;
     while (v) {
@@ -306,14 +375,24 @@ void retention_apply_entry(struct storage *s, struct branch *b, struct entry *e,
          * within the window. */
         if (!keep && b->keep_for_us && newer->ts > now - b->keep_for_us)
             keep = true;
+        if (!keep) {
+            /* The gap below `newer` now reaches down to v's own gap, if it had one. */
+            struct gap g = (v->vflags & VF_GAP) ? version_gap(v) : (struct gap){v->ver, v->ts};
+            struct version *n2 = set_gap(link, newer, g);
+            if (n2 == NULL) {
+                keep = true; /* out of memory: keep it rather than lose the gap */
+            } else {
+                newer = n2;
+                newer->older = v->older;
+                sm_free(v);
+                e->flags |= ENTRY_PRUNED;
+                v = newer->older;
+            }
+        }
         if (keep) {
+            link = &newer->older;
             newer = v;
             v = v->older;
-        } else {
-            newer->older = v->older;
-            sm_free(v);
-            e->flags |= ENTRY_PRUNED;
-            v = newer->older;
         }
         i++;
     }

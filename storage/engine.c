@@ -192,8 +192,13 @@ int chain_visible(const struct entry *e, uint64_t limit, const struct read_at *a
             *out = v;
             return 1;
         }
+        if (v->vflags & VF_GAP) {
+            struct gap g = version_gap(v);
+            if (g.ver <= limit && (!at->by_ts || g.ts <= at->ts))
+                return -1; /* the visible version was among the removed ones */
+        }
     }
-    return (e->flags & ENTRY_PRUNED) ? -1 : 0;
+    return 0;
 }
 
 static int history_err(struct err *err, const struct branch *b)
@@ -448,6 +453,7 @@ int stage_commit(struct storage *s, struct stage *st, int64_t ts, uint64_t *ver_
             goto err_oom;
         vs[i]->ver = ver;
         vs[i]->ts = ts;
+        vs[i]->vflags = 0;
         vs[i]->len = op->val ? op->len : VLEN_TOMB;
         if (vlen)
             memcpy(vs[i]->data, op->val, vlen);

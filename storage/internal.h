@@ -20,14 +20,46 @@ struct version {
     uint64_t ver;
     int64_t ts;
     uint32_t len;
-    uint8_t data[];
+    uint8_t vflags; /* VF_* */
+    uint8_t data[]; /* len value bytes, then a struct gap if VF_GAP */
 };
+
+enum {
+    /* Retention removed versions directly below this one. A struct gap follows the
+     * value bytes: the oldest removed (ver, ts). A read whose answer lies in the gap
+     * is HISTORY_UNAVAILABLE; one below it is answered by the older versions. Kept
+     * out of line so that versions without a gap (nearly all) pay nothing. */
+    VF_GAP = 1,
+};
+
+struct gap {
+    uint64_t ver;
+    int64_t ts;
+};
+
+static inline size_t version_vlen(const struct version *v)
+{
+    return v->len == UINT32_MAX ? 0 : v->len;
+}
+/* The gap record of a version with VF_GAP (unaligned: copied out). */
+static inline struct gap version_gap(const struct version *v)
+{
+    struct gap g;
+    __builtin_memcpy(&g, v->data + version_vlen(v), sizeof g);
+    return g;
+}
+/* Bytes of the whole allocation of v (value and gap record). */
+static inline size_t version_alloc_size(const struct version *v)
+{
+    return __builtin_offsetof(struct version, data) + version_vlen(v) +
+           ((v->vflags & VF_GAP) ? sizeof(struct gap) : 0);
+}
 
 /* Bytes to allocate for a version holding len value bytes (no tail padding). */
 #define VERSION_SIZE(len) (offsetof(struct version, data) + (size_t)(len))
 
 enum {
-    ENTRY_PRUNED = 1, /* older versions of this key were removed by retention */
+    ENTRY_PRUNED = 1, /* some versions of this key were removed by retention */
 };
 
 /* ---- Internal keys (docs/storage.md) ------------------------------------------------ */
@@ -136,7 +168,7 @@ int view_iter_next(struct view_iter *vi, struct entry **e, const struct version 
                    struct err *err);
 
 /* Visible version of one chain at `at`, ignoring fall-through: returns 1 found (may be a
- * tombstone), 0 no version visible here, -1 history pruned. */
+ * tombstone), 0 no version visible here, -1 the answer was pruned by retention. */
 int chain_visible(const struct entry *e, uint64_t limit, const struct read_at *at,
                   const struct version **out);
 

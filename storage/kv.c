@@ -337,7 +337,10 @@ static int kv_batch_put(struct exec *x)
         rc = exec_stage(x, TAG_KV, key, klen, x->scratch->data, x->scratch->len);
     }
     if (rc == 0) {
-        pack_write_result(x, 1);
+        if (items->via.array.size) /* an empty batch writes nothing and takes no version */
+            pack_write_result(x, 1);
+        else
+            msgpack_pack_map(x->pk, 1);
         mp_pack_cstr(x->pk, "count");
         msgpack_pack_uint32(x->pk, items->via.array.size);
     }

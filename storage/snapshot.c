@@ -15,6 +15,7 @@ struct snap_writer {
     storage_write_cb write;
     void *arg;
     LZ4F_cctx *cctx;
+    LZ4F_preferences_t prefs;
     struct buf raw;  /* msgpack not yet compressed */
     struct buf comp; /* compression output */
     int rc;
@@ -24,7 +25,7 @@ static int sw_emit(struct snap_writer *w, bool final)
 {
     if (w->rc)
         return w->rc;
-    size_t bound = LZ4F_compressBound(w->raw.len, NULL) + 64;
+    size_t bound = LZ4F_compressBound(w->raw.len, &w->prefs);
     buf_reset(&w->comp);
     if (buf_reserve(&w->comp, bound))
         return w->rc = STRATA_OUT_OF_MEMORY;
@@ -96,13 +97,19 @@ static void write_branch(msgpack_packer *pk, struct branch *b)
         msgpack_pack_uint8(pk, e->flags);
         msgpack_pack_array(pk, (uint32_t)nv);
         for (struct version *v = e->head; v; v = v->older) {
-            msgpack_pack_array(pk, 3);
+            bool gap = v->vflags & VF_GAP;
+            msgpack_pack_array(pk, gap ? 5 : 3);
             msgpack_pack_uint64(pk, v->ver);
             msgpack_pack_int64(pk, v->ts);
             if (v->len == VLEN_TOMB)
                 msgpack_pack_nil(pk);
             else
                 pack_bin(pk, v->data, v->len);
+            if (gap) {
+                struct gap g = version_gap(v);
+                msgpack_pack_uint64(pk, g.ver);
+                msgpack_pack_int64(pk, g.ts);
+            }
         }
     }
     for (size_t i = 0; i < b->nlog; i++) {
@@ -138,6 +145,7 @@ int storage_snapshot(struct storage *s, storage_write_cb write, void *arg, struc
         rc = err_set(err, STRATA_OUT_OF_MEMORY, "out of memory");
         goto out;
     }
+    w.prefs = prefs;
     size_t hn = LZ4F_compressBegin(w.cctx, w.comp.data, w.comp.cap, &prefs);
     if (LZ4F_isError(hn) || (rc = write(arg, w.comp.data, hn))) {
         rc = err_set(err, rc ? rc : STRATA_INTERNAL, "snapshot write failed");
@@ -239,9 +247,15 @@ static int read_entry(struct snap_reader *r, struct storage *s, struct branch *b
     uint64_t last = UINT64_MAX;
     for (uint32_t i = 0; i < vs->via.array.size; i++) {
         const msgpack_object *v = &vs->via.array.ptr[i];
-        if (v->type != MSGPACK_OBJECT_ARRAY || v->via.array.size != 3 ||
+        if (v->type != MSGPACK_OBJECT_ARRAY ||
+            (v->via.array.size != 3 && v->via.array.size != 5) ||
             !is_u64(&v->via.array.ptr[0]) || !is_i64(&v->via.array.ptr[1]))
             return corrupt(r, "version fields");
+        bool gap = v->via.array.size == 5;
+        if (gap && (!is_u64(&v->via.array.ptr[3]) || !is_i64(&v->via.array.ptr[4]) ||
+                    v->via.array.ptr[3].via.u64 == 0 ||
+                    v->via.array.ptr[3].via.u64 >= v->via.array.ptr[0].via.u64))
+            return corrupt(r, "version gap");
         const msgpack_object *d = &v->via.array.ptr[2];
         uint64_t ver = v->via.array.ptr[0].via.u64;
         if (ver >= last || ver > s->version || ver == 0)
@@ -251,15 +265,20 @@ static int read_entry(struct snap_reader *r, struct storage *s, struct branch *b
             (d->type != MSGPACK_OBJECT_BIN || d->via.bin.size >= VLEN_TOMB))
             return corrupt(r, "version value");
         size_t len = d->type == MSGPACK_OBJECT_BIN ? d->via.bin.size : 0;
-        struct version *nv = sm_malloc(VERSION_SIZE(len));
+        struct version *nv = sm_malloc(VERSION_SIZE(len) + (gap ? sizeof(struct gap) : 0));
         if (nv == NULL)
             return err_set(r->err, STRATA_OUT_OF_MEMORY, "out of memory");
         nv->older = NULL;
         nv->ver = ver;
         nv->ts = v->via.array.ptr[1].via.i64;
+        nv->vflags = gap ? VF_GAP : 0;
         nv->len = d->type == MSGPACK_OBJECT_BIN ? (uint32_t)len : VLEN_TOMB;
         if (len)
             memcpy(nv->data, d->via.bin.ptr, len);
+        if (gap) {
+            struct gap g = {v->via.array.ptr[3].via.u64, v->via.array.ptr[4].via.i64};
+            memcpy(nv->data + len, &g, sizeof g);
+        }
         *tail = nv;
         tail = &nv->older;
     }
@@ -320,16 +339,19 @@ static int read_branch(struct snap_reader *r, struct storage *s)
     for (uint64_t i = 0; i < nentries; i++)
         if ((rc = read_entry(r, s, b, &prev, &prev_len)))
             return rc;
-    if (nlog) {
-        if (nlog > SIZE_MAX / sizeof *b->log / 2 ||
-            (b->log = sm_malloc(nlog * sizeof *b->log)) == NULL)
-            return err_set(r->err, STRATA_OUT_OF_MEMORY, "out of memory");
-        b->caplog = nlog;
-    }
     uint64_t last = 0;
     for (uint64_t i = 0; i < nlog; i++) {
         if ((rc = next_obj(r, MSGPACK_OBJECT_ARRAY, 2, &o, "change log")))
             return rc;
+        /* Grow with the records actually present: the count is untrusted input. */
+        if (b->nlog == b->caplog) {
+            size_t cap = b->caplog ? 2 * b->caplog : 16;
+            struct change *log = sm_realloc(b->log, cap * sizeof *log);
+            if (log == NULL)
+                return err_set(r->err, STRATA_OUT_OF_MEMORY, "out of memory");
+            b->log = log;
+            b->caplog = cap;
+        }
         const msgpack_object *v = &o->via.array.ptr[0], *k = &o->via.array.ptr[1];
         if (!is_u64(v) || v->via.u64 < last || v->via.u64 > s->version ||
             k->type != MSGPACK_OBJECT_BIN)

@@ -196,6 +196,8 @@ static void test_kv_batch_ops_are_one_version(void **state)
            "{\"op\":\"kv.batch_get\",\"keys\":[\"a\",\"zz\"]}");
     EXPECT(s, "{\"version\":2,\"ts\":3000,\"deleted\":2}",
            "{\"op\":\"kv.batch_delete\",\"keys\":[\"a\",\"b\",\"nope\"]}");
+    EXPECT(s, "{\"count\":0}", "{\"op\":\"kv.batch_put\",\"items\":[]}");
+    assert_int_equal(storage_version(s), 2);
     /* One bad item rejects the whole batch. */
     FAILS(s, STRATA_INVALID_ARGUMENT, "{\"op\":\"kv.batch_put\",\"items\":[[\"x\",1],[\"\",2]]}");
     EXPECT(s, "null", "{\"op\":\"kv.get\",\"key\":\"x\"}");

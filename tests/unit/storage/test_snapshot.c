@@ -552,7 +552,7 @@ static int find_branch(const struct stream *st, const char *name)
 {
     for (int i = 1; i < st->n; i++) {
         const msgpack_object *o = &st->obj[i];
-        if (o->type == MSGPACK_OBJECT_ARRAY && o->via.array.size == 13 &&
+        if (o->type == MSGPACK_OBJECT_ARRAY && o->via.array.size == 12 &&
             o->via.array.ptr[1].type == MSGPACK_OBJECT_STR &&
             o->via.array.ptr[1].via.str.size == strlen(name) &&
             memcmp(o->via.array.ptr[1].via.str.ptr, name, strlen(name)) == 0)
@@ -687,12 +687,12 @@ static void mutate(struct stream *st, enum mutation m)
         ch[1].via.str.size = 0;
         break;
     case MUT_FEWER_ENTRIES:
-        dh[11].via.u64--;
+        dh[10].via.u64--; /* entry count */
         break;
     case MUT_HUGE_LOG_COUNT:
         /* A 40-byte change log cannot hold 2^36 records: this is corruption, not a
          * reason to try a terabyte allocation. */
-        dh[12].via.u64 = (uint64_t)1 << 36;
+        dh[11].via.u64 = (uint64_t)1 << 36; /* change-log count */
         break;
     case MUT_COUNT:
         break;
