@@ -42,7 +42,7 @@ struct branch *branch_find(struct storage *s, const char *name, size_t len)
 {
     for (size_t i = 0; i < s->nbranches; i++) {
         struct branch *b = s->branches[i];
-        if (!b->deleted && strlen(b->name) == len && memcmp(b->name, name, len) == 0)
+        if (b->name_len == len && !b->deleted && memcmp(b->name, name, len) == 0)
             return b;
     }
     return NULL;
@@ -59,6 +59,7 @@ int branch_add(struct storage *s, const char *name, size_t len, struct branch *p
     if (b == NULL)
         return STRATA_OUT_OF_MEMORY;
     b->name = sm_strndup(name, len);
+    b->name_len = len;
     if (b->name == NULL) {
         sm_free(b);
         return STRATA_OUT_OF_MEMORY;
@@ -307,8 +308,9 @@ void stage_init(struct stage *st)
 void stage_close(struct stage *st)
 {
     for (size_t i = 0; i < st->n; i++) {
-        sm_free(st->ops[i].key);
-        sm_free(st->ops[i].val);
+        sm_free(st->ops[i].v);
+        if (st->ops[i].fresh)
+            sm_free(st->ops[i].e);
     }
     sm_free(st->ops);
     sm_free(st->slots);
@@ -366,35 +368,45 @@ const struct stage_op *stage_find(const struct stage *st, const struct branch *b
 int stage_put(struct stage *st, struct branch *b, const uint8_t *k, size_t klen,
               const uint8_t *val, size_t len)
 {
-    uint8_t *vcopy = NULL;
-    if (val) {
-        vcopy = sm_malloc(len);
-        if (vcopy == NULL)
-            return STRATA_OUT_OF_MEMORY;
-        memcpy(vcopy, val, len);
-    }
+    size_t vlen = val ? len : 0;
+    struct version *v = sm_malloc(VERSION_SIZE(vlen));
+    if (v == NULL)
+        return STRATA_OUT_OF_MEMORY;
+    v->older = NULL;
+    v->vflags = 0;
+    v->len = val ? (uint32_t)len : VLEN_TOMB;
+    if (vlen)
+        memcpy(v->data, val, vlen);
     struct stage_op *op = (struct stage_op *)stage_find(st, b, k, klen);
     if (op) {
-        sm_free(op->val);
-        op->val = vcopy;
-        op->len = val ? (uint32_t)len : VLEN_TOMB;
+        sm_free(op->v);
+        op->v = v;
+        op->val = val ? v->data : NULL;
+        op->len = v->len;
         return 0;
     }
     if (st->n == st->cap) {
         size_t cap = st->cap ? st->cap * 2 : 8;
         struct stage_op *ops = sm_realloc(st->ops, cap * sizeof *ops);
         if (ops == NULL)
-            goto err_free_val;
+            goto err_free_v;
         st->ops = ops;
         st->cap = cap;
     }
     if (st->n + 1 > STAGE_LINEAR && (st->n + 1) * 2 > st->nslots && stage_rehash(st, st->n + 1))
-        goto err_free_val;
-    uint8_t *kcopy = sm_malloc(klen);
-    if (kcopy == NULL)
-        goto err_free_val;
-    memcpy(kcopy, k, klen);
-    st->ops[st->n++] = (struct stage_op){b, kcopy, klen, vcopy, val ? (uint32_t)len : VLEN_TOMB};
+        goto err_free_v;
+    struct entry *e = branch_get(b, k, klen);
+    bool fresh = e == NULL;
+    if (fresh) {
+        e = sm_malloc(ENTRY_SIZE(klen));
+        if (e == NULL)
+            goto err_free_v;
+        e->head = NULL;
+        e->flags = 0;
+        e->klen = (uint16_t)klen;
+        memcpy(e->key, k, klen);
+    }
+    st->ops[st->n++] = (struct stage_op){b, e->key, klen, val ? v->data : NULL, v->len, v, e, fresh};
     if (st->slots) {
         size_t j = stage_hash(b, k, klen) & (st->nslots - 1);
         while (st->slots[j])
@@ -402,8 +414,8 @@ int stage_put(struct stage *st, struct branch *b, const uint8_t *k, size_t klen,
         st->slots[j] = (uint32_t)st->n;
     }
     return 0;
-err_free_val:
-    sm_free(vcopy);
+err_free_v:
+    sm_free(v);
     return STRATA_OUT_OF_MEMORY;
 }
 
@@ -436,70 +448,49 @@ int stage_commit(struct storage *s, struct stage *st, int64_t ts, uint64_t *ver_
             *ts_out = s->last_ts;
         return 0;
     }
-    /* Phase 1: allocate everything that can fail, touching nothing shared. */
-    struct version **vs = sm_calloc(st->n, sizeof *vs);
-    struct entry **es = sm_calloc(st->n, sizeof *es);
-    bool *fresh = sm_calloc(st->n, sizeof *fresh);
-    if (vs == NULL || es == NULL || fresh == NULL)
-        goto err_oom;
     uint64_t ver = s->version + 1;
     if (ts <= s->last_ts)
         ts = s->last_ts + 1;
+    /* Phase 1: everything that can fail, before anything is visible. */
     for (size_t i = 0; i < st->n; i++) {
-        struct stage_op *op = &st->ops[i];
-        size_t vlen = op->val ? op->len : 0;
-        vs[i] = sm_malloc(VERSION_SIZE(vlen));
-        if (vs[i] == NULL)
-            goto err_oom;
-        vs[i]->ver = ver;
-        vs[i]->ts = ts;
-        vs[i]->vflags = 0;
-        vs[i]->len = op->val ? op->len : VLEN_TOMB;
-        if (vlen)
-            memcpy(vs[i]->data, op->val, vlen);
-        es[i] = branch_get(op->b, op->key, op->klen);
-        if (es[i] == NULL) {
-            es[i] = sm_malloc(ENTRY_SIZE(op->klen));
-            if (es[i] == NULL)
-                goto err_oom;
-            es[i]->head = NULL;
-            es[i]->flags = 0;
-            es[i]->klen = (uint16_t)op->klen;
-            memcpy(es[i]->key, op->key, op->klen);
-            fresh[i] = true;
-        }
-        struct branch *b = op->b;
+        struct branch *b = st->ops[i].b;
         if (hindex_reserve(&b->hx, b->hx.count + st->n))
-            goto err_oom;
+            return STRATA_OUT_OF_MEMORY;
         if (b->caplog < b->nlog + st->n) {
             size_t cap = b->caplog ? b->caplog * 2 : 16;
             if (cap < b->nlog + st->n)
                 cap = b->nlog + st->n;
             struct change *log = sm_realloc(b->log, cap * sizeof *log);
             if (log == NULL)
-                goto err_oom;
+                return STRATA_OUT_OF_MEMORY;
             b->log = log;
             b->caplog = cap;
         }
     }
     /* Inserting new entries can fail (tree nodes). An entry with an empty chain is
      * invisible to every read and skipped by snapshots, so on failure the ones already
-     * inserted simply stay, empty: the state is unchanged. */
+     * inserted simply stay, empty, in both indexes: the state is unchanged. */
     for (size_t i = 0; i < st->n; i++) {
-        if (!fresh[i])
+        struct stage_op *op = &st->ops[i];
+        if (!op->fresh)
             continue;
-        if (btree_insert(&st->ops[i].b->idx, es[i]))
-            goto err_oom;
-        hindex_insert(&st->ops[i].b->hx, es[i]); /* capacity reserved above */
-        fresh[i] = false; /* owned by the tree now */
+        if (btree_insert(&op->b->idx, op->e))
+            return STRATA_OUT_OF_MEMORY;
+        hindex_insert(&op->b->hx, op->e); /* capacity reserved above */
+        op->fresh = false;                /* owned by the branch now */
     }
     /* Phase 2: link. Nothing below fails. */
     for (size_t i = 0; i < st->n; i++) {
-        struct branch *b = st->ops[i].b;
-        vs[i]->older = es[i]->head;
-        es[i]->head = vs[i];
-        b->log[b->nlog++] = (struct change){ver, es[i]};
-        retention_apply_entry(s, b, es[i], ts);
+        struct stage_op *op = &st->ops[i];
+        struct branch *b = op->b;
+        struct version *v = op->v;
+        v->ver = ver;
+        v->ts = ts;
+        v->older = op->e->head;
+        op->e->head = v;
+        op->v = NULL;
+        b->log[b->nlog++] = (struct change){ver, op->e};
+        retention_apply_entry(s, b, op->e, ts);
     }
     s->version = ver;
     s->last_ts = ts;
@@ -507,20 +498,5 @@ int stage_commit(struct storage *s, struct stage *st, int64_t ts, uint64_t *ver_
         *ver_out = ver;
     if (ts_out)
         *ts_out = ts;
-    sm_free(vs);
-    sm_free(es);
-    sm_free(fresh);
     return 0;
-err_oom:
-    if (vs)
-        for (size_t i = 0; i < st->n; i++)
-            sm_free(vs[i]);
-    if (es && fresh)
-        for (size_t i = 0; i < st->n; i++)
-            if (fresh[i])
-                sm_free(es[i]);
-    sm_free(vs);
-    sm_free(es);
-    sm_free(fresh);
-    return STRATA_OUT_OF_MEMORY;
 }

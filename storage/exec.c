@@ -25,15 +25,15 @@ const struct op_def *op_lookup(const char *name, size_t len)
 
 /* ---- Arguments ------------------------------------------------------------------------ */
 
-const msgpack_object *arg_get(struct exec *x, const char *name)
+const msgpack_object *(arg_get)(struct exec *x, const char *name, size_t nlen)
 {
-    const msgpack_object *o = mp_map_get(x->args, name);
+    const msgpack_object *o = mp_map_getn(x->args, name, nlen);
     return (o && o->type == MSGPACK_OBJECT_NIL) ? NULL : o;
 }
 
-int arg_str_opt(struct exec *x, const char *name, const char **p, size_t *len, bool *present)
+int (arg_str_opt)(struct exec *x, const char *name, size_t nlen, const char **p, size_t *len, bool *present)
 {
-    const msgpack_object *o = arg_get(x, name);
+    const msgpack_object *o = (arg_get)(x, name, nlen);
     if (present)
         *present = o != NULL;
     if (o == NULL)
@@ -45,18 +45,18 @@ int arg_str_opt(struct exec *x, const char *name, const char **p, size_t *len, b
     return 0;
 }
 
-int arg_str(struct exec *x, const char *name, const char **p, size_t *len)
+int (arg_str)(struct exec *x, const char *name, size_t nlen, const char **p, size_t *len)
 {
     bool present;
-    int rc = arg_str_opt(x, name, p, len, &present);
+    int rc = (arg_str_opt)(x, name, nlen, p, len, &present);
     if (rc == 0 && !present)
         return err_set(x->err, STRATA_INVALID_ARGUMENT, "missing argument '%s'", name);
     return rc;
 }
 
-int arg_key(struct exec *x, const char *name, const char **p, size_t *len)
+int (arg_key)(struct exec *x, const char *name, size_t nlen, const char **p, size_t *len)
 {
-    int rc = arg_str(x, name, p, len);
+    int rc = (arg_str)(x, name, nlen, p, len);
     if (rc)
         return rc;
     if (*len == 0)
@@ -68,9 +68,9 @@ int arg_key(struct exec *x, const char *name, const char **p, size_t *len)
     return 0;
 }
 
-int arg_u64_opt(struct exec *x, const char *name, uint64_t *out, bool *present)
+int (arg_u64_opt)(struct exec *x, const char *name, size_t nlen, uint64_t *out, bool *present)
 {
-    const msgpack_object *o = arg_get(x, name);
+    const msgpack_object *o = (arg_get)(x, name, nlen);
     if (present)
         *present = o != NULL;
     if (o == NULL)
@@ -82,9 +82,9 @@ int arg_u64_opt(struct exec *x, const char *name, uint64_t *out, bool *present)
     return 0;
 }
 
-int arg_i64_opt(struct exec *x, const char *name, int64_t *out, bool *present)
+int (arg_i64_opt)(struct exec *x, const char *name, size_t nlen, int64_t *out, bool *present)
 {
-    const msgpack_object *o = arg_get(x, name);
+    const msgpack_object *o = (arg_get)(x, name, nlen);
     if (present)
         *present = o != NULL;
     if (o == NULL)
@@ -98,9 +98,9 @@ int arg_i64_opt(struct exec *x, const char *name, int64_t *out, bool *present)
     return 0;
 }
 
-int arg_bool_opt(struct exec *x, const char *name, bool *out)
+int (arg_bool_opt)(struct exec *x, const char *name, size_t nlen, bool *out)
 {
-    const msgpack_object *o = arg_get(x, name);
+    const msgpack_object *o = (arg_get)(x, name, nlen);
     if (o == NULL)
         return 0;
     if (o->type != MSGPACK_OBJECT_BOOLEAN)
@@ -109,9 +109,9 @@ int arg_bool_opt(struct exec *x, const char *name, bool *out)
     return 0;
 }
 
-int arg_value(struct exec *x, const char *name, const msgpack_object **out)
+int (arg_value)(struct exec *x, const char *name, size_t nlen, const msgpack_object **out)
 {
-    const msgpack_object *o = mp_map_get(x->args, name);
+    const msgpack_object *o = mp_map_getn(x->args, name, nlen);
     if (o == NULL)
         return err_set(x->err, STRATA_INVALID_ARGUMENT, "missing argument '%s'", name);
     int rc = value_check(&x->s->cfg, o, x->err);
@@ -123,6 +123,8 @@ int arg_value(struct exec *x, const char *name, const msgpack_object **out)
 
 int space_check(const char *s, size_t len, struct err *err)
 {
+    if (len == 7 && memcmp(s, "default", 7) == 0)
+        return 0;
     bool ok = len >= 1 && len <= 64 && s[0] >= 'a' && s[0] <= 'z';
     for (size_t i = 1; ok && i < len; i++)
         ok = (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_' ||

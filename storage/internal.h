@@ -93,6 +93,7 @@ struct change {
 struct branch {
     uint64_t id;
     char *name; /* owned; kept after deletion for diagnostics */
+    size_t name_len;
     bool deleted;
     int refs; /* 1 while live + 1 per child whose parent this is */
     struct branch *parent;
@@ -173,12 +174,18 @@ int chain_visible(const struct entry *e, uint64_t limit, const struct read_at *a
                   const struct version **out);
 
 /* ---- Staging: the writes of one command, installed atomically ---------------------- */
+/* One staged write. Staging builds the final objects, so installing copies nothing:
+ * `v` is the version to link (value or tombstone) and `e` the key's entry — the
+ * branch's existing one, or a new one (`fresh`) to insert. key/val point into them. */
 struct stage_op {
     struct branch *b;
-    uint8_t *key; /* owned */
+    const uint8_t *key; /* e->key */
     size_t klen;
-    uint8_t *val; /* owned; NULL for a tombstone */
+    const uint8_t *val; /* v->data, or NULL for a tombstone */
     uint32_t len;
+    struct version *v; /* owned until installed */
+    struct entry *e;   /* owned until installed when fresh */
+    bool fresh;
 };
 
 struct stage {
@@ -228,7 +235,8 @@ const msgpack_object *mp_map_getn(const msgpack_object *map, const char *key, si
 #define mp_map_get(map, key) mp_map_getn((map), (key), __builtin_strlen(key))
 bool mp_str_eq(const msgpack_object *o, const char *s);
 void mp_pack_str(msgpack_packer *pk, const char *s, size_t len);
-void mp_pack_cstr(msgpack_packer *pk, const char *s);
+void(mp_pack_cstr)(msgpack_packer *pk, const char *s);
+#define mp_pack_cstr(pk, s) mp_pack_str((pk), (s), __builtin_strlen(s))
 static inline int msgpack_pack_bool(msgpack_packer *pk, bool v)
 {
     return v ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
@@ -254,14 +262,25 @@ struct exec {
 
 /* Argument accessors: return 0 or INVALID_ARGUMENT naming the argument. Optional ones
  * leave *out untouched when absent and set *present (if given). */
-int arg_str(struct exec *x, const char *name, const char **p, size_t *len);
-int arg_str_opt(struct exec *x, const char *name, const char **p, size_t *len, bool *present);
-int arg_key(struct exec *x, const char *name, const char **p, size_t *len); /* non-empty, size */
-int arg_u64_opt(struct exec *x, const char *name, uint64_t *out, bool *present);
-int arg_i64_opt(struct exec *x, const char *name, int64_t *out, bool *present);
-int arg_bool_opt(struct exec *x, const char *name, bool *out);
-int arg_value(struct exec *x, const char *name, const msgpack_object **o); /* validated */
-const msgpack_object *arg_get(struct exec *x, const char *name);
+int(arg_str)(struct exec *x, const char *name, size_t nlen, const char **p, size_t *len);
+int(arg_str_opt)(struct exec *x, const char *name, size_t nlen, const char **p, size_t *len,
+                 bool *present);
+int(arg_key)(struct exec *x, const char *name, size_t nlen, const char **p, size_t *len);
+int(arg_u64_opt)(struct exec *x, const char *name, size_t nlen, uint64_t *out, bool *present);
+int(arg_i64_opt)(struct exec *x, const char *name, size_t nlen, int64_t *out, bool *present);
+int(arg_bool_opt)(struct exec *x, const char *name, size_t nlen, bool *out);
+int(arg_value)(struct exec *x, const char *name, size_t nlen, const msgpack_object **o);
+const msgpack_object *(arg_get)(struct exec *x, const char *name, size_t nlen);
+/* The accessors take the argument name's length, computed at compile time for the
+ * string literals every caller passes. */
+#define arg_str(x, name, ...) (arg_str)((x), (name), __builtin_strlen(name), __VA_ARGS__)
+#define arg_str_opt(x, name, ...) (arg_str_opt)((x), (name), __builtin_strlen(name), __VA_ARGS__)
+#define arg_key(x, name, ...) (arg_key)((x), (name), __builtin_strlen(name), __VA_ARGS__)
+#define arg_u64_opt(x, name, ...) (arg_u64_opt)((x), (name), __builtin_strlen(name), __VA_ARGS__)
+#define arg_i64_opt(x, name, ...) (arg_i64_opt)((x), (name), __builtin_strlen(name), __VA_ARGS__)
+#define arg_bool_opt(x, name, ...) (arg_bool_opt)((x), (name), __builtin_strlen(name), __VA_ARGS__)
+#define arg_value(x, name, ...) (arg_value)((x), (name), __builtin_strlen(name), __VA_ARGS__)
+#define arg_get(x, name) (arg_get)((x), (name), __builtin_strlen(name))
 int space_check(const char *s, size_t len, struct err *err);
 
 /* Stage a value under (x->b, x->space, tag, rest); data = canonical msgpack. */

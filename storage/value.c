@@ -195,7 +195,7 @@ void mp_pack_str(msgpack_packer *pk, const char *s, size_t len)
     msgpack_pack_str_body(pk, s, len);
 }
 
-void mp_pack_cstr(msgpack_packer *pk, const char *s)
+void(mp_pack_cstr)(msgpack_packer *pk, const char *s)
 {
     mp_pack_str(pk, s, strlen(s));
 }
