@@ -446,10 +446,18 @@ const struct op_def branch_ops[] = {
 
 static int space_create(struct exec *x)
 {
+    size_t before = x->stage->n;
     int rc = exec_touch_space(x);
-    if (rc == 0)
-        msgpack_pack_true(x->pk);
-    return rc;
+    if (rc)
+        return rc;
+    bool created = x->stage->n > before;
+    if (created)
+        pack_write_result(x, 1);
+    else
+        msgpack_pack_map(x->pk, 1);
+    mp_pack_cstr(x->pk, "created");
+    msgpack_pack_bool(x->pk, created);
+    return 0;
 }
 
 static int space_list(struct exec *x)

@@ -8,7 +8,10 @@ void storage_config_default(struct storage_config *cfg)
 {
     cfg->max_key_bytes = 1024;
     cfg->max_value_bytes = 16u << 20;
-    cfg->max_depth = 128;
+    /* msgpack-c decodes at most 32 nested containers (MSGPACK_EMBED_STACK_SIZE); a value
+     * travels inside up to 8 levels of command envelope (command map, batch/txn ops,
+     * Raft entry), so values may nest 24 deep. See docs/architecture.md. */
+    cfg->max_depth = 24;
     cfg->max_fork_depth = 32;
 }
 

@@ -215,7 +215,7 @@ static int event_append_one(struct exec *x, const char *type, size_t tlen, const
     msgpack_pack_bin(&pk, HASH_LEN);
     msgpack_pack_bin_body(&pk, hash, HASH_LEN);
     if (rec.len > x->s->cfg.max_value_bytes) {
-        rc = err_set(x->err, STRATA_TOO_LARGE,
+        rc = err_set(x->err, STRATA_INVALID_ARGUMENT,
                      "event of %zu bytes exceeds the value limit of %zu bytes", rec.len,
                      x->s->cfg.max_value_bytes);
         goto out;

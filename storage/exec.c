@@ -18,7 +18,8 @@ const struct op_def *op_lookup(const char *name, size_t len)
         return &batch_def;
     for (size_t t = 0; t < sizeof tables / sizeof tables[0]; t++)
         for (const struct op_def *d = tables[t]; d->name; d++)
-            if (d->name[0] == name[0] && strncmp(d->name, name, len) == 0 && d->name[len] == '\0')
+            if (d->name[0] == name[0] && strnlen(d->name, len + 1) == len &&
+                memcmp(d->name, name, len) == 0)
                 return d;
     return NULL;
 }
@@ -65,6 +66,8 @@ int (arg_key)(struct exec *x, const char *name, size_t nlen, const char **p, siz
         return err_set(x->err, STRATA_INVALID_ARGUMENT,
                        "argument '%s' is %zu bytes; the key limit is %zu bytes", name, *len,
                        x->s->cfg.max_key_bytes);
+    if (!utf8_valid((const uint8_t *)*p, *len))
+        return err_set(x->err, STRATA_INVALID_ARGUMENT, "argument '%s' is not valid UTF-8", name);
     return 0;
 }
 
@@ -407,7 +410,10 @@ int storage_exec(struct storage *s, const uint8_t *cmd, size_t len, int64_t ts_u
 
     msgpack_unpack_return r = msgpack_unpack((const char *)cmd, len, &off, &s->zone, &o);
     if (r == MSGPACK_UNPACK_NOMEM_ERROR) {
-        rc = err_set(err, STRATA_OUT_OF_MEMORY, "out of memory decoding the command");
+        /* msgpack-c reports nesting beyond its 32-level stack this way too. */
+        rc = err_set(err, STRATA_INVALID_ARGUMENT,
+                     "command cannot be decoded: nested deeper than 32 levels (or out of "
+                     "memory)");
         goto done;
     }
     if (r != MSGPACK_UNPACK_SUCCESS) {

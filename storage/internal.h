@@ -217,6 +217,7 @@ int stage_commit(struct storage *s, struct stage *st, int64_t ts, uint64_t *ver,
 void retention_apply_entry(struct storage *s, struct branch *b, struct entry *e, int64_t now);
 
 /* ---- Values ---------------------------------------------------------------------------- */
+bool utf8_valid(const uint8_t *s, size_t n);
 /* Validate a decoded msgpack object as a StrataDB value under cfg limits. */
 int value_check(const struct storage_config *cfg, const msgpack_object *o, struct err *err);
 /* Append the canonical encoding of o (ints smallest form, floats as float64). */

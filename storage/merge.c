@@ -504,8 +504,9 @@ static int branch_merge(struct exec *x)
             size_t off = 0;
             msgpack_object po;
             for (uint32_t c = 0; c < before; c++) {
-                if (msgpack_unpack((const char *)tmp.data, tmp.len, &off, &z, &po) !=
-                        MSGPACK_UNPACK_SUCCESS ||
+                msgpack_unpack_return ur =
+                    msgpack_unpack((const char *)tmp.data, tmp.len, &off, &z, &po);
+                if ((ur != MSGPACK_UNPACK_SUCCESS && ur != MSGPACK_UNPACK_EXTRA_BYTES) ||
                     po.type != MSGPACK_OBJECT_STR)
                     break;
                 char suffix[512];
@@ -527,8 +528,10 @@ static int branch_merge(struct exec *x)
             continue;
         }
         if (meta) { /* space registry: union */
-            if (sv && !tv && (rc = stage_put(x->stage, dst, e->key, e->klen, sv->data, sv->len)))
+            if (sv && !tv && (rc = stage_put(x->stage, dst, e->key, e->klen, sv->data, sv->len))) {
+                err_set(x->err, rc, "out of memory");
                 goto out;
+            }
             continue;
         }
         conflict_label(&cpk, tag, sp, slen, rest, rlen, NULL);
@@ -557,22 +560,27 @@ static int branch_merge(struct exec *x)
         /* strict: refuse and write nothing; the message lists the conflicts. */
         char list[ERR_MSG_MAX - 60];
         size_t used = 0, off = 0;
+        uint32_t shown = 0;
         msgpack_zone z;
         msgpack_zone_init(&z, 256);
         msgpack_object po;
+        msgpack_unpack_return ur;
         list[0] = '\0';
-        while (msgpack_unpack((const char *)conf.data, conf.len, &off, &z, &po) ==
-                   MSGPACK_UNPACK_SUCCESS &&
+        while (off < conf.len &&
+               ((ur = msgpack_unpack((const char *)conf.data, conf.len, &off, &z, &po)) ==
+                    MSGPACK_UNPACK_SUCCESS ||
+                ur == MSGPACK_UNPACK_EXTRA_BYTES) &&
                po.type == MSGPACK_OBJECT_STR && used + po.via.str.size + 3 < sizeof list) {
             used += (size_t)snprintf(list + used, sizeof list - used, "%s%.*s", used ? ", " : "",
                                      (int)po.via.str.size, po.via.str.ptr);
+            shown++;
         }
         msgpack_zone_destroy(&z);
         stage_close(x->stage);
         stage_init(x->stage);
         rc = err_set(x->err, STRATA_CONFLICT, "merge '%s' into '%s': %u conflict%s: %s%s",
                      src->name, dst->name, nconf, nconf == 1 ? "" : "s", list,
-                     off < conf.len ? ", ..." : "");
+                     shown < nconf ? ", ..." : "");
         goto out;
     }
     /* Record the merge so the next one starts here (same version as the merge). */

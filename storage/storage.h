@@ -21,7 +21,7 @@ struct storage;
 struct storage_config {
     size_t max_key_bytes;   /* default 1024 */
     size_t max_value_bytes; /* default 16 MiB */
-    int max_depth;          /* value nesting, default 128 */
+    int max_depth;          /* value nesting, default 24 (msgpack-c decodes 32 levels) */
     int max_fork_depth;     /* read-through chain length kept before materializing, 32 */
 };
 

@@ -11,6 +11,7 @@
  * isolation, no phantom protection (docs/storage.md). */
 #include "internal.h"
 
+#include <stdio.h>
 #include <string.h>
 
 static int txn_begin(struct exec *x)
@@ -52,6 +53,16 @@ static int check_key(struct exec *x, uint64_t snap, const uint8_t *k, size_t kle
         int tag;
         if (ikey_split(k, klen, &sp, &slen, &tag, &rest, &rlen) != 0)
             rlen = 0;
+        if (tag == TAG_EVENT || tag == TAG_EVENT_HEAD) {
+            char what[32] = "the event log";
+            if (tag == TAG_EVENT && rlen == 8)
+                snprintf(what, sizeof what, "event %llu", (unsigned long long)get_be64(rest));
+            return err_set(x->err, STRATA_CONFLICT,
+                           "%s in space '%.*s' changed at version %llu, after the "
+                           "transaction's snapshot %llu",
+                           what, (int)slen, (const char *)sp, (unsigned long long)e->head->ver,
+                           (unsigned long long)snap);
+        }
         return err_set(x->err, STRATA_CONFLICT,
                        "'%.*s' in space '%.*s' changed at version %llu, after the "
                        "transaction's snapshot %llu",
@@ -171,9 +182,25 @@ static int txn_commit(struct exec *x)
     for (uint32_t i = 0; reads && i < reads->via.array.size; i++)
         if ((rc = validate_read(x, snap, &reads->via.array.ptr[i], i)))
             return rc;
-    pack_write_result(x, 1);
-    mp_pack_cstr(x->pk, "results");
-    return exec_sub_ops(x, ops);
+    /* Run the ops into a side buffer: only if they staged something does the commit take
+     * a version and say so. */
+    struct buf out;
+    buf_init(&out);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &out, buf_pack_write);
+    struct exec sub = *x;
+    sub.pk = &pk;
+    rc = exec_sub_ops(&sub, ops);
+    if (rc == 0) {
+        if (x->stage->n)
+            pack_write_result(x, 1);
+        else
+            msgpack_pack_map(x->pk, 1);
+        mp_pack_cstr(x->pk, "results");
+        mp_pack_raw(x->pk, out.data, out.len);
+    }
+    buf_close(&out);
+    return rc;
 }
 
 const struct op_def txn_ops[] = {

@@ -3,7 +3,7 @@
 
 #include <string.h>
 
-static bool utf8_valid(const uint8_t *s, size_t n)
+bool utf8_valid(const uint8_t *s, size_t n)
 {
     size_t i = 0;
     while (i < n) {
@@ -148,7 +148,8 @@ int value_encode(const struct storage_config *cfg, const msgpack_object *o, stru
     if (value_pack(&pk, o))
         return err_set(err, STRATA_OUT_OF_MEMORY, "out of memory encoding a value");
     if (out->len > cfg->max_value_bytes)
-        return err_set(err, STRATA_TOO_LARGE, "value of %zu bytes exceeds the limit of %zu bytes",
+        return err_set(err, STRATA_INVALID_ARGUMENT,
+                       "value of %zu bytes exceeds the limit of %zu bytes",
                        out->len, cfg->max_value_bytes);
     return 0;
 }

@@ -331,7 +331,7 @@ end
 # ---- space: create, use, list, isolation, delete ----------------------------------------
 
 begin space
-t "space create logs" "OK"
+t "space create logs" "OK version=1 created=true"
 t "space list" default logs
 t "space use logs" "OK"
 t "kv put a 1" "OK version=2"

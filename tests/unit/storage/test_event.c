@@ -258,12 +258,12 @@ static void test_event_value_limits(void **state)
     big[sizeof big - 1] = 0;
     /* The payload alone is over the limit. */
     const char *msg =
-        FAILS(s, STRATA_TOO_LARGE,
+        FAILS(s, STRATA_INVALID_ARGUMENT,
               "{\"op\":\"event.append\",\"type\":\"t\",\"payload\":{\"b\":\"%s\"}}", big);
     assert_non_null(strstr(msg, "limit of 200 bytes"));
     /* The payload fits but the whole event record (hashes, fields) does not. */
     big[150] = 0;
-    msg = FAILS(s, STRATA_TOO_LARGE,
+    msg = FAILS(s, STRATA_INVALID_ARGUMENT,
                 "{\"op\":\"event.append\",\"type\":\"t\",\"payload\":{\"b\":\"%s\"}}", big);
     assert_non_null(strstr(msg, "event of"));
     msg = FAILS(s, STRATA_INVALID_ARGUMENT,

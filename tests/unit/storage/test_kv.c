@@ -81,7 +81,7 @@ static void test_kv_limits(void **state)
     char big[300];
     memset(big, 'x', sizeof big - 1);
     big[sizeof big - 1] = 0;
-    const char *msg = FAILS(s, STRATA_TOO_LARGE, "{\"op\":\"kv.put\",\"key\":\"a\",\"value\":\"%s\"}", big);
+    const char *msg = FAILS(s, STRATA_INVALID_ARGUMENT, "{\"op\":\"kv.put\",\"key\":\"a\",\"value\":\"%s\"}", big);
     assert_non_null(strstr(msg, "limit of 100 bytes"));
     msg = FAILS(s, STRATA_INVALID_ARGUMENT, "{\"op\":\"kv.put\",\"key\":\"a\",\"value\":[[[[1]]]]}");
     assert_non_null(strstr(msg, "nesting"));
@@ -94,6 +94,43 @@ static void test_kv_limits(void **state)
     key[1024] = 0;
     OK(s, "{\"op\":\"kv.put\",\"key\":\"%s\",\"value\":1}", key);
     storage_free(s);
+}
+
+static void test_kv_nesting_and_utf8_limits(void **state)
+{
+    struct storage *s = *state;
+    /* 24 levels are allowed, 25 are not (msgpack-c decodes 32: docs/architecture.md). */
+    char v[200] = "", close[200] = "";
+    for (int i = 0; i < 23; i++) {
+        strcat(v, "[");
+        strcat(close, "]");
+    }
+    OK(s, "{\"op\":\"kv.put\",\"key\":\"a\",\"value\":%s1%s}", v, close);
+    const char *msg = FAILS(s, STRATA_INVALID_ARGUMENT, "{\"op\":\"kv.put\",\"key\":\"a\",\"value\":[%s1%s]}", v, close);
+    assert_non_null(strstr(msg, "nesting exceeds the limit of 24"));
+    /* Deeper than the decoder can go: still a clear INVALID_ARGUMENT. */
+    char deep[100] = "", deepc[100] = "";
+    for (int i = 0; i < 40; i++) {
+        strcat(deep, "[");
+        strcat(deepc, "]");
+    }
+    msg = FAILS(s, STRATA_INVALID_ARGUMENT, "{\"op\":\"kv.put\",\"key\":\"a\",\"value\":%s1%s}", deep, deepc);
+    assert_non_null(strstr(msg, "32 levels"));
+    assert_int_equal(storage_version(s), 1);
+    /* Keys must be UTF-8; an op name with a NUL byte is just an unknown command. */
+    struct buf res;
+    buf_init(&res);
+    struct err err;
+    const uint8_t badkey[] = {0x83, 0xa2, 'o', 'p', 0xa6, 'k', 'v', '.', 'p', 'u', 't',
+                              0xa3, 'k', 'e', 'y', 0xa2, 0xc3, 0x28,
+                              0xa5, 'v', 'a', 'l', 'u', 'e', 0x01};
+    assert_int_equal(storage_exec(s, badkey, sizeof badkey, 1, &res, &err), STRATA_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.msg, "UTF-8"));
+    const uint8_t nulop[] = {0x81, 0xa2, 'o', 'p', 0xa6, 'k', 'v', '.', 'g', 0x00, 't'};
+    assert_int_equal(storage_exec(s, nulop, sizeof nulop, 1, &res, &err), STRATA_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.msg, "unknown command"));
+    assert_int_equal(res.len, 0);
+    buf_close(&res);
 }
 
 static void test_kv_raw_msgpack_rejections(void **state)
@@ -226,7 +263,8 @@ static void test_spaces(void **state)
     struct storage *s = *state;
     EXPECT(s, "[\"default\"]", "{\"op\":\"space.list\"}");
     OK(s, "{\"op\":\"kv.put\",\"key\":\"a\",\"value\":1,\"space\":\"s1\"}");
-    OK(s, "{\"op\":\"space.create\",\"space\":\"s0\"}");
+    EXPECT(s, "{\"version\":2,\"ts\":3000,\"created\":true}", "{\"op\":\"space.create\",\"space\":\"s0\"}");
+    EXPECT(s, "{\"created\":false}", "{\"op\":\"space.create\",\"space\":\"s0\"}");
     EXPECT(s, "[\"default\",\"s0\",\"s1\"]", "{\"op\":\"space.list\"}");
     OK(s, "{\"op\":\"space.delete\",\"space\":\"s1\"}");
     EXPECT(s, "null", "{\"op\":\"kv.get\",\"key\":\"a\",\"space\":\"s1\"}");
@@ -245,6 +283,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_kv_bad_input, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kv_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kv_raw_msgpack_rejections, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kv_nesting_and_utf8_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kv_time_travel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kv_timestamps_never_go_back, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kv_delete_absent_writes_nothing, setup, teardown),

@@ -263,6 +263,25 @@ static void test_merge_json_per_path(void **state)
     EXPECT(s, "{\"a\":2,\"b\":3,\"c\":5}", "{\"op\":\"json.get\",\"key\":\"doc\"}");
 }
 
+static void test_merge_reports_every_conflict(void **state)
+{
+    struct storage *s = *state;
+    OK(s, "{\"op\":\"json.set\",\"key\":\"doc\",\"path\":\"$\",\"value\":{\"a\":1,\"b\":1,\"c\":1}}");
+    PUT(s, "default", "k", "0");
+    FORK(s, "default", "f");
+    OK(s, "{\"op\":\"json.set\",\"branch\":\"f\",\"key\":\"doc\",\"path\":\"$\",\"value\":{\"a\":2,\"b\":2,\"c\":2}}");
+    OK(s, "{\"op\":\"json.set\",\"key\":\"doc\",\"path\":\"$\",\"value\":{\"a\":3,\"b\":3,\"c\":1}}");
+    PUT(s, "f", "k", "1");
+    PUT(s, "default", "k", "2");
+    const char *msg = FAILS(s, STRATA_CONFLICT, "{\"op\":\"branch.merge\",\"source\":\"f\",\"target\":\"default\"}");
+    assert_non_null(strstr(msg, "3 conflicts: json:default/doc $.a, json:default/doc $.b, kv:default/k"));
+    EXPECT(s, "{\"a\":3,\"b\":3,\"c\":1}", "{\"op\":\"json.get\",\"key\":\"doc\"}");
+    const char *out = OK(s, "{\"op\":\"branch.merge\",\"source\":\"f\",\"target\":\"default\",\"strategy\":\"source_wins\"}");
+    assert_non_null(strstr(out, "\"conflicts\":[\"json:default/doc $.a\",\"json:default/doc $.b\",\"kv:default/k\"]"));
+    /* The non-conflicting path c came over too. */
+    EXPECT(s, "{\"a\":2,\"b\":2,\"c\":2}", "{\"op\":\"json.get\",\"key\":\"doc\"}");
+}
+
 static void test_merge_event_logs(void **state)
 {
     struct storage *s = *state;
@@ -304,6 +323,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_merge_cost_independent_of_branch_size, setup, teardown),
         cmocka_unit_test_setup_teardown(test_merge_json_per_path, setup, teardown),
         cmocka_unit_test_setup_teardown(test_merge_event_logs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_merge_reports_every_conflict, setup, teardown),
     };
     return cmocka_run_group_tests_name("storage_merge", tests, NULL, NULL);
 }

@@ -247,12 +247,12 @@ static void test_state_value_limits(void **state)
     memset(big, 'x', sizeof big - 1);
     big[sizeof big - 1] = 0;
     const char *msg =
-        FAILS(s, STRATA_TOO_LARGE, "{\"op\":\"state.set\",\"cell\":\"c\",\"value\":\"%s\"}", big);
+        FAILS(s, STRATA_INVALID_ARGUMENT, "{\"op\":\"state.set\",\"cell\":\"c\",\"value\":\"%s\"}", big);
     assert_non_null(strstr(msg, "limit of 64 bytes"));
     msg =
         FAILS(s, STRATA_INVALID_ARGUMENT, "{\"op\":\"state.init\",\"cell\":\"c\",\"value\":[[1]]}");
     assert_non_null(strstr(msg, "nesting"));
-    FAILS(s, STRATA_TOO_LARGE,
+    FAILS(s, STRATA_INVALID_ARGUMENT,
           "{\"op\":\"state.cas\",\"cell\":\"c\",\"expected_counter\":0,\"value\":\"%s\"}", big);
     assert_int_equal(storage_version(s), 0);
     OK(s, "{\"op\":\"state.set\",\"cell\":\"c\",\"value\":[1]}");

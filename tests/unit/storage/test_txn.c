@@ -86,6 +86,25 @@ static void test_txn_on_fork_ignores_parent_changes(void **state)
     assert_non_null(strstr(OK(s, "{\"op\":\"kv.get\",\"key\":\"a\"}"), "\"value\":2"));
 }
 
+static void test_txn_without_writes_takes_no_version(void **state)
+{
+    struct storage *s = *state;
+    OK(s, "{\"op\":\"kv.put\",\"key\":\"a\",\"value\":1}");
+    EXPECT(s, "{\"results\":[{\"deleted\":false}]}",
+           "{\"op\":\"txn.commit\",\"snapshot\":1,\"reads\":[{\"op\":\"kv.get\",\"key\":\"a\"}],"
+           "\"ops\":[{\"op\":\"kv.delete\",\"key\":\"nope\"}]}");
+    assert_int_equal(storage_version(s), 1);
+    EXPECT(s, "{\"version\":2,\"ts\":3000}", "{\"op\":\"kv.put\",\"key\":\"b\",\"value\":1}");
+    /* Conflict messages name event logs readably. */
+    OK(s, "{\"op\":\"event.append\",\"type\":\"t\",\"payload\":{}}");
+    const char *msg = FAILS(s, STRATA_CONFLICT,
+                            "{\"op\":\"txn.commit\",\"snapshot\":1,\"reads\":[{\"op\":\"event.len\"}],\"ops\":[]}");
+    assert_non_null(strstr(msg, "the event log in space 'default'"));
+    msg = FAILS(s, STRATA_CONFLICT,
+                "{\"op\":\"txn.commit\",\"snapshot\":1,\"reads\":[{\"op\":\"event.get\",\"seq\":1}],\"ops\":[]}");
+    assert_non_null(strstr(msg, "event 1 in space"));
+}
+
 static void test_txn_bad_input(void **state)
 {
     struct storage *s = *state;
@@ -132,6 +151,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_txn_read_of_absent_key_conflicts_when_created, setup, teardown),
         cmocka_unit_test_setup_teardown(test_txn_on_fork_ignores_parent_changes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_txn_bad_input, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_txn_without_writes_takes_no_version, setup, teardown),
         cmocka_unit_test_setup_teardown(test_txn_branch_recreated_after_snapshot_conflicts, setup, teardown),
     };
     return cmocka_run_group_tests_name("storage_txn", tests, NULL, NULL);
