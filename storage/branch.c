@@ -23,20 +23,6 @@ static int name_check(struct exec *x, const char *n, size_t len)
     return 0;
 }
 
-static int arg_branch(struct exec *x, const char *arg, struct branch **b)
-{
-    const char *n;
-    size_t len;
-    int rc = arg_str(x, arg, &n, &len);
-    if (rc)
-        return rc;
-    *b = branch_find(x->s, n, len);
-    if (*b == NULL)
-        return err_set(x->err, STRATA_BRANCH_NOT_FOUND, "branch '%.*s' not found",
-                       (int)(len > 200 ? 200 : len), n);
-    return 0;
-}
-
 static int new_name(struct exec *x, const char *n, size_t len)
 {
     int rc = name_check(x, n, len);

@@ -298,6 +298,30 @@ int view_iter_next(struct view_iter *vi, struct entry **eout, const struct versi
     }
 }
 
+int view_count(struct branch *b, const struct read_at *at, const uint8_t *start, size_t slen,
+               const uint8_t *end, size_t elen, uint64_t *n, struct err *err)
+{
+    struct view_iter vi;
+    view_iter_init(&vi, b, at, start, slen, end, elen);
+    struct entry *e;
+    const struct version *v;
+    int r;
+    *n = 0;
+    while ((r = view_iter_next(&vi, &e, &v, err)) == 1)
+        (*n)++;
+    return r;
+}
+
+size_t key_prefix_end(uint8_t *out, const uint8_t *key, size_t klen)
+{
+    memmove(out, key, klen); /* out may be key */
+    while (klen > 0 && out[klen - 1] == 0xff)
+        klen--;
+    if (klen > 0)
+        out[klen - 1]++;
+    return klen;
+}
+
 /* ---- Staging and commit ------------------------------------------------------------- */
 
 void stage_init(struct stage *st)

@@ -124,6 +124,20 @@ int (arg_value)(struct exec *x, const char *name, size_t nlen, const msgpack_obj
     return 0;
 }
 
+int(arg_branch)(struct exec *x, const char *name, size_t nlen, struct branch **b)
+{
+    const char *n;
+    size_t len;
+    int rc = (arg_str)(x, name, nlen, &n, &len);
+    if (rc)
+        return rc;
+    *b = branch_find(x->s, n, len);
+    if (*b == NULL)
+        return err_set(x->err, STRATA_BRANCH_NOT_FOUND, "branch '%.*s' not found",
+                       (int)(len > 200 ? 200 : len), n);
+    return 0;
+}
+
 int space_check(const char *s, size_t len, struct err *err)
 {
     if (len == 7 && memcmp(s, "default", 7) == 0)

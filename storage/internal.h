@@ -168,6 +168,13 @@ void view_iter_init(struct view_iter *vi, struct branch *b, const struct read_at
 int view_iter_next(struct view_iter *vi, struct entry **e, const struct version **v,
                    struct err *err);
 
+/* Number of visible keys in [start, end) of a view. Returns 0 or an error code. */
+int view_count(struct branch *b, const struct read_at *at, const uint8_t *start, size_t slen,
+               const uint8_t *end, size_t elen, uint64_t *n, struct err *err);
+/* The smallest key greater than every key starting with `key` (klen bytes): writes it
+ * to out (>= klen bytes) and returns its length (0: no such key, all bytes 0xff). */
+size_t key_prefix_end(uint8_t *out, const uint8_t *key, size_t klen);
+
 /* Visible version of one chain at `at`, ignoring fall-through: returns 1 found (may be a
  * tombstone), 0 no version visible here, -1 the answer was pruned by retention. */
 int chain_visible(const struct entry *e, uint64_t limit, const struct read_at *at,
@@ -272,6 +279,8 @@ int(arg_i64_opt)(struct exec *x, const char *name, size_t nlen, int64_t *out, bo
 int(arg_bool_opt)(struct exec *x, const char *name, size_t nlen, bool *out);
 int(arg_value)(struct exec *x, const char *name, size_t nlen, const msgpack_object **o);
 const msgpack_object *(arg_get)(struct exec *x, const char *name, size_t nlen);
+/* A string argument naming a live branch: BRANCH_NOT_FOUND otherwise. */
+int(arg_branch)(struct exec *x, const char *name, size_t nlen, struct branch **b);
 /* The accessors take the argument name's length, computed at compile time for the
  * string literals every caller passes. */
 #define arg_str(x, name, ...) (arg_str)((x), (name), __builtin_strlen(name), __VA_ARGS__)
@@ -282,6 +291,7 @@ const msgpack_object *(arg_get)(struct exec *x, const char *name, size_t nlen);
 #define arg_bool_opt(x, name, ...) (arg_bool_opt)((x), (name), __builtin_strlen(name), __VA_ARGS__)
 #define arg_value(x, name, ...) (arg_value)((x), (name), __builtin_strlen(name), __VA_ARGS__)
 #define arg_get(x, name) (arg_get)((x), (name), __builtin_strlen(name))
+#define arg_branch(x, name, b) (arg_branch)((x), (name), __builtin_strlen(name), (b))
 int space_check(const char *s, size_t len, struct err *err);
 
 /* Stage a value under (x->b, x->space, tag, rest); data = canonical msgpack. */

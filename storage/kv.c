@@ -41,13 +41,10 @@ int prim_list(struct exec *x, int tag, bool with_values)
         memcpy(start + base, prefix, plen);
         slen = base + plen;
     }
-    /* End: the prefix with its last byte incremented (or the end of the tag range). */
+    /* End: the first key after everything starting with the prefix. */
     memcpy(end, start, base);
     memcpy(end + base, prefix, plen);
-    elen = base + plen;
-    while (elen > 0 && end[elen - 1] == 0xff)
-        elen--;
-    end[elen - 1]++;
+    elen = key_prefix_end(end, end, base + plen); /* never 0: the tag byte is < 0xff */
 
     struct view_iter vi;
     view_iter_init(&vi, x->b, &x->at, start, slen, end, elen);
@@ -104,20 +101,8 @@ int prim_count(struct exec *x, int tag, uint64_t *count)
         return err_set(x->err, STRATA_INVALID_ARGUMENT, "prefix longer than the key limit");
     uint8_t start[IKEY_MAX], end[IKEY_MAX];
     size_t slen = exec_ikey(x, start, tag, prefix, plen);
-    size_t elen = slen;
-    memcpy(end, start, slen);
-    while (end[elen - 1] == 0xff)
-        elen--;
-    end[elen - 1]++;
-    struct view_iter vi;
-    view_iter_init(&vi, x->b, &x->at, start, slen, end, elen);
-    *count = 0;
-    struct entry *e;
-    const struct version *v;
-    int r;
-    while ((r = view_iter_next(&vi, &e, &v, x->err)) == 1)
-        (*count)++;
-    return r;
+    size_t elen = key_prefix_end(end, start, slen); /* never 0: the tag byte is < 0xff */
+    return view_count(x->b, &x->at, start, slen, end, elen, count, x->err);
 }
 
 int prim_history(struct exec *x, int tag, const void *rest, size_t rlen)

@@ -148,20 +148,6 @@ static bool same(const struct version *a, const struct version *b)
     return a->len == b->len && memcmp(a->data, b->data, a->len) == 0;
 }
 
-static int arg_branch(struct exec *x, const char *arg, struct branch **b)
-{
-    const char *n;
-    size_t len;
-    int rc = arg_str(x, arg, &n, &len);
-    if (rc)
-        return rc;
-    *b = branch_find(x->s, n, len);
-    if (*b == NULL)
-        return err_set(x->err, STRATA_BRANCH_NOT_FOUND, "branch '%.*s' not found",
-                       (int)(len > 200 ? 200 : len), n);
-    return 0;
-}
-
 static const char *kind_name(int tag)
 {
     switch (tag) {

@@ -180,15 +180,7 @@ static int coll_count(struct exec *x, const struct coll *c, uint64_t *n)
     uint8_t start[IKEY_MAX], end[IKEY_MAX];
     size_t slen, elen;
     coll_range(x, c, start, &slen, end, &elen);
-    struct view_iter vi;
-    view_iter_init(&vi, x->b, &x->at, start, slen, end, elen);
-    struct entry *e;
-    const struct version *v;
-    int r;
-    *n = 0;
-    while ((r = view_iter_next(&vi, &e, &v, x->err)) == 1)
-        (*n)++;
-    return r;
+    return view_count(x->b, &x->at, start, slen, end, elen, n, x->err);
 }
 
 static int vector_list_collections(struct exec *x)

@@ -112,3 +112,18 @@ void t_snapshot(struct storage *s, struct buf *b)
         fail();
     }
 }
+
+int t_setup(void **state)
+{
+    struct storage *s;
+    assert_int_equal(storage_new(NULL, &s), 0);
+    t_set_ts(0);
+    *state = s;
+    return 0;
+}
+
+int t_teardown(void **state)
+{
+    storage_free(*state);
+    return 0;
+}

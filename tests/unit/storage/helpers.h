@@ -33,6 +33,10 @@ const char *t_fails(struct storage *s, int code, const char *file, int line, con
 void t_expect(struct storage *s, const char *expect, const char *file, int line,
               const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
+/* cmocka fixtures: a fresh default engine in *state, test clock reset to 0. */
+int t_setup(void **state);
+int t_teardown(void **state);
+
 /* Snapshot into a fresh buffer (caller frees with buf_close). */
 void t_snapshot(struct storage *s, struct buf *out);
 

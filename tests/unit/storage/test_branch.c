@@ -6,20 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int setup(void **state)
-{
-    struct storage *s;
-    assert_int_equal(storage_new(NULL, &s), 0);
-    t_set_ts(0);
-    *state = s;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    storage_free(*state);
-    return 0;
-}
+#define setup t_setup
+#define teardown t_teardown
 
 /* ---- Local read helpers ------------------------------------------------------------ */
 
