@@ -103,6 +103,22 @@ void strata_close(struct strata *db)
 int strata_exec(struct strata *db, const uint8_t *cmd, size_t len, struct buf *result,
                 struct err *err)
 {
+    return strata_exec_flags(db, cmd, len, 0, result, err);
+}
+
+int strata_exec_many(struct strata *db, const uint8_t *const *cmds, const size_t *lens,
+                     size_t n, unsigned flags, struct buf *results, int *codes,
+                     struct err *errs)
+{
+    for (size_t i = 0; i < n; i++)
+        codes[i] = strata_exec_flags(db, cmds[i], lens[i], flags, &results[i], &errs[i]);
+    return 0;
+}
+
+int strata_exec_flags(struct strata *db, const uint8_t *cmd, size_t len, unsigned flags,
+                      struct buf *result, struct err *err)
+{
+    (void)flags; /* in-process engines are always linearizable */
     switch (db->kind) {
     case BACKEND_MEM:
         /* The client's clock stamps the write; the engine itself never reads a clock. */

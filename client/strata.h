@@ -8,7 +8,11 @@
  * URIs:
  *   mem:           a private in-process engine, empty at open, gone at close.
  *   file:DIR       a local durable database (not supported yet in this build).
- *   strata://...   a StrataDB server or cluster (not supported yet in this build).
+ *   strata://[KEY@]HOST[:PORT][,HOST[:PORT]...]
+ *                  a StrataDB server or cluster: any member works as a seed; the client
+ *                  finds the leader, follows NOT_LEADER, reconnects with backoff. KEY is
+ *                  an API key (servers started with --api-keys require one). Default
+ *                  port 9876.
  *
  * Thread: a `struct strata` is not thread-safe; the caller serializes all calls on one
  * handle. Distinct handles are independent. */
@@ -44,5 +48,25 @@ void strata_close(struct strata *db);
  * even if that clock steps back. */
 int strata_exec(struct strata *db, const uint8_t *cmd, size_t len, struct buf *result,
                 struct err *err);
+
+/* Flags for strata_exec_flags / strata_exec_many. */
+enum {
+    /* A read may be served by any replica from its applied state (not linearizable).
+     * Ignored for writes and for in-process databases. */
+    STRATA_EXEC_STALE = 1,
+};
+
+/* strata_exec with flags. */
+int strata_exec_flags(struct strata *db, const uint8_t *cmd, size_t len, unsigned flags,
+                      struct buf *result, struct err *err);
+
+/* Execute `n` commands, pipelined over one connection for servers (all sent, then all
+ * answered, in any order). Each command gets its own outcome: codes[i] (0 or an error
+ * code), results[i] (appended to, caller-initialized) and errs[i]. A write whose fate is
+ * unknown after a lost connection gets STRATA_UNKNOWN_OUTCOME; reads are retried.
+ * Returns 0, or OUT_OF_MEMORY if nothing could be attempted. */
+int strata_exec_many(struct strata *db, const uint8_t *const *cmds, const size_t *lens,
+                     size_t n, unsigned flags, struct buf *results, int *codes,
+                     struct err *errs);
 
 #endif
