@@ -103,6 +103,7 @@ enum fmt {
     FMT_RAW,     /* the result itself as one line of JSON, (nil) when absent */
     FMT_LIST,    /* one item per line */
     FMT_HISTORY, /* version=N ts=T VALUE | (deleted) */
+    FMT_STATUS,  /* cluster status: one "name value" line per field, then the members */
 };
 
 enum special { SP_NONE, SP_BRANCH_USE, SP_SPACE_USE, SP_TXN_BEGIN, SP_TXN_COMMIT, SP_TXN_ABORT };
@@ -237,6 +238,17 @@ static const struct verb_def verbs[] = {
      SP_NONE, "delete a space and everything in it"},
     {"space", "use", NULL, V_BRANCH, {STRV("space", "S")}, 0, FMT_AUTO, SP_SPACE_USE,
      "make S the session's space"},
+
+    {"cluster", "status", "cluster.status", 0, {{0}}, 0, FMT_STATUS, SP_NONE,
+     "members, roles, leader, term, commit and applied index (servers)"},
+    {"cluster", "add-node", "cluster.add_member", V_WRITE,
+     {{"id", "ID", K_U64, 0}, STRV("address", "HOST:PORT")}, 0, FMT_AUTO, SP_NONE,
+     "add node ID at HOST:PORT (it joins as a non-voter, then votes)"},
+    {"cluster", "remove-node", "cluster.remove_member", V_WRITE, {{"id", "ID", K_U64, 0}}, 0,
+     FMT_AUTO, SP_NONE, "remove node ID from the cluster"},
+    {"cluster", "transfer-leader", "cluster.transfer_leader", V_WRITE,
+     {{"id", "ID", K_U64, P_OPT}}, 0, FMT_AUTO, SP_NONE,
+     "hand leadership to node ID (default: the most up-to-date voter)"},
 
     {"txn", "begin", "txn.begin", V_REPL, {{0}}, 0, FMT_WRITE, SP_TXN_BEGIN,
      "start a transaction (REPL)"},
@@ -548,6 +560,50 @@ static int render_history(const msgpack_object *o)
     return rc;
 }
 
+/* cluster status, human format: "name value" lines, then one line per member. */
+static int render_status(const msgpack_object *o)
+{
+    static const char *const fields[] = {"cluster_id", "node_id", "address", "role", "term",
+                                         "commit_index", "applied_index", "last_index",
+                                         "forwarded", NULL};
+    if (o->type != MSGPACK_OBJECT_MAP)
+        return print_json(o, true, "\n");
+    int rc = 0;
+    for (const char *const *f = fields; *f && rc == 0; f++) {
+        const msgpack_object *v = map_get(o, *f);
+        if (v == NULL)
+            continue;
+        printf("%-14s", *f);
+        rc = print_json(v, false, "\n");
+    }
+    const msgpack_object *leader = map_get(o, "leader"), *lid = map_get(o, "leader_id");
+    if (rc == 0 && leader && leader->type == MSGPACK_OBJECT_STR && leader->via.str.size) {
+        printf("%-14s%.*s", "leader", (int)leader->via.str.size, leader->via.str.ptr);
+        if (lid && lid->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+            printf(" (node %llu)", (unsigned long long)lid->via.u64);
+        putchar('\n');
+    }
+    const msgpack_object *ms = map_get(o, "members");
+    if (rc == 0 && ms && ms->type == MSGPACK_OBJECT_ARRAY) {
+        puts("members");
+        for (uint32_t i = 0; i < ms->via.array.size; i++) {
+            const msgpack_object *m = &ms->via.array.ptr[i];
+            const msgpack_object *id = map_get(m, "id"), *ad = map_get(m, "address"),
+                                 *vo = map_get(m, "voter"), *le = map_get(m, "leader");
+            printf("  %llu %.*s%s%s\n",
+                   id && id->type == MSGPACK_OBJECT_POSITIVE_INTEGER
+                       ? (unsigned long long)id->via.u64
+                       : 0ull,
+                   ad && ad->type == MSGPACK_OBJECT_STR ? (int)ad->via.str.size : 0,
+                   ad && ad->type == MSGPACK_OBJECT_STR ? ad->via.str.ptr : "",
+                   vo && vo->type == MSGPACK_OBJECT_BOOLEAN && vo->via.boolean ? " voter"
+                                                                                : " non-voter",
+                   le && le->type == MSGPACK_OBJECT_BOOLEAN && le->via.boolean ? " leader" : "");
+        }
+    }
+    return rc;
+}
+
 /* Print an encoded result in the session's format. */
 static int render(const uint8_t *mp, size_t len, enum fmt fmt, bool json)
 {
@@ -570,6 +626,9 @@ static int render(const uint8_t *mp, size_t len, enum fmt fmt, bool json)
         break;
     case FMT_GET:
         rc = render_get(&o);
+        break;
+    case FMT_STATUS:
+        rc = render_status(&o);
         break;
     case FMT_RAW:
         rc = o.type == MSGPACK_OBJECT_NIL ? (puts("(nil)"), 0) : print_json(&o, false, "\n");
