@@ -45,13 +45,14 @@ size_t entry_writer_finish(struct entry_writer *w)
 int entry_decode(const uint8_t *p, size_t len, struct entry_view *v, struct err *err)
 {
     if (len < ENTRY_HEADER)
-        return err_set(err, STRATA_PROTOCOL_ERROR, "log entry of %zu bytes is shorter than its "
-                       "%d-byte header", len, ENTRY_HEADER);
+        return err_set(err, STRATA_PROTOCOL_ERROR,
+                       "log entry of %zu bytes is shorter than its "
+                       "%d-byte header",
+                       len, ENTRY_HEADER);
     if (memcmp(p, ENTRY_MAGIC, 4) != 0)
         return err_set(err, STRATA_PROTOCOL_ERROR, "log entry magic is not \"SENT\"");
     if (p[4] != ENTRY_VERSION)
-        return err_set(err, STRATA_PROTOCOL_ERROR, "log entry format version %u unsupported",
-                       p[4]);
+        return err_set(err, STRATA_PROTOCOL_ERROR, "log entry format version %u unsupported", p[4]);
     if (p[5] != ENTRY_KIND_COMMANDS)
         return err_set(err, STRATA_PROTOCOL_ERROR, "log entry kind %u unknown", p[5]);
     if (p[6] != 0 || p[7] != 0)
@@ -64,14 +65,20 @@ int entry_decode(const uint8_t *p, size_t len, struct entry_view *v, struct err 
     if (count == 0)
         return err_set(err, STRATA_PROTOCOL_ERROR, "log entry holds no command");
     if (len % 8 != 0)
-        return err_set(err, STRATA_PROTOCOL_ERROR, "log entry length %zu is not a multiple "
-                       "of 8", len);
+        return err_set(err, STRATA_PROTOCOL_ERROR,
+                       "log entry length %zu is not a multiple "
+                       "of 8",
+                       len);
     if (payload > len - ENTRY_HEADER)
-        return err_set(err, STRATA_PROTOCOL_ERROR, "log entry payload length %zu exceeds the "
-                       "%zu bytes present", payload, len - ENTRY_HEADER);
+        return err_set(err, STRATA_PROTOCOL_ERROR,
+                       "log entry payload length %zu exceeds the "
+                       "%zu bytes present",
+                       payload, len - ENTRY_HEADER);
     if (entry_size(payload) != len)
-        return err_set(err, STRATA_PROTOCOL_ERROR, "log entry of %zu bytes does not match its "
-                       "payload length %zu", len, payload);
+        return err_set(err, STRATA_PROTOCOL_ERROR,
+                       "log entry of %zu bytes does not match its "
+                       "payload length %zu",
+                       len, payload);
     for (size_t i = ENTRY_HEADER + payload; i < len; i++)
         if (p[i] != 0)
             return err_set(err, STRATA_PROTOCOL_ERROR, "log entry padding is not zero");
@@ -80,20 +87,26 @@ int entry_decode(const uint8_t *p, size_t len, struct entry_view *v, struct err 
     size_t off = 0;
     for (uint32_t i = 0; i < count; i++) {
         if (payload - off < ENTRY_CMD_PREFIX)
-            return err_set(err, STRATA_PROTOCOL_ERROR, "log entry command %u of %u is "
-                           "truncated (no length)", i + 1, count);
+            return err_set(err, STRATA_PROTOCOL_ERROR,
+                           "log entry command %u of %u is "
+                           "truncated (no length)",
+                           i + 1, count);
         size_t clen = get_be32(q + off);
         off += ENTRY_CMD_PREFIX;
         if (clen == 0)
             return err_set(err, STRATA_PROTOCOL_ERROR, "log entry command %u is empty", i + 1);
         if (clen > payload - off)
-            return err_set(err, STRATA_PROTOCOL_ERROR, "log entry command %u of %zu bytes "
-                           "overruns the payload", i + 1, clen);
+            return err_set(err, STRATA_PROTOCOL_ERROR,
+                           "log entry command %u of %zu bytes "
+                           "overruns the payload",
+                           i + 1, clen);
         off += clen;
     }
     if (off != payload)
-        return err_set(err, STRATA_PROTOCOL_ERROR, "log entry payload has %zu bytes after its "
-                       "%u commands", payload - off, count);
+        return err_set(err, STRATA_PROTOCOL_ERROR,
+                       "log entry payload has %zu bytes after its "
+                       "%u commands",
+                       payload - off, count);
     v->ts = (int64_t)ts;
     v->count = count;
     v->payload = q;

@@ -34,9 +34,9 @@ static inline size_t entry_size(size_t payload)
  * the padding; it returns the entry length. */
 struct entry_writer {
     uint8_t *out;
-    size_t cap;   /* entry_size(payload) */
-    size_t off;   /* next write position */
-    uint32_t n;   /* commands written */
+    size_t cap; /* entry_size(payload) */
+    size_t off; /* next write position */
+    uint32_t n; /* commands written */
     uint32_t count, payload;
 };
 void entry_writer_init(struct entry_writer *w, uint8_t *out, int64_t ts, uint32_t count,

@@ -88,13 +88,12 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     struct err err;
     err_clear(&err);
     uint32_t n = 0;
-    int rc = fsm_apply_entry(g->engine, buf->base, buf->len, b != NULL ? record_result : NULL,
-                             &ctx, &n, &err);
+    int rc = fsm_apply_entry(g->engine, buf->base, buf->len, b != NULL ? record_result : NULL, &ctx,
+                             &n, &err);
     if (rc != 0) {
         /* Every replica holds the same bytes and skips them the same way: log loudly,
          * keep the state machine running. */
-        log_error("group %u: log entry rejected (%zu bytes): %s", g->group_id, buf->len,
-                  err.msg);
+        log_error("group %u: log entry rejected (%zu bytes): %s", g->group_id, buf->len, err.msg);
         if (b != NULL)
             for (struct req *r = b->reqs.head; r != NULL; r = r->next) {
                 r->code = STRATA_INTERNAL;

@@ -7,10 +7,11 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
-#define group_of(r) ((struct repl_group *)((char *)(r) - offsetof(struct repl_group, raft)))
+#define group_of(r) ((struct repl_group *)((char *)(r)-offsetof(struct repl_group, raft)))
 
 void repl_options_default(struct repl_options *o)
 {
@@ -113,8 +114,8 @@ static void step_cb(struct raft *r)
 
 static void on_peer(void *arg, bool up, uint64_t id, const char *address)
 {
-    group_emit(arg, up ? REPL_EV_PEER_UP : REPL_EV_PEER_DOWN, "%llu %s",
-               (unsigned long long)id, address);
+    group_emit(arg, up ? REPL_EV_PEER_UP : REPL_EV_PEER_DOWN, "%llu %s", (unsigned long long)id,
+               address);
 }
 
 /* ---- Close sequence -------------------------------------------------------------------- */
@@ -189,8 +190,7 @@ static void stop_xfer_cb(struct raft_transfer *req)
 static void handoff_timeout(uv_timer_t *t)
 {
     struct repl_group *g = t->data;
-    log_warn("group %u: leadership hand-off did not finish in time; closing anyway",
-             g->group_id);
+    log_warn("group %u: leadership hand-off did not finish in time; closing anyway", g->group_id);
     g->handoff_done = true;
     group_kick(g);
 }
@@ -297,8 +297,10 @@ static int check_options(const struct repl_options *o, struct err *err)
         return err_set(err, STRATA_INVALID_ARGUMENT, "node_id must be > 0");
     size_t alen = o->address != NULL ? strlen(o->address) : 0;
     if (alen == 0 || alen > REPL_ADDRESS_MAX)
-        return err_set(err, STRATA_INVALID_ARGUMENT, "address must be \"host:port\" of 1..%d "
-                       "bytes", REPL_ADDRESS_MAX);
+        return err_set(err, STRATA_INVALID_ARGUMENT,
+                       "address must be \"host:port\" of 1..%d "
+                       "bytes",
+                       REPL_ADDRESS_MAX);
     char host[REPL_ADDRESS_MAX + 1], port[16];
     if (transport_split_address(o->address, host, sizeof host, port, sizeof port) != 0)
         return err_set(err, STRATA_INVALID_ARGUMENT, "address \"%s\" is not \"host:port\"",
@@ -309,14 +311,14 @@ static int check_options(const struct repl_options *o, struct err *err)
     if (o->data_dir == NULL || o->data_dir[0] == '\0')
         return err_set(err, STRATA_INVALID_ARGUMENT, "data_dir is required");
     if (o->heartbeat_timeout_ms == 0 || o->election_timeout_ms <= o->heartbeat_timeout_ms)
-        return err_set(err, STRATA_INVALID_ARGUMENT, "timeouts must satisfy 0 < "
+        return err_set(err, STRATA_INVALID_ARGUMENT,
+                       "timeouts must satisfy 0 < "
                        "heartbeat_timeout_ms (%u) < election_timeout_ms (%u)",
                        o->heartbeat_timeout_ms, o->election_timeout_ms);
     if (o->snapshot_threshold == 0)
         return err_set(err, STRATA_INVALID_ARGUMENT, "snapshot_threshold must be > 0");
     if (o->max_entry_bytes < 64 || o->max_entry_bytes > (64u << 20))
-        return err_set(err, STRATA_INVALID_ARGUMENT, "max_entry_bytes must be 64..%u",
-                       64u << 20);
+        return err_set(err, STRATA_INVALID_ARGUMENT, "max_entry_bytes must be 64..%u", 64u << 20);
     return 0;
 }
 
@@ -329,9 +331,13 @@ static int raft_err(struct repl_group *g, struct err *err, int rv, const char *w
         code = STRATA_INVALID_ARGUMENT;
     if (rv == -1 || rv < 0)
         code = STRATA_INTERNAL;
-    return err_set(err, code, "group %u: %s: %s (%s)", g->group_id, what,
-                   rv > 0 ? raft_strerror(rv) : "failed",
-                   g->raft_inited ? raft_errmsg(&g->raft) : g->io.errmsg);
+    const char *detail = g->raft_inited ? raft_errmsg(&g->raft) : g->io.errmsg;
+    return err_set(err, code, "group %u: %s: %s%s%.150s%s", g->group_id, what,
+                   rv > 0 ? raft_strerror(rv) : "failed", detail[0] ? " (" : "", detail,
+                   detail[0]            ? ")"
+                   : rv == RAFT_CORRUPT ? " (see the log; data_dir needs repair "
+                                          "or replacement)"
+                                        : "");
 }
 
 int repl_group_open(uv_loop_t *loop, const struct repl_options *o, struct storage *engine,
@@ -363,8 +369,8 @@ int repl_group_open(uv_loop_t *loop, const struct repl_options *o, struct storag
         goto err_free_group;
     }
     unsigned connect_timeout = o->election_timeout_ms < 1000 ? 1000 : o->election_timeout_ms;
-    rc = transport_init(&g->transport, loop, o->group_id, o->bind_host, connect_timeout, on_peer,
-                        g, err);
+    rc = transport_init(&g->transport, loop, o->group_id, o->bind_host, connect_timeout, on_peer, g,
+                        err);
     if (rc != 0)
         goto err_free_group;
     int rv = raft_uv_init(&g->io, loop, o->data_dir, &g->transport);
@@ -383,14 +389,17 @@ int repl_group_open(uv_loop_t *loop, const struct repl_options *o, struct storag
     /* All raft_set_* after raft_init, which resets them (trap 5). */
     raft_set_election_timeout(&g->raft, o->election_timeout_ms);
     raft_set_heartbeat_timeout(&g->raft, o->heartbeat_timeout_ms);
-    raft_set_pre_vote(&g->raft, true);                    /* trap 13 */
-    raft_set_capacity_threshold(&g->raft, 0);             /* trap 4 */
-    raft_set_max_inflight_entries(&g->raft, 1024);        /* trap 9 */
+    raft_set_pre_vote(&g->raft, true);                            /* trap 13 */
+    raft_set_capacity_threshold(&g->raft, 0);                     /* trap 4 */
+    raft_set_max_inflight_entries(&g->raft, 1024);                /* trap 9 */
     raft_set_snapshot_threshold(&g->raft, o->snapshot_threshold); /* trap 8 */
     raft_set_snapshot_trailing(&g->raft, o->snapshot_trailing);
     g->raft.legacy.step_cb = step_cb;
-    g->raft.tracer = NULL; /* trap 10; LIBRAFT_TRACE still works for the io layer off */
-    raft_uv_set_tracer(&g->io, NULL);
+    if (getenv("LIBRAFT_TRACE") == NULL) {
+        /* The default tracer formats every message even when off (trap 10). */
+        g->raft.tracer = NULL;
+        raft_uv_set_tracer(&g->io, NULL);
+    }
     /* Segments hold whole entries: at least twice the largest entry. */
     size_t seg = 8u << 20;
     while (seg < 2 * o->max_entry_bytes)
@@ -431,8 +440,10 @@ int repl_group_bootstrap(struct repl_group *g, const struct repl_member *members
     for (size_t i = 0; i < n; i++) {
         size_t alen = strnlen(members[i].address, sizeof members[i].address);
         if (members[i].id == 0 || alen == 0 || alen > REPL_ADDRESS_MAX) {
-            rc = err_set(err, STRATA_INVALID_ARGUMENT, "member %zu: id must be > 0 and the "
-                         "address 1..%d bytes", i, REPL_ADDRESS_MAX);
+            rc = err_set(err, STRATA_INVALID_ARGUMENT,
+                         "member %zu: id must be > 0 and the "
+                         "address 1..%d bytes",
+                         i, REPL_ADDRESS_MAX);
             goto out;
         }
         if (members[i].id == g->node_id)
@@ -452,8 +463,8 @@ int repl_group_bootstrap(struct repl_group *g, const struct repl_member *members
     }
     int rv = raft_bootstrap(&g->raft, &conf);
     if (rv == RAFT_CANTBOOTSTRAP) {
-        log_info("group %u: data dir %s already holds raft state; bootstrap skipped",
-                 g->group_id, g->data_dir);
+        log_info("group %u: data dir %s already holds raft state; bootstrap skipped", g->group_id,
+                 g->data_dir);
     } else if (rv != 0) {
         rc = raft_err(g, err, rv, "bootstrap");
     }
@@ -484,8 +495,8 @@ void repl_group_stop(struct repl_group *g, void (*cb)(void *arg), void *arg)
     }
     g->stop_cb = cb;
     g->stop_arg = arg;
-    bool handoff = g->state == G_RUNNING && raft_state(&g->raft) == RAFT_LEADER &&
-                   has_other_voter(g);
+    bool handoff =
+        g->state == G_RUNNING && raft_state(&g->raft) == RAFT_LEADER && has_other_voter(g);
     g->state = G_HANDOFF;
     req_fail_all(g, &g->writes, STRATA_UNAVAILABLE, "group stopping");
     req_fail_all(g, &g->reads, STRATA_UNAVAILABLE, "group stopping");

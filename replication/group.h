@@ -34,10 +34,10 @@ struct req {
     void *arg;
     uint8_t *cmd; /* owned copy (write, read) */
     size_t len;
-    uint64_t id;                           /* membership / transfer target */
-    char address[REPL_ADDRESS_MAX + 1];    /* membership */
-    bool promoting;                        /* add: spare joined, promotion next */
-    int code;                              /* completion */
+    uint64_t id;                        /* membership / transfer target */
+    char address[REPL_ADDRESS_MAX + 1]; /* membership */
+    bool promoting;                     /* add: spare joined, promotion next */
+    int code;                           /* completion */
     bool has_result;
     struct buf result;
     char msg[ERR_MSG_MAX];
@@ -88,10 +88,10 @@ struct repl_group {
     void *event_arg;
     struct pending_event *ev_head, *ev_tail;
 
-    uv_idle_t pump;    /* deferred work */
-    uv_timer_t timer;  /* bounded leadership hand-off on stop */
-    int handles_open;  /* of pump and timer, for the close sequence */
-    bool pumping;      /* inside pump: no recursive pump */
+    uv_idle_t pump;   /* deferred work */
+    uv_timer_t timer; /* bounded leadership hand-off on stop */
+    int handles_open; /* of pump and timer, for the close sequence */
+    bool pumping;     /* inside pump: no recursive pump */
 
     /* role tracking (set in step_cb, handled in the pump) */
     bool was_leader;

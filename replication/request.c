@@ -41,8 +41,7 @@ static void req_free(struct req *r)
     sm_free(r);
 }
 
-static void vcomplete(struct repl_group *g, struct req *r, int code, const char *fmt,
-                      va_list ap)
+static void vcomplete(struct repl_group *g, struct req *r, int code, const char *fmt, va_list ap)
 {
     r->code = code;
     if (code != 0) {
@@ -299,9 +298,8 @@ static bool flush_one_entry(struct repl_group *g)
         int code = raft_code_to_strata(rv);
         if (rv == RAFT_NOSPACE || rv == RAFT_IOERR)
             group_emit(g, REPL_EV_DISK_ERROR, "append: %s", raft_strerror(rv));
-        req_fail_all(g, &b->reqs, code, rv == RAFT_NOTLEADER
-                                            ? "not the leader"
-                                            : raft_strerror(rv));
+        req_fail_all(g, &b->reqs, code,
+                     rv == RAFT_NOTLEADER ? "not the leader" : raft_strerror(rv));
         if (rv == RAFT_NOTLEADER)
             req_fail_all(g, &g->writes, STRATA_NOT_LEADER, "not the leader");
         return false;
@@ -329,8 +327,8 @@ static void serve_read(struct repl_group *g, struct req *r)
     }
 }
 
-void repl_read(struct repl_group *g, const uint8_t *cmd, size_t len, bool stale,
-               repl_done_cb cb, void *arg)
+void repl_read(struct repl_group *g, const uint8_t *cmd, size_t len, bool stale, repl_done_cb cb,
+               void *arg)
 {
     struct req *r = req_new(REQ_READ, cb, arg);
     if (r == NULL)
@@ -435,8 +433,7 @@ static void admin_submit(struct repl_group *g, struct req *r)
     group_kick(g);
 }
 
-void repl_member_add(struct repl_group *g, const struct repl_member *m, repl_done_cb cb,
-                     void *arg)
+void repl_member_add(struct repl_group *g, const struct repl_member *m, repl_done_cb cb, void *arg)
 {
     struct req *r = req_new(REQ_ADD, cb, arg);
     if (r == NULL)

@@ -376,8 +376,10 @@ int transport_init(struct raft_uv_transport *t, uv_loop_t *loop, uint32_t group,
         if (uv_ip4_addr(bind_host, 0, (struct sockaddr_in *)&tp->bind_addr) != 0 &&
             uv_ip6_addr(bind_host, 0, (struct sockaddr_in6 *)&tp->bind_addr) != 0) {
             sm_free(tp);
-            return err_set(err, STRATA_INVALID_ARGUMENT, "bind_host \"%s\" is not a numeric IP "
-                           "address", bind_host);
+            return err_set(err, STRATA_INVALID_ARGUMENT,
+                           "bind_host \"%s\" is not a numeric IP "
+                           "address",
+                           bind_host);
         }
         tp->have_bind = true;
     }

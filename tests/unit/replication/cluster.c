@@ -153,8 +153,8 @@ static void on_event(void *arg, enum repl_event ev, const char *detail)
         break;
     }
     if (verbose())
-        fprintf(stderr, "[%8.1f] node %llu event %d: %s\n", cl_now_ms(),
-                (unsigned long long)n->id, (int)ev, detail);
+        fprintf(stderr, "[%8.1f] node %llu event %d: %s\n", cl_now_ms(), (unsigned long long)n->id,
+                (int)ev, detail);
 }
 
 static void deadline_cb(uv_timer_t *t)
@@ -327,8 +327,23 @@ void cl_run_until(struct cluster *c, bool (*pred)(void *), void *arg, unsigned t
     while (!pred(arg) && !c->expired)
         uv_run(&c->loop, UV_RUN_ONCE);
     uv_timer_stop(&c->deadline);
-    if (!pred(arg))
+    if (!pred(arg)) {
+        for (int i = 0; i < c->n; i++) {
+            if (c->nodes[i].g == NULL)
+                continue;
+            struct repl_status st;
+            repl_group_status(c->nodes[i].g, &st);
+            fprintf(stderr,
+                    "node %d: role %d leader %llu term %llu commit %llu applied %llu last "
+                    "%llu snapshot %llu version %llu\n",
+                    i + 1, (int)st.role, (unsigned long long)st.leader_id,
+                    (unsigned long long)st.term, (unsigned long long)st.commit_index,
+                    (unsigned long long)st.applied_index, (unsigned long long)st.last_index,
+                    (unsigned long long)st.snapshot_index,
+                    (unsigned long long)storage_version(c->nodes[i].engine));
+        }
         fail_msg("timed out after %u ms waiting for: %s", timeout_ms, what);
+    }
 }
 
 static bool never(void *arg)

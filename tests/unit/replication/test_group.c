@@ -188,8 +188,8 @@ struct client {
 
 static void client_next(struct client *cl);
 
-static void client_done(void *arg, int code, const uint8_t *result, size_t len,
-                        const char *message, const char *leader)
+static void client_done(void *arg, int code, const uint8_t *result, size_t len, const char *message,
+                        const char *leader)
 {
     struct client *cl = arg;
     (void)result;
@@ -243,8 +243,8 @@ static void test_pipelined_writes_batched(void **state)
     double ms = cl_now_ms() - t0;
     repl_group_status(c.nodes[l].g, &after);
     uint64_t entries = after.last_index - before.last_index;
-    printf("# %d clients x %d writes: %.0f writes/s, %llu entries (%.1f writes/entry)\n",
-           NCLIENTS, PER, completed_target * 1000.0 / ms, (unsigned long long)entries,
+    printf("# %d clients x %d writes: %.0f writes/s, %llu entries (%.1f writes/entry)\n", NCLIENTS,
+           PER, completed_target * 1000.0 / ms, (unsigned long long)entries,
            (double)completed_target / (double)entries);
     for (int i = 0; i < NCLIENTS; i++)
         assert_int_equal(cls[i].errors, 0);
@@ -252,6 +252,68 @@ static void test_pipelined_writes_batched(void **state)
     cl_wait_caught_up(&c, 5000);
     assert_int_equal(cl_assert_same_state(&c), 3);
     assert_int_equal(storage_version(c.nodes[l].engine), completed_target);
+    cl_teardown(&c);
+}
+
+static void test_entry_bound_splits_batches(void **state)
+{
+    (void)state;
+    struct cluster c;
+    cl_init(&c, 3);
+    c.opts.max_entry_bytes = 4096;
+    cl_start(&c, 3);
+    int l = cl_wait_leader(&c, 10000);
+    cl_run_for(&c, 100);
+    char val[1001];
+    memset(val, 'v', 1000);
+    val[1000] = '\0';
+    struct repl_status before, after;
+    repl_group_status(c.nodes[l].g, &before);
+    struct cl_result rs[40];
+    for (int i = 0; i < 40; i++)
+        cl_write(&c, l, &rs[i], "{\"op\":\"kv.put\",\"key\":\"b%d\",\"value\":\"%s\"}", i, val);
+    for (int i = 0; i < 40; i++) {
+        cl_wait(&c, &rs[i], 10000);
+        assert_int_equal(rs[i].code, 0);
+    }
+    repl_group_status(c.nodes[l].g, &after);
+    /* About 1 KiB per command: at most three fit in a 4 KiB entry. */
+    assert_true(after.last_index - before.last_index >= 14);
+    cl_wait_caught_up(&c, 5000);
+    assert_int_equal(cl_assert_same_state(&c), 3);
+    cl_teardown(&c);
+}
+
+static void test_large_value_replicates(void **state)
+{
+    (void)state;
+    struct cluster c;
+    cl_init(&c, 3);
+    cl_start(&c, 3);
+    int l = cl_wait_leader(&c, 10000);
+    size_t n = 3u << 20;
+    char *json = malloc(n + 100);
+    char *big = malloc(n + 1);
+    memset(big, 'z', n);
+    big[n] = '\0';
+    snprintf(json, n + 100, "{\"op\":\"kv.put\",\"key\":\"big\",\"value\":\"%s\"}", big);
+    struct buf cmd;
+    buf_init(&cmd);
+    struct err err;
+    assert_int_equal(storage_json_to_value(json, strlen(json), &cmd, &err), 0);
+    struct cl_result r;
+    memset(&r, 0, sizeof r);
+    double t0 = cl_now_ms();
+    repl_write(c.nodes[l].g, cmd.data, cmd.len, cl_done_cb(), &r);
+    r.returned = true;
+    cl_wait(&c, &r, 20000);
+    assert_int_equal(r.code, 0);
+    printf("# 3 MiB write: %.1f ms\n", cl_now_ms() - t0);
+    cl_wait_caught_up(&c, 10000);
+    assert_int_equal(cl_assert_same_state(&c), 3);
+    buf_close(&cmd);
+    free(json);
+    free(big);
     cl_teardown(&c);
 }
 
@@ -415,9 +477,13 @@ int main(void)
         cmocka_unit_test(test_write_bad_input),
         cmocka_unit_test(test_concurrent_writes_batched),
         cmocka_unit_test(test_pipelined_writes_batched),
+        cmocka_unit_test(test_entry_bound_splits_batches),
+        cmocka_unit_test(test_large_value_replicates),
         cmocka_unit_test(test_linearizable_read_sees_latest_write),
         cmocka_unit_test(test_stale_read_on_follower),
         cmocka_unit_test(test_group_open_bad_options),
     };
+    if (getenv("CL_ONLY") != NULL)
+        cmocka_set_test_filter(getenv("CL_ONLY"));
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
