@@ -29,9 +29,9 @@ struct repl_member {
 struct repl_options {
     uint32_t group_id;
     uint64_t node_id;
-    const char *address;  /* this node's advertised "host:port" */
-    const char *bind_host; /* source address for outgoing peer connections, or NULL */
-    const char *data_dir; /* the group's own directory (created if missing) */
+    const char *address;           /* this node's advertised "host:port" */
+    const char *bind_host;         /* source address for outgoing peer connections, or NULL */
+    const char *data_dir;          /* the group's own directory (created if missing) */
     unsigned election_timeout_ms;  /* default 1000 */
     unsigned heartbeat_timeout_ms; /* default 100 */
     unsigned snapshot_threshold;   /* entries between snapshots, default 16384 */
@@ -83,12 +83,11 @@ typedef void (*repl_done_cb)(void *arg, int code, const uint8_t *result, size_t 
  * few log entries as possible. Errors: NOT_LEADER, UNAVAILABLE (stopping), TOO_LARGE,
  * UNKNOWN_OUTCOME (leadership lost after the entry was appended), and whatever the
  * engine returns when applying it. */
-void repl_write(struct repl_group *g, const uint8_t *cmd, size_t len, repl_done_cb cb,
-                void *arg);
+void repl_write(struct repl_group *g, const uint8_t *cmd, size_t len, repl_done_cb cb, void *arg);
 /* Submit a read command: linearizable on the leader (batched barrier), or served from
  * this replica's applied state when `stale`. */
-void repl_read(struct repl_group *g, const uint8_t *cmd, size_t len, bool stale,
-               repl_done_cb cb, void *arg);
+void repl_read(struct repl_group *g, const uint8_t *cmd, size_t len, bool stale, repl_done_cb cb,
+               void *arg);
 
 enum repl_role { REPL_FOLLOWER = 1, REPL_CANDIDATE, REPL_LEADER, REPL_UNAVAILABLE };
 
@@ -108,8 +107,7 @@ void repl_group_status(struct repl_group *g, struct repl_status *st);
 
 /* Membership (leader only; cb as for writes, with a nil result). add: joins as a
  * non-voter, then is promoted to voter once caught up. */
-void repl_member_add(struct repl_group *g, const struct repl_member *m, repl_done_cb cb,
-                     void *arg);
+void repl_member_add(struct repl_group *g, const struct repl_member *m, repl_done_cb cb, void *arg);
 void repl_member_remove(struct repl_group *g, uint64_t id, repl_done_cb cb, void *arg);
 /* Hand leadership to `to` (0 = the most up-to-date voter). */
 void repl_transfer(struct repl_group *g, uint64_t to, repl_done_cb cb, void *arg);

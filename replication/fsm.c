@@ -1,0 +1,199 @@
+/* The state machine raft drives: apply committed entries to the engine, take snapshots
+ * of it, restore it from one. Runs inside raft callbacks, so it never calls raft's
+ * mutating API (RAFT-NOTES trap 6); what the rest of the group must learn it records and
+ * leaves to the pump. */
+#include "fsm.h"
+
+#include "entry.h"
+#include "group.h"
+
+#include <string.h>
+
+int fsm_apply_entry(struct storage *s, const uint8_t *p, size_t len, fsm_result_cb cb, void *arg,
+                    uint32_t *ncmds, struct err *err)
+{
+    struct entry_view v;
+    int rc = entry_decode(p, len, &v, err);
+    if (ncmds != NULL)
+        *ncmds = 0;
+    if (rc != 0)
+        return rc;
+    struct buf result;
+    buf_init(&result);
+    const uint8_t *cmd;
+    size_t clen;
+    uint32_t i = 0;
+    while (entry_next(&v, &cmd, &clen)) {
+        struct err cerr;
+        err_clear(&cerr);
+        buf_reset(&result);
+        int code = storage_exec(s, cmd, clen, v.ts, &result, &cerr);
+        if (cb != NULL)
+            cb(arg, i, code, &result, &cerr);
+        i++;
+    }
+    buf_close(&result);
+    if (ncmds != NULL)
+        *ncmds = i;
+    return 0;
+}
+
+/* Results of an entry this node proposed go to the writes waiting in its batch. */
+struct apply_ctx {
+    struct batch *b;
+    struct req *cursor;
+};
+
+static void record_result(void *arg, uint32_t i, int code, struct buf *result,
+                          const struct err *err)
+{
+    struct apply_ctx *ctx = arg;
+    struct req *r = ctx->cursor;
+    (void)i;
+    if (r == NULL)
+        return; /* more commands than writes: cannot happen for our own entries */
+    ctx->cursor = r->next;
+    r->code = code;
+    if (code == 0) {
+        /* Hand the engine's bytes over without copying. */
+        r->result = *result;
+        buf_init(result);
+        r->has_result = true;
+    } else {
+        snprintf(r->msg, sizeof r->msg, "%s", err->msg[0] ? err->msg : err_message(code));
+    }
+}
+
+/* The batch this entry came from, if this node proposed it in its current leadership.
+ * raft copies submitted entries into its log (and frees our buffer), so the match is by
+ * index: during apply, the entry being applied is last_applied + 1 (raft advances
+ * last_applied after each apply). Leadership loss marks batches stale in step_cb, so an
+ * index reused by another leader's entry cannot match. */
+static struct batch *own_batch(struct repl_group *g)
+{
+    if (raft_state(&g->raft) != RAFT_LEADER)
+        return NULL;
+    raft_index index = raft_last_applied(&g->raft) + 1;
+    for (unsigned i = 0; i < REPL_MAX_INFLIGHT; i++)
+        if (g->batches[i].busy && g->batches[i].live && g->batches[i].index == index)
+            return &g->batches[i];
+    return NULL;
+}
+
+static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
+{
+    struct repl_group *g = fsm->data;
+    struct batch *b = own_batch(g);
+    struct apply_ctx ctx = {b, b != NULL ? b->reqs.head : NULL};
+    struct err err;
+    err_clear(&err);
+    uint32_t n = 0;
+    int rc = fsm_apply_entry(g->engine, buf->base, buf->len, b != NULL ? record_result : NULL, &ctx,
+                             &n, &err);
+    if (rc != 0) {
+        /* Every replica holds the same bytes and skips them the same way: log loudly,
+         * keep the state machine running. */
+        log_error("group %u: log entry rejected (%zu bytes): %s", g->group_id, buf->len, err.msg);
+        if (b != NULL)
+            for (struct req *r = b->reqs.head; r != NULL; r = r->next) {
+                r->code = STRATA_INTERNAL;
+                snprintf(r->msg, sizeof r->msg, "log entry rejected: %.200s", err.msg);
+            }
+    }
+    g->entries_applied++;
+    g->commands_applied += n;
+    if (b != NULL)
+        b->applied = true;
+    *result = b;
+    return 0;
+}
+
+/* Snapshot bytes accumulate in one raft_malloc'ed buffer: raft frees it. */
+struct snap_out {
+    uint8_t *base;
+    size_t len, cap;
+};
+
+static int snap_write(void *arg, const void *chunk, size_t len)
+{
+    struct snap_out *o = arg;
+    if (len > o->cap - o->len) {
+        size_t cap = o->cap ? o->cap : 64 * 1024;
+        while (cap - o->len < len)
+            cap *= 2;
+        uint8_t *p = raft_realloc(o->base, cap);
+        if (p == NULL)
+            return STRATA_OUT_OF_MEMORY;
+        o->base = p;
+        o->cap = cap;
+    }
+    memcpy(o->base + o->len, chunk, len);
+    o->len += len;
+    return 0;
+}
+
+static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
+{
+    struct repl_group *g = fsm->data;
+    uint64_t t0 = clock_mono_ns();
+    struct snap_out o = {NULL, 0, 0};
+    struct err err;
+    err_clear(&err);
+    int rc = storage_snapshot(g->engine, snap_write, &o, &err);
+    if (rc != 0) {
+        raft_free(o.base);
+        log_error("group %u: snapshot failed: %s", g->group_id, err.msg);
+        return rc == STRATA_OUT_OF_MEMORY ? RAFT_NOMEM : RAFT_IOERR;
+    }
+    *bufs = raft_malloc(sizeof **bufs);
+    if (*bufs == NULL) {
+        raft_free(o.base);
+        return RAFT_NOMEM;
+    }
+    (*bufs)[0].base = o.base;
+    (*bufs)[0].len = o.len;
+    *n_bufs = 1;
+    /* The stall: the loop (every group on it) is blocked for this long (trap 7). */
+    uint64_t stall_us = (clock_mono_ns() - t0) / 1000;
+    g->snapshots_taken++;
+    log_info("group %u: snapshot at index %llu, %zu bytes, loop stalled %.3f ms", g->group_id,
+             (unsigned long long)raft_last_applied(&g->raft), o.len, (double)stall_us / 1000.0);
+    group_emit(g, REPL_EV_SNAPSHOT_TAKEN, "index=%llu bytes=%zu stall_us=%llu",
+               (unsigned long long)raft_last_applied(&g->raft), o.len,
+               (unsigned long long)stall_us);
+    return 0;
+}
+
+static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
+{
+    struct repl_group *g = fsm->data;
+    uint64_t t0 = clock_mono_ns();
+    struct err err;
+    err_clear(&err);
+    int rc = storage_restore(g->engine, buf->base, buf->len, &err);
+    if (rc != 0) {
+        /* The engine is unchanged; raft keeps the buffer and reports the error. */
+        log_error("group %u: snapshot restore rejected (%zu bytes): %s", g->group_id, buf->len,
+                  err.msg);
+        return RAFT_CORRUPT;
+    }
+    size_t len = buf->len;
+    raft_free(buf->base); /* on success the FSM owns the snapshot data */
+    buf->base = NULL;
+    uint64_t us = (clock_mono_ns() - t0) / 1000;
+    log_info("group %u: snapshot restored, %zu bytes, version %llu, %.3f ms", g->group_id, len,
+             (unsigned long long)storage_version(g->engine), (double)us / 1000.0);
+    group_emit(g, REPL_EV_SNAPSHOT_INSTALLED, "bytes=%zu version=%llu restore_us=%llu", len,
+               (unsigned long long)storage_version(g->engine), (unsigned long long)us);
+    return 0;
+}
+
+void fsm_setup(struct repl_group *g)
+{
+    memset(&g->fsm, 0, sizeof g->fsm);
+    g->fsm.version = 1; /* raft frees snapshot buffers itself (trap 1: version required) */
+    g->fsm.data = g;
+    g->fsm.apply = fsm_apply;
+    g->fsm.snapshot = fsm_snapshot;
+    g->fsm.restore = fsm_restore;
+}
