@@ -1,10 +1,10 @@
-/* libstrata, first version: URI parsing and command execution against an in-process engine.
- *
- * Only `mem:` is served in this build. `file:` and `strata://` URIs are parsed fully, so a
- * malformed one gets a precise message, and then refused as not supported yet: a later
- * version adds a durable local engine and the network client behind the same calls. */
+/* libstrata: URI parsing and dispatch to the three backends — an in-process engine
+ * (mem:), a durable one-node cluster in-process (file:DIR, local.c) and the network
+ * client for servers and clusters (strata://, net.c). Every call is the same in all. */
 #include "strata.h"
 
+#include "local.h"
+#include "net.h"
 #include "storage.h"
 
 #include <string.h>
@@ -13,33 +13,50 @@
  * case in strata_exec() / strata_close(). */
 enum backend {
     BACKEND_MEM = 1,
+    BACKEND_FILE,
+    BACKEND_NET,
 };
 
 struct strata {
     enum backend kind;
     struct storage *engine; /* owned; BACKEND_MEM */
+    struct local *local;    /* owned; BACKEND_FILE */
+    struct net net;         /* BACKEND_NET */
 };
 
 #define URI_SHOW_MAX 200 /* bytes of a bad URI quoted back in an error message */
 
-static int uri_file(const char *uri, const char *dir, struct err *err)
+static int uri_file(const char *uri, const char *dir, struct strata **out, struct err *err)
 {
     if (*dir == '\0')
         return err_set(err, STRATA_INVALID_ARGUMENT,
                        "URI '%s' names no directory: expected file:DIR", uri);
-    return err_set(err, STRATA_INVALID_ARGUMENT,
-                   "file: URIs (durable local databases) are not supported yet in this build");
+    struct strata *db = sm_calloc(1, sizeof *db);
+    if (db == NULL)
+        return err_set(err, STRATA_OUT_OF_MEMORY, "out of memory opening '%s'", uri);
+    db->kind = BACKEND_FILE;
+    int rc = local_open(dir, &db->local, err);
+    if (rc) {
+        sm_free(db);
+        return rc;
+    }
+    *out = db;
+    return 0;
 }
 
-/* strata://HOST[:PORT][,HOST[:PORT]...][/] — a server or the seed list of a cluster. */
-static int uri_server(const char *uri, const char *rest, struct err *err)
+/* strata://[KEY@]HOST[:PORT][,HOST[:PORT]...][/] — a server or the seed list of a cluster. */
+static int uri_server(const char *uri, const char *rest, struct strata **out, struct err *err)
 {
-    size_t n = strcspn(rest, "/");
-    if (rest[n] == '/' && rest[n + 1] != '\0')
+    const char *hosts = rest;
+    const char *at = strchr(rest, '@');
+    if (at && at < rest + strcspn(rest, "/"))
+        hosts = at + 1;
+    size_t n = strcspn(hosts, "/");
+    if (hosts[n] == '/' && hosts[n + 1] != '\0')
         return err_set(err, STRATA_INVALID_ARGUMENT,
                        "URI '%.*s' has a path: expected strata://HOST[:PORT][,HOST[:PORT]...]",
                        URI_SHOW_MAX, uri);
-    const char *p = rest, *end = rest + n;
+    const char *p = hosts, *end = hosts + n;
     while (p <= end) {
         const char *comma = memchr(p, ',', (size_t)(end - p));
         const char *hend = comma ? comma : end;
@@ -54,8 +71,17 @@ static int uri_server(const char *uri, const char *rest, struct err *err)
                            URI_SHOW_MAX, uri, (int)(hend - p), p);
         p = hend + 1;
     }
-    return err_set(err, STRATA_INVALID_ARGUMENT,
-                   "strata:// URIs (servers and clusters) are not supported yet in this build");
+    struct strata *db = sm_calloc(1, sizeof *db);
+    if (db == NULL)
+        return err_set(err, STRATA_OUT_OF_MEMORY, "out of memory opening '%s'", uri);
+    db->kind = BACKEND_NET;
+    int rc = net_parse(&db->net, rest, err);
+    if (rc) {
+        sm_free(db);
+        return rc;
+    }
+    *out = db; /* connects lazily, at the first command */
+    return 0;
 }
 
 int strata_open(const char *uri, struct strata **out, struct err *err)
@@ -64,9 +90,9 @@ int strata_open(const char *uri, struct strata **out, struct err *err)
         return err_set(err, STRATA_INVALID_ARGUMENT,
                        "empty URI: expected mem:, file:DIR or strata://HOST[:PORT]");
     if (strncmp(uri, "file:", 5) == 0)
-        return uri_file(uri, uri + 5, err);
+        return uri_file(uri, uri + 5, out, err);
     if (strncmp(uri, "strata://", 9) == 0)
-        return uri_server(uri, uri + 9, err);
+        return uri_server(uri, uri + 9, out, err);
     if (strncmp(uri, "mem:", 4) != 0)
         return err_set(err, STRATA_INVALID_ARGUMENT,
                        "unknown URI '%.*s': expected mem:, file:DIR or strata://HOST[:PORT]",
@@ -96,6 +122,12 @@ void strata_close(struct strata *db)
     case BACKEND_MEM:
         storage_free(db->engine);
         break;
+    case BACKEND_FILE:
+        local_close(db->local);
+        break;
+    case BACKEND_NET:
+        net_close(&db->net);
+        break;
     }
     sm_free(db);
 }
@@ -110,6 +142,8 @@ int strata_exec_many(struct strata *db, const uint8_t *const *cmds, const size_t
                      size_t n, unsigned flags, struct buf *results, int *codes,
                      struct err *errs)
 {
+    if (db->kind == BACKEND_NET)
+        return net_exec_many(&db->net, cmds, lens, n, flags, results, codes, errs);
     for (size_t i = 0; i < n; i++)
         codes[i] = strata_exec_flags(db, cmds[i], lens[i], flags, &results[i], &errs[i]);
     return 0;
@@ -118,8 +152,17 @@ int strata_exec_many(struct strata *db, const uint8_t *const *cmds, const size_t
 int strata_exec_flags(struct strata *db, const uint8_t *cmd, size_t len, unsigned flags,
                       struct buf *result, struct err *err)
 {
-    (void)flags; /* in-process engines are always linearizable */
     switch (db->kind) {
+    case BACKEND_NET: {
+        int code;
+        struct err local;
+        if (err == NULL)
+            err = &local;
+        int rc = net_exec_many(&db->net, &cmd, &len, 1, flags, result, &code, err);
+        return rc ? err_set(err, rc, "out of memory") : code;
+    }
+    case BACKEND_FILE:
+        return local_exec(db->local, cmd, len, result, err);
     case BACKEND_MEM:
         /* The client's clock stamps the write; the engine itself never reads a clock. */
         return storage_exec(db->engine, cmd, len, clock_now_us(), result, err);

@@ -7,7 +7,8 @@
  *
  * URIs:
  *   mem:           a private in-process engine, empty at open, gone at close.
- *   file:DIR       a local durable database (not supported yet in this build).
+ *   file:DIR       a local durable database: a one-node cluster in-process (the same
+ *                  engine and Raft log as a server), in directory DIR.
  *   strata://[KEY@]HOST[:PORT][,HOST[:PORT]...]
  *                  a StrataDB server or cluster: any member works as a seed; the client
  *                  finds the leader, follows NOT_LEADER, reconnects with backoff. KEY is

@@ -1,0 +1,479 @@
+/* Client connections: handshake, requests in and responses out (any order), the
+ * session's default branch/space, authentication, and node-level commands. */
+#include "node.h"
+
+#include <raft.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct wreq {
+    uv_write_t req;
+    uv_buf_t b;
+};
+
+static void write_done(uv_write_t *req, int status)
+{
+    (void)status;
+    struct wreq *w = (struct wreq *)req;
+    sm_free(w->b.base);
+    sm_free(w);
+}
+
+/* Send bytes (ownership of `data` passes here). */
+static void conn_send(struct conn *c, struct buf *data)
+{
+    if (c->state == CONN_CLOSING) {
+        buf_close(data);
+        return;
+    }
+    struct wreq *w = sm_malloc(sizeof *w);
+    if (w == NULL) {
+        buf_close(data);
+        conn_close(c);
+        return;
+    }
+    size_t len;
+    w->b.base = (char *)buf_steal(data, &len);
+    w->b.len = len;
+    if (uv_write(&w->req, (uv_stream_t *)c->tcp, &w->b, 1, write_done)) {
+        sm_free(w->b.base);
+        sm_free(w);
+        conn_close(c);
+    }
+}
+
+static void send_error_and_close(struct conn *c, int code, const char *msg)
+{
+    struct buf b;
+    buf_init(&b);
+    if (proto_error_append(&b, code, msg) == 0)
+        conn_send(c, &b);
+    buf_close(&b);
+    log_info("client connection closed: %s: %s", err_name(code), msg);
+    conn_close(c);
+}
+
+static void conn_unref(struct conn *c)
+{
+    if (--c->refs > 0)
+        return;
+    struct node *n = c->node;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        n->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    proto_reader_close(&c->rd);
+    sm_free(c);
+}
+
+static void closed(uv_handle_t *h)
+{
+    struct conn *c = h->data;
+    raft_free(h); /* accepted handles are allocated with raft_malloc (server.c) */
+    conn_unref(c);
+}
+
+void conn_close(struct conn *c)
+{
+    if (c->state == CONN_CLOSING)
+        return;
+    c->state = CONN_CLOSING;
+    uv_read_stop((uv_stream_t *)c->tcp);
+    uv_close((uv_handle_t *)c->tcp, closed);
+}
+
+/* ---- Requests --------------------------------------------------------------------------- */
+
+struct pending {
+    struct conn *c;
+    uint64_t id;
+};
+
+static void respond(void *arg, int code, const uint8_t *result, size_t len, const char *message,
+                    const char *leader)
+{
+    struct pending *p = arg;
+    struct conn *c = p->c;
+    struct buf b;
+    buf_init(&b);
+    int rc = code == 0 ? proto_response_ok_append(&b, p->id, result, len)
+                       : proto_response_err_append(&b, p->id, code, message ? message : "",
+                                                   leader && *leader ? leader : NULL);
+    if (rc == 0)
+        conn_send(c, &b);
+    buf_close(&b);
+    sm_free(p);
+    conn_unref(c);
+}
+
+static void respond_now(struct conn *c, uint64_t id, int code, const char *message)
+{
+    struct pending *p = sm_malloc(sizeof *p);
+    if (p == NULL) {
+        conn_close(c);
+        return;
+    }
+    *p = (struct pending){c, id};
+    c->refs++;
+    respond(p, code, NULL, 0, message, NULL);
+}
+
+static int buf_w(void *d, const char *p, size_t n)
+{
+    return buf_append(d, p, n) ? -1 : 0;
+}
+
+static bool str_is(const msgpack_object *o, const char *s)
+{
+    size_t n = strlen(s);
+    return o && o->type == MSGPACK_OBJECT_STR && o->via.str.size == n &&
+           memcmp(o->via.str.ptr, s, n) == 0;
+}
+
+static const msgpack_object *map_get(const msgpack_object *m, const char *key)
+{
+    for (uint32_t i = 0; m->type == MSGPACK_OBJECT_MAP && i < m->via.map.size; i++)
+        if (str_is(&m->via.map.ptr[i].key, key))
+            return &m->via.map.ptr[i].val;
+    return NULL;
+}
+
+static void pack_str(msgpack_packer *pk, const char *s)
+{
+    msgpack_pack_str(pk, strlen(s));
+    msgpack_pack_str_body(pk, s, strlen(s));
+}
+
+/* cluster.status: this node's view of the group. */
+static void cluster_status(struct conn *c, uint64_t id)
+{
+    struct node *n = c->node;
+    struct repl_status st;
+    repl_group_status(n->group, &st);
+    static const char *const roles[] = {"", "follower", "candidate", "leader", "unavailable"};
+    struct buf b;
+    buf_init(&b);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, buf_w);
+    msgpack_pack_map(&pk, 12);
+    pack_str(&pk, "node_id");
+    msgpack_pack_uint64(&pk, n->cfg.node_id);
+    pack_str(&pk, "address");
+    pack_str(&pk, n->cfg.advertise);
+    pack_str(&pk, "cluster_id");
+    pack_str(&pk, n->cluster_id);
+    pack_str(&pk, "role");
+    pack_str(&pk, roles[st.role < 5 ? st.role : 4]);
+    pack_str(&pk, "leader_id");
+    msgpack_pack_uint64(&pk, st.leader_id);
+    pack_str(&pk, "leader");
+    pack_str(&pk, st.leader_address);
+    pack_str(&pk, "term");
+    msgpack_pack_uint64(&pk, st.term);
+    pack_str(&pk, "commit_index");
+    msgpack_pack_uint64(&pk, st.commit_index);
+    pack_str(&pk, "applied_index");
+    msgpack_pack_uint64(&pk, st.applied_index);
+    pack_str(&pk, "last_index");
+    msgpack_pack_uint64(&pk, st.last_index);
+    pack_str(&pk, "forwarded");
+    msgpack_pack_uint64(&pk, n->forwarded);
+    pack_str(&pk, "members");
+    msgpack_pack_array(&pk, (uint32_t)st.nmembers);
+    for (size_t i = 0; i < st.nmembers; i++) {
+        msgpack_pack_map(&pk, 4);
+        pack_str(&pk, "id");
+        msgpack_pack_uint64(&pk, st.members[i].id);
+        pack_str(&pk, "address");
+        pack_str(&pk, st.members[i].address);
+        pack_str(&pk, "voter");
+        if (st.members[i].voter)
+            msgpack_pack_true(&pk);
+        else
+            msgpack_pack_false(&pk);
+        pack_str(&pk, "leader");
+        if (st.members[i].id == st.leader_id)
+            msgpack_pack_true(&pk);
+        else
+            msgpack_pack_false(&pk);
+    }
+    struct pending *p = sm_malloc(sizeof *p);
+    if (p) {
+        *p = (struct pending){c, id};
+        c->refs++;
+        respond(p, 0, b.data, b.len, NULL, NULL);
+    }
+    buf_close(&b);
+}
+
+/* session.use {branch?, space?}: the defaults for this connection's later commands. */
+static int session_use(struct conn *c, const msgpack_object *cmd, struct err *err)
+{
+    const msgpack_object *br = map_get(cmd, "branch"), *sp = map_get(cmd, "space");
+    if (br && (br->type != MSGPACK_OBJECT_STR || br->via.str.size == 0 ||
+               br->via.str.size >= sizeof c->sess.branch))
+        return err_set(err, STRATA_INVALID_ARGUMENT, "argument 'branch' must be a branch name");
+    if (sp && (sp->type != MSGPACK_OBJECT_STR || sp->via.str.size == 0 ||
+               sp->via.str.size >= sizeof c->sess.space))
+        return err_set(err, STRATA_INVALID_ARGUMENT, "argument 'space' must be a space name");
+    if (br)
+        snprintf(c->sess.branch, sizeof c->sess.branch, "%.*s", (int)br->via.str.size,
+                 br->via.str.ptr);
+    if (sp)
+        snprintf(c->sess.space, sizeof c->sess.space, "%.*s", (int)sp->via.str.size,
+                 sp->via.str.ptr);
+    return 0;
+}
+
+/* Add the session's branch/space to a command that names none (data commands only). */
+static int apply_session(struct conn *c, const msgpack_object *cmd, const char *op,
+                         struct buf *out)
+{
+    bool add_branch = strcmp(c->sess.branch, "default") != 0 && !map_get(cmd, "branch");
+    bool add_space = strcmp(c->sess.space, "default") != 0 && !map_get(cmd, "space");
+    if (strncmp(op, "branch.", 7) == 0 || (!add_branch && !add_space))
+        return 0;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, buf_w);
+    msgpack_pack_map(&pk, cmd->via.map.size + add_branch + add_space);
+    for (uint32_t i = 0; i < cmd->via.map.size; i++) {
+        msgpack_pack_object(&pk, cmd->via.map.ptr[i].key);
+        msgpack_pack_object(&pk, cmd->via.map.ptr[i].val);
+    }
+    if (add_branch) {
+        pack_str(&pk, "branch");
+        pack_str(&pk, c->sess.branch);
+    }
+    if (add_space) {
+        pack_str(&pk, "space");
+        pack_str(&pk, c->sess.space);
+    }
+    return 1;
+}
+
+/* The branches a command touches, for authorization. */
+static size_t cmd_branches(const msgpack_object *cmd, const char *op, const char **names,
+                           size_t *lens, size_t cap)
+{
+    static const char *const args[] = {"branch", "name", "source", "target", "a", "b"};
+    size_t n = 0;
+    bool branch_op = strncmp(op, "branch.", 7) == 0;
+    for (size_t i = 0; i < sizeof args / sizeof args[0] && n < cap; i++) {
+        if (branch_op != (i > 0))
+            continue;
+        const msgpack_object *o = map_get(cmd, args[i]);
+        if (o && o->type == MSGPACK_OBJECT_STR) {
+            names[n] = o->via.str.ptr;
+            lens[n++] = o->via.str.size;
+        }
+    }
+    const msgpack_object *many = map_get(cmd, "names");
+    for (uint32_t i = 0; branch_op && many && many->type == MSGPACK_OBJECT_ARRAY &&
+                         i < many->via.array.size && n < cap;
+         i++)
+        if (many->via.array.ptr[i].type == MSGPACK_OBJECT_STR) {
+            names[n] = many->via.array.ptr[i].via.str.ptr;
+            lens[n++] = many->via.array.ptr[i].via.str.size;
+        }
+    if (!branch_op && n == 0) {
+        names[n] = "default";
+        lens[n++] = 7;
+    }
+    return n;
+}
+
+static void handle_request(struct conn *c, const struct proto_frame *f)
+{
+    struct err err;
+    err_clear(&err);
+    struct proto_request req;
+    int rc = proto_request_decode(f, &req, &err);
+    if (rc) {
+        send_error_and_close(c, rc, err.msg);
+        return;
+    }
+    msgpack_zone z;
+    msgpack_zone_init(&z, 1024);
+    msgpack_object cmd;
+    size_t off = 0;
+    struct buf rewritten;
+    buf_init(&rewritten);
+    const uint8_t *bytes = req.cmd;
+    size_t blen = req.cmd_len;
+    if (msgpack_unpack((const char *)req.cmd, req.cmd_len, &off, &z, &cmd) !=
+        MSGPACK_UNPACK_SUCCESS) {
+        respond_now(c, req.id, STRATA_INVALID_ARGUMENT, "command cannot be decoded");
+        goto out;
+    }
+    const msgpack_object *opo = map_get(&cmd, "op");
+    char op[64] = "";
+    if (opo && opo->type == MSGPACK_OBJECT_STR && opo->via.str.size < sizeof op)
+        snprintf(op, sizeof op, "%.*s", (int)opo->via.str.size, opo->via.str.ptr);
+    if (strcmp(op, "cluster.status") == 0) {
+        cluster_status(c, req.id);
+        goto out;
+    }
+    if (strncmp(op, "cluster.", 8) == 0) {
+        struct pending *p = sm_malloc(sizeof *p);
+        if (p == NULL) {
+            respond_now(c, req.id, STRATA_OUT_OF_MEMORY, "out of memory");
+            goto out;
+        }
+        *p = (struct pending){c, req.id};
+        c->refs++;
+        node_admin(c->node, op, &cmd, req.cmd, req.cmd_len, req.flags, c->key, respond, p);
+        goto out;
+    }
+    if (strcmp(op, "session.use") == 0) {
+        rc = session_use(c, &cmd, &err);
+        respond_now(c, req.id, rc, rc ? err.msg : NULL);
+        goto out;
+    }
+    if (apply_session(c, &cmd, op, &rewritten) == 1) {
+        bytes = rewritten.data;
+        blen = rewritten.len;
+        msgpack_zone_clear(&z);
+        off = 0;
+        msgpack_unpack((const char *)bytes, blen, &off, &z, &cmd);
+    }
+    if (c->key) {
+        enum storage_cmd_kind kind;
+        const char *names[64];
+        size_t lens[64];
+        rc = storage_cmd_kind(bytes, blen, &kind, &err);
+        if (rc == 0) {
+            size_t nb = cmd_branches(&cmd, op, names, lens, 64);
+            rc = auth_check(c->key, kind == STORAGE_CMD_WRITE, names, lens, nb, &err);
+        }
+        if (rc) {
+            respond_now(c, req.id, rc, err.msg);
+            goto out;
+        }
+    }
+    struct pending *p = sm_malloc(sizeof *p);
+    if (p == NULL) {
+        respond_now(c, req.id, STRATA_OUT_OF_MEMORY, "out of memory");
+        goto out;
+    }
+    *p = (struct pending){c, req.id};
+    c->refs++;
+    node_submit(c->node, bytes, blen, req.flags, c->key, respond, p);
+out:
+    buf_close(&rewritten);
+    msgpack_zone_destroy(&z);
+}
+
+static void handle_hello(struct conn *c, const struct proto_frame *f)
+{
+    struct err err;
+    err_clear(&err);
+    msgpack_zone z;
+    msgpack_zone_init(&z, 256);
+    struct proto_hello h;
+    int rc = proto_hello_decode(f, &z, &h, &err);
+    if (rc == 0 && (h.version_min > PROTO_VERSION || h.version_max < PROTO_VERSION))
+        rc = err_set(&err, STRATA_PROTOCOL_ERROR,
+                     "no common protocol version: client speaks %u-%u, server %u",
+                     h.version_min, h.version_max, PROTO_VERSION);
+    if (rc == 0 && !c->node->open_mode) {
+        c->key = h.api_key ? auth_find(&c->node->auth, h.api_key, h.api_key_len) : NULL;
+        if (c->key == NULL)
+            rc = err_set(&err, STRATA_UNAUTHENTICATED,
+                         h.api_key ? "unknown API key" : "an API key is required");
+    }
+    msgpack_zone_destroy(&z);
+    if (rc) {
+        send_error_and_close(c, rc, err.msg);
+        return;
+    }
+    struct repl_status st;
+    repl_group_status(c->node->group, &st);
+    struct proto_welcome w = {PROTO_VERSION, c->node->cfg.node_id, c->node->cluster_id,
+                              strlen(c->node->cluster_id), 0,
+                              st.leader_address[0] ? st.leader_address : NULL,
+                              strlen(st.leader_address)};
+    struct buf b;
+    buf_init(&b);
+    if (proto_welcome_append(&b, &w) == 0)
+        conn_send(c, &b);
+    buf_close(&b);
+    c->state = CONN_READY;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    (void)h;
+    b->base = sm_malloc(suggested);
+    b->len = b->base ? suggested : 0;
+}
+
+static void on_frames(struct conn *c)
+{
+    struct proto_frame f;
+    struct err err;
+    int r;
+    while (c->state != CONN_CLOSING && (r = proto_reader_next(&c->rd, &f, &err)) == 1) {
+        if (c->state == CONN_HELLO_WAIT) {
+            if (f.kind != PROTO_HELLO) {
+                send_error_and_close(c, STRATA_PROTOCOL_ERROR, "the first frame must be HELLO");
+                return;
+            }
+            handle_hello(c, &f);
+        } else if (f.kind == PROTO_REQUEST) {
+            handle_request(c, &f);
+        } else {
+            send_error_and_close(c, STRATA_PROTOCOL_ERROR, "unexpected frame kind");
+            return;
+        }
+    }
+    if (c->state != CONN_CLOSING && r != 0)
+        send_error_and_close(c, r, err.msg);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    struct conn *c = s->data;
+    if (nread > 0) {
+        c->last_active_ms = uv_now(c->node->loop);
+        if (proto_reader_feed(&c->rd, b->base, (size_t)nread))
+            send_error_and_close(c, STRATA_OUT_OF_MEMORY, "out of memory");
+        else
+            on_frames(c);
+    } else if (nread < 0) {
+        conn_close(c);
+    }
+    sm_free(b->base);
+}
+
+void conn_start_client(struct node *n, uv_tcp_t *tcp, const char *first, size_t len)
+{
+    struct conn *c = sm_calloc(1, sizeof *c);
+    if (c == NULL) {
+        uv_close((uv_handle_t *)tcp, (uv_close_cb)raft_free);
+        return;
+    }
+    c->node = n;
+    c->tcp = tcp;
+    c->refs = 1;
+    c->state = CONN_HELLO_WAIT;
+    c->last_active_ms = uv_now(n->loop);
+    strcpy(c->sess.branch, "default");
+    strcpy(c->sess.space, "default");
+    proto_reader_init(&c->rd, n->cfg.max_frame);
+    tcp->data = c;
+    c->next = n->conns;
+    if (n->conns)
+        n->conns->prev = c;
+    n->conns = c;
+    if (proto_reader_feed(&c->rd, first, len)) {
+        send_error_and_close(c, STRATA_OUT_OF_MEMORY, "out of memory");
+        return;
+    }
+    on_frames(c);
+    if (c->state != CONN_CLOSING && uv_read_start((uv_stream_t *)tcp, on_alloc, on_read))
+        conn_close(c);
+}

@@ -1,0 +1,312 @@
+/* Forwarding: a follower relays requests to the leader over pooled client connections,
+ * one per (leader address, API key) — the leader checks the same key again — and
+ * relays each reply with the leader's address as a routing hint.
+ *
+ * Link lifecycle:  CONNECTING --tcp up, HELLO sent--> HELLO_WAIT --WELCOME--> READY
+ *                  any --error / close--> DEAD (pending requests fail, link freed)
+ * A request sent on a link that dies has an unknown outcome; one never sent is simply
+ * unavailable (safe to retry). */
+#include "node.h"
+
+#include <stdio.h>
+#include <string.h>
+
+enum link_state { LINK_CONNECTING, LINK_HELLO_WAIT, LINK_READY, LINK_DEAD };
+
+struct fwd_req {
+    uint64_t id;
+    bool sent;
+    struct buf frame; /* REQUEST frame, kept until sent */
+    fwd_done_cb cb;
+    void *arg;
+    struct fwd_req *next;
+};
+
+struct fwd_link {
+    struct node *node;
+    char address[REPL_ADDRESS_MAX + 1];
+    char *api_key; /* NULL in open mode */
+    uv_tcp_t tcp;
+    uv_connect_t connect;
+    enum link_state state;
+    struct proto_reader rd;
+    uint64_t next_id;
+    struct fwd_req *reqs;
+    struct fwd_link *next;
+};
+
+struct lwrite {
+    uv_write_t req;
+    uv_buf_t b;
+};
+
+static void lwrite_done(uv_write_t *req, int status)
+{
+    (void)status;
+    struct lwrite *w = (struct lwrite *)req;
+    sm_free(w->b.base);
+    sm_free(w);
+}
+
+static void link_fail(struct fwd_link *l, const char *why);
+
+static void link_write(struct fwd_link *l, struct buf *data)
+{
+    struct lwrite *w = sm_malloc(sizeof *w);
+    if (w == NULL) {
+        buf_close(data);
+        link_fail(l, "out of memory");
+        return;
+    }
+    size_t len;
+    w->b.base = (char *)buf_steal(data, &len);
+    w->b.len = len;
+    if (uv_write(&w->req, (uv_stream_t *)&l->tcp, &w->b, 1, lwrite_done)) {
+        sm_free(w->b.base);
+        sm_free(w);
+        link_fail(l, "write failed");
+    }
+}
+
+static void link_flush(struct fwd_link *l)
+{
+    for (struct fwd_req *r = l->reqs; r && l->state == LINK_READY; r = r->next) {
+        if (r->sent)
+            continue;
+        r->sent = true;
+        link_write(l, &r->frame);
+    }
+}
+
+static void link_freed(uv_handle_t *h)
+{
+    struct fwd_link *l = h->data;
+    proto_reader_close(&l->rd);
+    sm_free(l->api_key);
+    sm_free(l);
+}
+
+/* Fail every pending request and free the link. */
+static void link_fail(struct fwd_link *l, const char *why)
+{
+    if (l->state == LINK_DEAD)
+        return;
+    l->state = LINK_DEAD;
+    struct node *n = l->node;
+    for (struct fwd_link **pp = &n->links; *pp; pp = &(*pp)->next)
+        if (*pp == l) {
+            *pp = l->next;
+            break;
+        }
+    struct fwd_req *r = l->reqs;
+    l->reqs = NULL;
+    while (r) {
+        struct fwd_req *next = r->next;
+        char msg[ERR_MSG_MAX + REPL_ADDRESS_MAX + 64];
+        snprintf(msg, sizeof msg, "connection to the leader %s failed: %s", l->address, why);
+        r->cb(r->arg, r->sent ? STRATA_UNKNOWN_OUTCOME : STRATA_UNAVAILABLE, NULL, 0, msg,
+              NULL);
+        buf_close(&r->frame);
+        sm_free(r);
+        r = next;
+    }
+    log_info("forward link to %s closed: %s", l->address, why);
+    uv_close((uv_handle_t *)&l->tcp, link_freed);
+}
+
+static void on_response(struct fwd_link *l, const struct proto_frame *f)
+{
+    msgpack_zone z;
+    msgpack_zone_init(&z, 256);
+    struct proto_response resp;
+    struct err err;
+    if (proto_response_decode(f, &z, &resp, &err)) {
+        msgpack_zone_destroy(&z);
+        link_fail(l, err.msg);
+        return;
+    }
+    struct fwd_req **pp = &l->reqs;
+    while (*pp && (*pp)->id != resp.id)
+        pp = &(*pp)->next;
+    struct fwd_req *r = *pp;
+    if (r) {
+        *pp = r->next;
+        char msg[ERR_MSG_MAX], leader[REPL_ADDRESS_MAX + 1];
+        snprintf(msg, sizeof msg, "%.*s", (int)resp.message_len, resp.message ? resp.message : "");
+        if (resp.leader)
+            snprintf(leader, sizeof leader, "%.*s", (int)resp.leader_len, resp.leader);
+        else
+            snprintf(leader, sizeof leader, "%s", l->address);
+        r->cb(r->arg, resp.code, resp.result, resp.result_len, msg, leader);
+        buf_close(&r->frame);
+        sm_free(r);
+    }
+    msgpack_zone_destroy(&z);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    (void)h;
+    b->base = sm_malloc(suggested);
+    b->len = b->base ? suggested : 0;
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    struct fwd_link *l = s->data;
+    if (nread < 0) {
+        sm_free(b->base);
+        link_fail(l, uv_strerror((int)nread));
+        return;
+    }
+    if (nread > 0 && proto_reader_feed(&l->rd, b->base, (size_t)nread)) {
+        sm_free(b->base);
+        link_fail(l, "out of memory");
+        return;
+    }
+    sm_free(b->base);
+    struct proto_frame f;
+    struct err err;
+    int r;
+    while (l->state != LINK_DEAD && (r = proto_reader_next(&l->rd, &f, &err)) == 1) {
+        if (l->state == LINK_HELLO_WAIT && f.kind == PROTO_WELCOME) {
+            l->state = LINK_READY;
+            link_flush(l);
+        } else if (l->state == LINK_READY && f.kind == PROTO_RESPONSE) {
+            on_response(l, &f);
+        } else if (f.kind == PROTO_ERROR) {
+            msgpack_zone z;
+            msgpack_zone_init(&z, 128);
+            int code;
+            const char *m = "";
+            size_t ml = 0;
+            char why[ERR_MSG_MAX];
+            if (proto_error_decode(&f, &z, &code, &m, &ml, &err) == 0)
+                snprintf(why, sizeof why, "%s: %.*s", err_name(code), (int)ml, m);
+            else
+                snprintf(why, sizeof why, "bad ERROR frame");
+            msgpack_zone_destroy(&z);
+            link_fail(l, why);
+            return;
+        } else {
+            link_fail(l, "unexpected frame from the leader");
+            return;
+        }
+    }
+    if (l->state != LINK_DEAD && r != 0)
+        link_fail(l, err.msg);
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+    struct fwd_link *l = req->data;
+    if (l->state == LINK_DEAD)
+        return;
+    if (status) {
+        link_fail(l, uv_strerror(status));
+        return;
+    }
+    struct buf b;
+    buf_init(&b);
+    struct proto_hello h = {PROTO_VERSION, PROTO_VERSION, "strata-node", 11, l->api_key,
+                            l->api_key ? strlen(l->api_key) : 0};
+    if (proto_hello_append(&b, &h)) {
+        buf_close(&b);
+        link_fail(l, "out of memory");
+        return;
+    }
+    l->state = LINK_HELLO_WAIT;
+    link_write(l, &b);
+    if (l->state != LINK_DEAD && uv_read_start((uv_stream_t *)&l->tcp, on_alloc, on_read))
+        link_fail(l, "cannot read");
+}
+
+static struct fwd_link *link_get(struct node *n, const char *address, const char *key,
+                                 size_t keylen, struct err *err)
+{
+    for (struct fwd_link *l = n->links; l; l = l->next)
+        if (strcmp(l->address, address) == 0 &&
+            ((key == NULL && l->api_key == NULL) ||
+             (key && l->api_key && strlen(l->api_key) == keylen &&
+              memcmp(l->api_key, key, keylen) == 0)))
+            return l;
+    char host[REPL_ADDRESS_MAX + 1];
+    int port;
+    struct sockaddr_in sa, src;
+    if (parse_hostport(address, host, sizeof host, &port) || uv_ip4_addr(host, port, &sa)) {
+        err_set(err, STRATA_UNAVAILABLE, "leader address '%s' is not IPv4 host:port", address);
+        return NULL;
+    }
+    struct fwd_link *l = sm_calloc(1, sizeof *l);
+    if (l == NULL) {
+        err_set(err, STRATA_OUT_OF_MEMORY, "out of memory");
+        return NULL;
+    }
+    l->node = n;
+    snprintf(l->address, sizeof l->address, "%s", address);
+    if (key && (l->api_key = sm_strndup(key, keylen)) == NULL) {
+        sm_free(l);
+        err_set(err, STRATA_OUT_OF_MEMORY, "out of memory");
+        return NULL;
+    }
+    proto_reader_init(&l->rd, n->cfg.max_frame);
+    uv_tcp_init(n->loop, &l->tcp);
+    l->tcp.data = l;
+    l->connect.data = l;
+    l->next = n->links;
+    n->links = l;
+    l->state = LINK_CONNECTING;
+    /* Outgoing node-to-node connections come from the node's own address. */
+    if (uv_ip4_addr(n->cfg.listen_host, 0, &src) == 0)
+        uv_tcp_bind(&l->tcp, (const struct sockaddr *)&src, 0);
+    int rc = uv_tcp_connect(&l->connect, &l->tcp, (const struct sockaddr *)&sa, on_connect);
+    if (rc) {
+        link_fail(l, uv_strerror(rc));
+        err_set(err, STRATA_UNAVAILABLE, "cannot connect to the leader at %s", address);
+        return NULL;
+    }
+    return l;
+}
+
+void fwd_request(struct node *n, const char *leader, const char *api_key, const uint8_t *cmd,
+                 size_t len, uint32_t flags, fwd_done_cb cb, void *arg)
+{
+    struct err err;
+    err_clear(&err);
+    const char *key = api_key;
+    size_t keylen = api_key ? strlen(api_key) : 0;
+    struct fwd_link *l = link_get(n, leader, key, keylen, &err);
+    if (l == NULL) {
+        cb(arg, err.code ? err.code : STRATA_UNAVAILABLE, NULL, 0, err.msg, leader);
+        return;
+    }
+    struct fwd_req *r = sm_calloc(1, sizeof *r);
+    if (r == NULL) {
+        cb(arg, STRATA_OUT_OF_MEMORY, NULL, 0, "out of memory", NULL);
+        return;
+    }
+    r->id = ++l->next_id;
+    r->cb = cb;
+    r->arg = arg;
+    buf_init(&r->frame);
+    if (proto_request_append(&r->frame, r->id, flags | PROTO_REQ_FORWARDED, cmd, len)) {
+        buf_close(&r->frame);
+        sm_free(r);
+        cb(arg, STRATA_OUT_OF_MEMORY, NULL, 0, "out of memory", NULL);
+        return;
+    }
+    /* Keep request order: append at the tail. */
+    struct fwd_req **pp = &l->reqs;
+    while (*pp)
+        pp = &(*pp)->next;
+    *pp = r;
+    n->forwarded++;
+    if (l->state == LINK_READY)
+        link_flush(l);
+}
+
+void fwd_close_all(struct node *n)
+{
+    while (n->links)
+        link_fail(n->links, "node stopping");
+}

@@ -1,0 +1,457 @@
+/* The node: one listening port shared by clients and raft peers, routing of commands
+ * (local on the leader, forwarded from followers), joining, signals and shutdown. */
+#include "node.h"
+
+#include <errno.h>
+#include <openssl/evp.h>
+#include <raft.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+int parse_hostport(const char *s, char *host, size_t hostcap, int *port)
+{
+    const char *colon = strrchr(s, ':');
+    if (colon == NULL || colon == s || (size_t)(colon - s) >= hostcap)
+        return -1;
+    char *end;
+    long p = strtol(colon + 1, &end, 10);
+    if (*end || p <= 0 || p > 65535)
+        return -1;
+    memcpy(host, s, (size_t)(colon - s));
+    host[colon - s] = '\0';
+    *port = (int)p;
+    return 0;
+}
+
+/* ---- Routing ---------------------------------------------------------------------------- */
+
+void node_submit(struct node *n, const uint8_t *cmd, size_t len, uint32_t flags,
+                 const struct auth_key *key, fwd_done_cb cb, void *arg)
+{
+    struct err err;
+    err_clear(&err);
+    enum storage_cmd_kind kind;
+    int rc = storage_cmd_kind(cmd, len, &kind, &err);
+    if (rc) {
+        cb(arg, rc, NULL, 0, err.msg, NULL);
+        return;
+    }
+    if (n->stopping) {
+        cb(arg, STRATA_UNAVAILABLE, NULL, 0, "the node is shutting down", NULL);
+        return;
+    }
+    if (kind == STORAGE_CMD_READ && (flags & PROTO_REQ_STALE)) {
+        repl_read(n->group, cmd, len, true, cb, arg);
+        return;
+    }
+    struct repl_status st;
+    repl_group_status(n->group, &st);
+    if (st.role == REPL_LEADER) {
+        if (kind == STORAGE_CMD_WRITE)
+            repl_write(n->group, cmd, len, cb, arg);
+        else
+            repl_read(n->group, cmd, len, false, cb, arg);
+        return;
+    }
+    if ((flags & PROTO_REQ_FORWARDED) || st.leader_address[0] == '\0' ||
+        strcmp(st.leader_address, n->cfg.advertise) == 0) {
+        cb(arg, st.leader_address[0] ? STRATA_NOT_LEADER : STRATA_UNAVAILABLE, NULL, 0,
+           st.leader_address[0] ? "this node is not the leader" : "no leader is known yet",
+           st.leader_address);
+        return;
+    }
+    fwd_request(n, st.leader_address, key ? key->key : NULL, cmd, len, flags, cb, arg);
+}
+
+/* Admin commands (cluster.add_member {id, address}, cluster.remove_member {id},
+ * cluster.transfer_leader {id?}) run on the leader like writes. */
+int node_admin(struct node *n, const char *op, const msgpack_object *cmd, const uint8_t *bytes,
+               size_t len, uint32_t flags, const struct auth_key *key, fwd_done_cb cb,
+               void *arg)
+{
+    if (key && (!key->write || key->npatterns == 0 || strcmp(key->patterns[0], "*") != 0)) {
+        cb(arg, STRATA_PERMISSION_DENIED, NULL, 0,
+           "cluster commands need a read-write key for all branches ('*')", NULL);
+        return 0;
+    }
+    struct repl_status st;
+    repl_group_status(n->group, &st);
+    if (st.role != REPL_LEADER) {
+        if ((flags & PROTO_REQ_FORWARDED) || st.leader_address[0] == '\0')
+            cb(arg, st.leader_address[0] ? STRATA_NOT_LEADER : STRATA_UNAVAILABLE, NULL, 0,
+               "this node is not the leader", st.leader_address);
+        else
+            fwd_request(n, st.leader_address, key ? key->key : NULL, bytes, len, flags, cb, arg);
+        return 0;
+    }
+    uint64_t id = 0;
+    const char *addr = NULL;
+    size_t alen = 0;
+    for (uint32_t i = 0; i < cmd->via.map.size; i++) {
+        const msgpack_object *k = &cmd->via.map.ptr[i].key, *v = &cmd->via.map.ptr[i].val;
+        if (k->type != MSGPACK_OBJECT_STR)
+            continue;
+        if (k->via.str.size == 2 && memcmp(k->via.str.ptr, "id", 2) == 0 &&
+            v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+            id = v->via.u64;
+        if (k->via.str.size == 7 && memcmp(k->via.str.ptr, "address", 7) == 0 &&
+            v->type == MSGPACK_OBJECT_STR) {
+            addr = v->via.str.ptr;
+            alen = v->via.str.size;
+        }
+    }
+    if (strcmp(op, "cluster.add_member") == 0) {
+        if (id == 0 || addr == NULL || alen == 0 || alen > REPL_ADDRESS_MAX) {
+            cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0,
+               "cluster.add_member needs 'id' (> 0) and 'address' (host:port)", NULL);
+            return 0;
+        }
+        for (size_t i = 0; i < st.nmembers; i++)
+            if (st.members[i].id == id) {
+                cb(arg, STRATA_ALREADY_EXISTS, NULL, 0, "node id is already a member", NULL);
+                return 0;
+            }
+        struct repl_member m = {.id = id};
+        memcpy(m.address, addr, alen);
+        m.address[alen] = '\0';
+        log_info("adding member %llu at %s", (unsigned long long)id, m.address);
+        repl_member_add(n->group, &m, cb, arg);
+    } else if (strcmp(op, "cluster.remove_member") == 0) {
+        if (id == 0) {
+            cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0, "cluster.remove_member needs 'id'", NULL);
+            return 0;
+        }
+        log_info("removing member %llu", (unsigned long long)id);
+        repl_member_remove(n->group, id, cb, arg);
+    } else if (strcmp(op, "cluster.transfer_leader") == 0) {
+        repl_transfer(n->group, id, cb, arg);
+    } else {
+        cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0, "unknown cluster command", NULL);
+    }
+    return 0;
+}
+
+/* ---- Accepting: a connection's first byte decides client or raft peer ------------------ */
+
+struct sniff {
+    struct node *node;
+    uv_tcp_t *tcp;
+    uint8_t buf[PROTO_PEER_FIXED + PROTO_ADDRESS_MAX];
+    size_t have, need;
+};
+
+static void free_tcp(uv_handle_t *h)
+{
+    raft_free(h);
+}
+
+static void sniff_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    (void)suggested;
+    struct sniff *s = h->data;
+    /* Never read past the preamble: raft must get its stream from the first byte on. */
+    b->base = (char *)s->buf + s->have;
+    b->len = s->need - s->have;
+}
+
+static void sniff_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
+{
+    (void)b;
+    struct sniff *s = st->data;
+    if (nread < 0) {
+        uv_close((uv_handle_t *)s->tcp, free_tcp);
+        sm_free(s);
+        return;
+    }
+    s->have += (size_t)nread;
+    if (s->have == 0)
+        return;
+    if (s->buf[0] != PROTO_PEER_MAGIC[0]) {
+        uv_read_stop(st);
+        conn_start_client(s->node, s->tcp, (const char *)s->buf, s->have);
+        sm_free(s);
+        return;
+    }
+    struct proto_peer peer;
+    struct err err;
+    size_t used;
+    int rc = proto_peer_decode(s->buf, s->have, &peer, &used, &err);
+    if (rc == 0) {
+        s->need = used;
+        return;
+    }
+    uv_read_stop(st);
+    if (rc != 1 || peer.group != s->node->cfg.repl.group_id) {
+        log_warn("rejected a raft peer connection: %s",
+                 rc != 1 ? err.msg : "unknown group");
+        uv_close((uv_handle_t *)s->tcp, free_tcp);
+    } else {
+        s->tcp->data = NULL;
+        repl_group_accept(s->node->group, peer.node_id, peer.address, (uv_stream_t *)s->tcp);
+    }
+    sm_free(s);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    struct node *n = server->data;
+    if (status < 0 || n->stopping)
+        return;
+    uv_tcp_t *tcp = raft_malloc(sizeof *tcp);
+    struct sniff *s = sm_calloc(1, sizeof *s);
+    if (tcp == NULL || s == NULL) {
+        raft_free(tcp);
+        sm_free(s);
+        return;
+    }
+    uv_tcp_init(n->loop, tcp);
+    if (uv_accept(server, (uv_stream_t *)tcp)) {
+        uv_close((uv_handle_t *)tcp, free_tcp);
+        sm_free(s);
+        return;
+    }
+    uv_tcp_nodelay(tcp, 1);
+    s->node = n;
+    s->tcp = tcp;
+    s->need = PROTO_PEER_FIXED;
+    tcp->data = s;
+    if (uv_read_start((uv_stream_t *)tcp, sniff_alloc, sniff_read)) {
+        uv_close((uv_handle_t *)tcp, free_tcp);
+        sm_free(s);
+    }
+}
+
+/* ---- Events, idle sessions, joining --------------------------------------------------- */
+
+static void on_repl_event(void *arg, enum repl_event ev, const char *detail)
+{
+    (void)arg;
+    static const char *const names[] = {"",
+                                        "elected leader",
+                                        "lost leadership",
+                                        "leader changed",
+                                        "snapshot taken",
+                                        "snapshot installed",
+                                        "peer down",
+                                        "peer up",
+                                        "disk error"};
+    const char *name = (int)ev >= 1 && (int)ev <= 8 ? names[ev] : "event";
+    if (ev == REPL_EV_DISK_ERROR)
+        log_error("%s: %s", name, detail ? detail : "");
+    else
+        log_info("%s%s%s", name, detail && *detail ? ": " : "", detail ? detail : "");
+}
+
+static void on_idle_check(uv_timer_t *t)
+{
+    struct node *n = t->data;
+    uint64_t now = uv_now(n->loop);
+    for (struct conn *c = n->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->state != CONN_CLOSING && c->refs == 1 &&
+            now - c->last_active_ms > n->cfg.idle_timeout_ms) {
+            log_info("closing an idle client connection");
+            conn_close(c);
+        }
+    }
+}
+
+struct join_state {
+    struct node *node;
+    uv_timer_t timer;
+    int attempts;
+    size_t next;
+};
+
+static void join_try(uv_timer_t *t);
+
+static void join_done(void *arg, int code, const uint8_t *result, size_t len,
+                      const char *message, const char *leader)
+{
+    (void)result;
+    (void)len;
+    (void)leader;
+    struct join_state *js = arg;
+    if (code == 0 || code == STRATA_ALREADY_EXISTS) {
+        log_info("joined the cluster as node %llu", (unsigned long long)js->node->cfg.node_id);
+        uv_close((uv_handle_t *)&js->timer, (uv_close_cb)sm_free);
+        return;
+    }
+    log_warn("join attempt %d failed: %s: %s", js->attempts, err_name(code),
+             message ? message : "");
+    if (js->node->stopping || js->attempts >= 60) {
+        uv_close((uv_handle_t *)&js->timer, (uv_close_cb)sm_free);
+        return;
+    }
+    uv_timer_start(&js->timer, join_try, 1000, 0);
+}
+
+static void join_try(uv_timer_t *t)
+{
+    struct join_state *js = t->data;
+    struct node *n = js->node;
+    js->attempts++;
+    char addr[REPL_ADDRESS_MAX + 1];
+    const char *list = n->cfg.join;
+    size_t idx = js->next++, i = 0;
+    const char *p = list;
+    size_t count = 1;
+    for (const char *q = list; *q; q++)
+        count += *q == ',';
+    idx %= count;
+    while (i < idx && (p = strchr(p, ',')) != NULL) {
+        p++;
+        i++;
+    }
+    size_t l = strcspn(p, ",");
+    snprintf(addr, sizeof addr, "%.*s", (int)l, p);
+    struct buf b;
+    buf_init(&b);
+    char cmd[REPL_ADDRESS_MAX + 128];
+    snprintf(cmd, sizeof cmd, "{\"op\":\"cluster.add_member\",\"id\":%llu,\"address\":\"%s\"}",
+             (unsigned long long)n->cfg.node_id, n->cfg.advertise);
+    struct err err;
+    if (storage_json_to_value(cmd, strlen(cmd), &b, &err) == 0)
+        fwd_request(n, addr, n->open_mode ? NULL : n->auth.keys[0].key, b.data, b.len, 0,
+                    join_done, js);
+    buf_close(&b);
+}
+
+/* ---- Start and stop ----------------------------------------------------------------------- */
+
+/* A cluster id every bootstrap member derives alike: SHA-256 of the member list. */
+static void cluster_id_of(const struct node_config *c, char *out, size_t cap)
+{
+    struct buf b;
+    buf_init(&b);
+    for (size_t i = 0; i < c->nmembers; i++)
+        buf_printf(&b, "%llu=%s;", (unsigned long long)c->members[i].id, c->members[i].address);
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    EVP_Digest(b.data ? b.data : (uint8_t *)"", b.len, md, &mdlen, EVP_sha256(), NULL);
+    buf_close(&b);
+    snprintf(out, cap, "%02x%02x%02x%02x%02x%02x%02x%02x", md[0], md[1], md[2], md[3], md[4],
+             md[5], md[6], md[7]);
+}
+
+/* DIR/node: "node_id cluster_id", written once; a restart must use the same identity. */
+static int load_identity(struct node *n, struct err *err)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/node", n->cfg.data_dir);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        unsigned long long id = 0;
+        char cid[64] = "";
+        int ok = fscanf(f, "%llu %63s", &id, cid) == 2;
+        fclose(f);
+        if (!ok)
+            return err_set(err, STRATA_INTERNAL, "%s is corrupt", path);
+        if (n->cfg.node_id && n->cfg.node_id != id)
+            return err_set(err, STRATA_INVALID_ARGUMENT,
+                           "--node-id %llu differs from the data dir's node id %llu",
+                           (unsigned long long)n->cfg.node_id, id);
+        n->cfg.node_id = id;
+        snprintf(n->cluster_id, sizeof n->cluster_id, "%s", cid);
+        return 0;
+    }
+    if (n->cfg.node_id == 0)
+        return err_set(err, STRATA_INVALID_ARGUMENT,
+                       "no node id: give --node-id, or --bootstrap with this node's address");
+    if (n->cfg.nmembers)
+        cluster_id_of(&n->cfg, n->cluster_id, sizeof n->cluster_id);
+    else
+        snprintf(n->cluster_id, sizeof n->cluster_id, "joining");
+    f = fopen(path, "w");
+    if (f == NULL || fprintf(f, "%llu %s\n", (unsigned long long)n->cfg.node_id,
+                             n->cluster_id) < 0 ||
+        fclose(f) != 0)
+        return err_set(err, STRATA_INTERNAL, "cannot write %s: %s", path, strerror(errno));
+    return 0;
+}
+
+int node_start(struct node *n, struct err *err)
+{
+    int rc;
+    if (mkdir(n->cfg.data_dir, 0700) && errno != EEXIST)
+        return err_set(err, STRATA_INVALID_ARGUMENT, "cannot create %s: %s", n->cfg.data_dir,
+                       strerror(errno));
+    for (size_t i = 0; i < n->cfg.nmembers && n->cfg.node_id == 0; i++)
+        if (strcmp(n->cfg.members[i].address, n->cfg.advertise) == 0)
+            n->cfg.node_id = n->cfg.members[i].id;
+    if ((rc = load_identity(n, err)))
+        return rc;
+    if (n->cfg.api_keys_file) {
+        if ((rc = auth_load(n->cfg.api_keys_file, &n->auth, err)))
+            return rc;
+    } else {
+        n->open_mode = true;
+    }
+    if ((rc = storage_new(NULL, &n->engine)))
+        return err_set(err, rc, "cannot create the storage engine");
+    char raft_dir[4096];
+    snprintf(raft_dir, sizeof raft_dir, "%s/raft-%u", n->cfg.data_dir, n->cfg.repl.group_id);
+    n->cfg.repl.node_id = n->cfg.node_id;
+    n->cfg.repl.address = n->cfg.advertise;
+    n->cfg.repl.bind_host = n->cfg.listen_host;
+    n->cfg.repl.data_dir = raft_dir;
+    if ((rc = repl_group_open(n->loop, &n->cfg.repl, n->engine, on_repl_event, n, &n->group,
+                              err)))
+        return rc;
+    if (n->cfg.nmembers &&
+        (rc = repl_group_bootstrap(n->group, n->cfg.members, n->cfg.nmembers, err)))
+        return rc;
+    struct sockaddr_in sa;
+    if (uv_ip4_addr(n->cfg.listen_host, n->cfg.listen_port, &sa))
+        return err_set(err, STRATA_INVALID_ARGUMENT, "bad listen address %s", n->cfg.listen_host);
+    uv_tcp_init(n->loop, &n->listener);
+    n->listener.data = n;
+    if ((rc = uv_tcp_bind(&n->listener, (const struct sockaddr *)&sa, 0)) ||
+        (rc = uv_listen((uv_stream_t *)&n->listener, 511, on_connection)))
+        return err_set(err, STRATA_UNAVAILABLE, "cannot listen on %s:%d: %s", n->cfg.listen_host,
+                       n->cfg.listen_port, uv_strerror(rc));
+    if ((rc = repl_group_start(n->group, err)))
+        return rc;
+    uv_timer_init(n->loop, &n->idle_timer);
+    n->idle_timer.data = n;
+    uv_timer_start(&n->idle_timer, on_idle_check, 1000, 1000);
+    if (n->cfg.join[0] && n->cfg.nmembers == 0) {
+        struct join_state *js = sm_calloc(1, sizeof *js);
+        if (js) {
+            js->node = n;
+            uv_timer_init(n->loop, &js->timer);
+            js->timer.data = js;
+            uv_timer_start(&js->timer, join_try, 100, 0);
+        }
+    }
+    log_info("node %llu listening on %s:%d (advertised %s), cluster %s%s",
+             (unsigned long long)n->cfg.node_id, n->cfg.listen_host, n->cfg.listen_port,
+             n->cfg.advertise, n->cluster_id, n->open_mode ? ", open mode (no API keys)" : "");
+    return 0;
+}
+
+static void group_stopped(void *arg)
+{
+    struct node *n = arg;
+    n->group = NULL;
+    log_info("replication stopped");
+    /* Close every remaining handle; uv_run returns when none is left. */
+    uv_close((uv_handle_t *)&n->idle_timer, NULL);
+    uv_close((uv_handle_t *)&n->sigterm, NULL);
+    uv_close((uv_handle_t *)&n->sigint, NULL);
+}
+
+void node_stop(struct node *n)
+{
+    if (n->stopping)
+        return;
+    n->stopping = true;
+    log_info("shutting down: transferring leadership if held, closing connections");
+    uv_close((uv_handle_t *)&n->listener, NULL);
+    for (struct conn *c = n->conns; c; c = c->next)
+        conn_close(c);
+    fwd_close_all(n);
+    repl_group_stop(n->group, group_stopped, n);
+}
