@@ -1358,6 +1358,9 @@ static int repl(struct session *s)
 
 int main(int argc, char **argv)
 {
+    /* The library logs (for file: databases, the Raft group) at INFO; a CLI user wants
+     * only warnings and errors on stderr. */
+    log_set_level(LOG_WARN);
     struct session s = {0};
     struct line_opts lo = {0};
     const char *uri = "mem:";

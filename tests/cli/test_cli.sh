@@ -156,8 +156,14 @@ oneshot 2 "" "error: INVALID_ARGUMENT: unknown global flag '--nope' (try 'help')
 oneshot 1 "" "error: BRANCH_NOT_FOUND: branch 'nope' not found" --branch nope kv get a
 oneshot 1 "" "error: INVALID_ARGUMENT: invalid space name 'Bad': must match [a-z][a-z0-9_-]{0,63}" --space Bad kv get a
 oneshot 1 "" "error: INVALID_ARGUMENT: argument 'key' must not be empty" kv get ''
-oneshot 1 "" "error: INVALID_ARGUMENT: file: URIs (durable local databases) are not supported yet in this build" --uri file:/tmp/x kv get a
-oneshot 1 "" "error: INVALID_ARGUMENT: strata:// URIs (servers and clusters) are not supported yet in this build" --uri strata://localhost:7000 kv get a
+# file:DIR is durable: a value written by one process is read by the next.
+oneshot 0 "OK version=1" "" --uri "file:$tmp/db" kv put a 1
+oneshot 0 "1" "" --uri "file:$tmp/db" kv get a
+oneshot 0 "OK version=2" "" --uri "file:$tmp/db" kv put a 2
+oneshot 0 '[{"value":2,"deleted":false,"version":2,"ts":T},{"value":1,"deleted":false,"version":1,"ts":T}]' "" --uri "file:$tmp/db" --json kv history a
+oneshot 1 "" "error: INVALID_ARGUMENT: URI 'file:' names no directory: expected file:DIR" --uri file: kv get a
+# strata:// with nothing listening: a clear UNAVAILABLE after bounded retries.
+oneshot 1 "" "~error: UNAVAILABLE: cannot connect to 127.0.0.1:1*" --uri strata://127.0.0.1:1 kv get a
 oneshot 1 "" "error: INVALID_ARGUMENT: URI 'strata://h:x' has a bad host 'h:x': expected HOST or HOST:PORT" --uri strata://h:x kv get a
 oneshot 1 "" "error: INVALID_ARGUMENT: unknown URI 'redis://x': expected mem:, file:DIR or strata://HOST[:PORT]" --uri redis://x kv get a
 oneshot 0 "~usage: strata *  strata kv put KEY VALUE*  strata txn abort*" "" help
