@@ -10,14 +10,14 @@
 
 struct wreq {
     uv_write_t req;
-    uv_buf_t b;
+    char *base; /* freed when the write completes (libuv copies the uv_buf_t) */
 };
 
 static void write_done(uv_write_t *req, int status)
 {
     (void)status;
     struct wreq *w = (struct wreq *)req;
-    sm_free(w->b.base);
+    sm_free(w->base);
     sm_free(w);
 }
 
@@ -35,10 +35,10 @@ static void conn_send(struct conn *c, struct buf *data)
         return;
     }
     size_t len;
-    w->b.base = (char *)buf_steal(data, &len);
-    w->b.len = len;
-    if (uv_write(&w->req, (uv_stream_t *)c->tcp, &w->b, 1, write_done)) {
-        sm_free(w->b.base);
+    w->base = (char *)buf_steal(data, &len);
+    uv_buf_t b = uv_buf_init(w->base, (unsigned)len);
+    if (uv_write(&w->req, (uv_stream_t *)c->tcp, &b, 1, write_done)) {
+        sm_free(w->base);
         sm_free(w);
         conn_close(c);
     }

@@ -37,14 +37,14 @@ struct fwd_link {
 
 struct lwrite {
     uv_write_t req;
-    uv_buf_t b;
+    char *base; /* freed when the write completes (libuv copies the uv_buf_t) */
 };
 
 static void lwrite_done(uv_write_t *req, int status)
 {
     (void)status;
     struct lwrite *w = (struct lwrite *)req;
-    sm_free(w->b.base);
+    sm_free(w->base);
     sm_free(w);
 }
 
@@ -59,10 +59,10 @@ static void link_write(struct fwd_link *l, struct buf *data)
         return;
     }
     size_t len;
-    w->b.base = (char *)buf_steal(data, &len);
-    w->b.len = len;
-    if (uv_write(&w->req, (uv_stream_t *)&l->tcp, &w->b, 1, lwrite_done)) {
-        sm_free(w->b.base);
+    w->base = (char *)buf_steal(data, &len);
+    uv_buf_t b = uv_buf_init(w->base, (unsigned)len);
+    if (uv_write(&w->req, (uv_stream_t *)&l->tcp, &b, 1, lwrite_done)) {
+        sm_free(w->base);
         sm_free(w);
         link_fail(l, "write failed");
     }
