@@ -90,6 +90,7 @@ void fwd_request(struct node *n, const char *leader, const char *api_key, const 
                  size_t len, uint32_t flags, fwd_done_cb cb, void *arg);
 void fwd_close_all(struct node *n);
 struct fwd_link;
+struct sniff;
 
 /* ---- The node (server.c) ---------------------------------------------------------- */
 struct node {
@@ -104,6 +105,7 @@ struct node {
     uv_signal_t sigterm, sigint;
     uv_timer_t idle_timer;
     struct conn *conns;
+    struct sniff *sniffs; /* accepted, kind not known yet */
     struct fwd_link *links;
     uint64_t forwarded; /* requests relayed to the leader (metric) */
     bool stopping;

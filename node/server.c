@@ -140,7 +140,22 @@ struct sniff {
     uv_tcp_t *tcp;
     uint8_t buf[PROTO_PEER_FIXED + PROTO_ADDRESS_MAX];
     size_t have, need;
+    uint64_t since_ms; /* a connection that says nothing is closed after SNIFF_TIMEOUT_MS */
+    struct sniff *next, *prev;
 };
+
+#define SNIFF_TIMEOUT_MS 10000
+
+static void sniff_unlink(struct sniff *s)
+{
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        s->node->sniffs = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    sm_free(s);
+}
 
 static void free_tcp(uv_handle_t *h)
 {
@@ -162,7 +177,7 @@ static void sniff_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
     struct sniff *s = st->data;
     if (nread < 0) {
         uv_close((uv_handle_t *)s->tcp, free_tcp);
-        sm_free(s);
+        sniff_unlink(s);
         return;
     }
     s->have += (size_t)nread;
@@ -171,7 +186,7 @@ static void sniff_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
     if (s->buf[0] != PROTO_PEER_MAGIC[0]) {
         uv_read_stop(st);
         conn_start_client(s->node, s->tcp, (const char *)s->buf, s->have);
-        sm_free(s);
+        sniff_unlink(s);
         return;
     }
     struct proto_peer peer;
@@ -191,7 +206,7 @@ static void sniff_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
         s->tcp->data = NULL;
         repl_group_accept(s->node->group, peer.node_id, peer.address, (uv_stream_t *)s->tcp);
     }
-    sm_free(s);
+    sniff_unlink(s);
 }
 
 static void on_connection(uv_stream_t *server, int status)
@@ -216,10 +231,15 @@ static void on_connection(uv_stream_t *server, int status)
     s->node = n;
     s->tcp = tcp;
     s->need = PROTO_PEER_FIXED;
+    s->since_ms = uv_now(n->loop);
     tcp->data = s;
+    s->next = n->sniffs;
+    if (n->sniffs)
+        n->sniffs->prev = s;
+    n->sniffs = s;
     if (uv_read_start((uv_stream_t *)tcp, sniff_alloc, sniff_read)) {
         uv_close((uv_handle_t *)tcp, free_tcp);
-        sm_free(s);
+        sniff_unlink(s);
     }
 }
 
@@ -248,6 +268,13 @@ static void on_idle_check(uv_timer_t *t)
 {
     struct node *n = t->data;
     uint64_t now = uv_now(n->loop);
+    for (struct sniff *s = n->sniffs, *next; s; s = next) {
+        next = s->next;
+        if (now - s->since_ms > SNIFF_TIMEOUT_MS) {
+            uv_close((uv_handle_t *)s->tcp, free_tcp);
+            sniff_unlink(s);
+        }
+    }
     for (struct conn *c = n->conns, *next; c; c = next) {
         next = c->next;
         if (c->state != CONN_CLOSING && c->refs == 1 &&
@@ -450,6 +477,10 @@ void node_stop(struct node *n)
     n->stopping = true;
     log_info("shutting down: transferring leadership if held, closing connections");
     uv_close((uv_handle_t *)&n->listener, NULL);
+    while (n->sniffs) {
+        uv_close((uv_handle_t *)n->sniffs->tcp, free_tcp);
+        sniff_unlink(n->sniffs);
+    }
     for (struct conn *c = n->conns; c; c = c->next)
         conn_close(c);
     fwd_close_all(n);
