@@ -20,6 +20,8 @@ struct acceptor {
     size_t have, need;
 };
 
+static struct cluster *live; /* the cluster of the running test, until cl_teardown */
+
 double cl_now_ms(void)
 {
     return (double)uv_hrtime() / 1e6;
@@ -181,6 +183,7 @@ void cl_init(struct cluster *c, int n)
     c->opts.election_timeout_ms = 500;
     c->opts.heartbeat_timeout_ms = 50;
     c->n = n;
+    live = c;
     for (int i = 0; i < n; i++) {
         struct cl_node *nd = &c->nodes[i];
         nd->c = c;
@@ -312,7 +315,18 @@ void cl_teardown(struct cluster *c)
         if (c->nodes[i].engine != NULL)
             storage_free(c->nodes[i].engine);
     nftw(c->root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    live = NULL;
     assert_int_not_equal(access(c->root, F_OK), 0);
+}
+
+int cl_fixture_teardown(void **state)
+{
+    (void)state;
+    if (live != NULL) {
+        nftw(live->root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        live = NULL;
+    }
+    return 0;
 }
 
 /* ---- Waiting --------------------------------------------------------------------------- */

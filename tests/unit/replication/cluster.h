@@ -62,6 +62,9 @@ void cl_stop(struct cluster *c, int i);
 void cl_wipe(struct cluster *c, int i);
 /* Stop everything, close the loop (asserting no handle leaked), free, remove the dir. */
 void cl_teardown(struct cluster *c);
+/* cmocka teardown for every cluster test: if the test failed before cl_teardown, remove
+ * the data dirs it left (the loop is abandoned). */
+int cl_fixture_teardown(void **state);
 
 /* Run the loop until pred(arg) holds; fail the test after timeout_ms. */
 void cl_run_until(struct cluster *c, bool (*pred)(void *), void *arg, unsigned timeout_ms,

@@ -442,15 +442,16 @@ static void test_corrupt_snapshot_on_restart_fails_cleanly(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_stop_leader_failover),
-        cmocka_unit_test(test_restart_catches_up),
-        cmocka_unit_test(test_snapshot_rebuilds_wiped_follower),
-        cmocka_unit_test(test_member_add_remove),
-        cmocka_unit_test(test_transfer_to_follower),
-        cmocka_unit_test(test_lost_quorum_unknown_outcome),
-        cmocka_unit_test(test_stop_with_requests_in_flight),
-        cmocka_unit_test(test_snapshot_stall_measured),
-        cmocka_unit_test(test_corrupt_snapshot_on_restart_fails_cleanly),
+        cmocka_unit_test_teardown(test_stop_leader_failover, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_restart_catches_up, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_snapshot_rebuilds_wiped_follower, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_member_add_remove, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_transfer_to_follower, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_lost_quorum_unknown_outcome, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_stop_with_requests_in_flight, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_snapshot_stall_measured, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_corrupt_snapshot_on_restart_fails_cleanly,
+                                  cl_fixture_teardown),
     };
     if (getenv("CL_ONLY") != NULL)
         cmocka_set_test_filter(getenv("CL_ONLY"));
