@@ -37,6 +37,11 @@ static bool other_leader(void *arg)
     return l >= 0 && l != nl->old;
 }
 
+static bool peer_down_seen(void *arg)
+{
+    return ((struct cl_node *)arg)->peer_down > 0;
+}
+
 static void test_stop_leader_failover(void **state)
 {
     (void)state;
@@ -56,6 +61,11 @@ static void test_stop_leader_failover(void **state)
            cl_now_ms() - t0);
     assert_int_not_equal(l2, l);
     write_many(&c, l2, "b", 20);
+    /* The stopped node's port goes away as with a dead process: the new leader cannot
+     * reach it and reports it down, once. */
+    cl_unlisten(&c, l);
+    cl_run_until(&c, peer_down_seen, &c.nodes[l2], 5000, "PEER_DOWN for the stopped node");
+    assert_int_equal(c.nodes[l2].peer_down, 1);
     cl_wait_caught_up(&c, 5000);
     assert_int_equal(cl_assert_same_state(&c), 2);
     assert_int_equal(storage_version(c.nodes[l2].engine), 40);

@@ -32,6 +32,26 @@ static void test_group_bootstrap_elects_leader(void **state)
     cl_teardown(&c);
 }
 
+static void test_group_host_names_resolve(void **state)
+{
+    (void)state;
+    struct cluster c;
+    cl_init(&c, 3);
+    cl_use_names(&c);
+    cl_start(&c, 3);
+    int l = cl_wait_leader(&c, 10000);
+    assert_non_null(strstr(c.nodes[l].address, "localhost:"));
+    struct cl_result r;
+    cl_write(&c, l, &r, "{\"op\":\"kv.put\",\"key\":\"n\",\"value\":1}");
+    cl_wait(&c, &r, 5000);
+    assert_int_equal(r.code, 0);
+    cl_wait_caught_up(&c, 5000);
+    assert_int_equal(cl_assert_same_state(&c), 3);
+    cl_run_for(&c, 50);
+    assert_true(c.nodes[l].peer_up >= 2);
+    cl_teardown(&c);
+}
+
 static void test_group_writes_applied_on_all(void **state)
 {
     (void)state;
@@ -488,6 +508,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_group_bootstrap_elects_leader, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_group_host_names_resolve, cl_fixture_teardown),
         cmocka_unit_test_teardown(test_group_writes_applied_on_all, cl_fixture_teardown),
         cmocka_unit_test_teardown(test_write_on_follower_not_leader, cl_fixture_teardown),
         cmocka_unit_test_teardown(test_write_bad_input, cl_fixture_teardown),
