@@ -145,7 +145,10 @@ static void handle_closed(uv_handle_t *h)
     }
     void (*cb)(void *) = g->stop_cb;
     void *arg = g->stop_arg;
-    log_info("group %u: stopped (node %llu)", g->group_id, (unsigned long long)g->node_id);
+    log_info("group %u: stopped (node %llu): %llu entries, %llu commands applied, %llu "
+             "snapshots",
+             g->group_id, (unsigned long long)g->node_id, (unsigned long long)g->entries_applied,
+             (unsigned long long)g->commands_applied, (unsigned long long)g->snapshots_taken);
     free_group(g);
     if (cb != NULL)
         cb(arg);
@@ -236,8 +239,8 @@ static void pump_cb(uv_idle_t *h)
     if (g->elected_pending) {
         g->elected_pending = false;
         if (raft_state(&g->raft) == RAFT_LEADER) {
-            /* No reads until a barrier of this term commits (RAFT-NOTES). */
-            g->read_ready = false;
+            /* No reads until a barrier of this term commits (RAFT-NOTES): every read
+             * waits for a barrier issued after it arrived; the first goes out now. */
             g->barrier_needed = true;
             log_info("group %u: node %llu elected leader in term %llu", g->group_id,
                      (unsigned long long)g->node_id, (unsigned long long)g->lead_term);

@@ -112,7 +112,6 @@ struct repl_group {
     bool barrier_inflight;
     bool barrier_needed; /* initial barrier after election */
     raft_term barrier_term;
-    bool read_ready; /* first barrier of this leadership committed */
 
     /* membership and transfer: one at a time */
     struct req_queue admin;

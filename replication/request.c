@@ -384,7 +384,6 @@ static void barrier_cb(struct raft_barrier *req, int status)
     bool ok = status == 0 && g->state != G_CLOSING && is_leader(g) &&
               raft_current_term(&g->raft) == g->barrier_term;
     if (ok) {
-        g->read_ready = true;
         while ((r = req_queue_pop(&g->barrier_reads)) != NULL)
             serve_read(g, r);
     } else if (g->state == G_CLOSING) {
@@ -531,7 +530,7 @@ static void admin_next(struct repl_group *g)
     int rv;
     g->change.data = g;
     g->xfer.data = g;
-    if (g->assign_pending) {
+    if (g->assign_pending && g->admin_cur != NULL) {
         g->assign_pending = false;
         rv = raft_assign(&g->raft, &g->change, g->admin_cur->id, RAFT_VOTER, change_cb);
         if (rv != 0)
@@ -607,7 +606,6 @@ void requests_lost_leadership(struct repl_group *g)
                      "promotion (retry the add on the new leader)",
                      (unsigned long long)r->id);
     }
-    g->read_ready = false;
     g->barrier_needed = false;
 }
 

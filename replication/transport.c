@@ -257,7 +257,15 @@ static void pc_gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         pc_fail(pc, RAFT_NOCONNECTION, "resolve host", status);
         return;
     }
-    pc_start_tcp(pc, res->ai_addr);
+    /* The first address of the family we bind to (a name may resolve to ::1 first). */
+    const struct addrinfo *ai = res;
+    if (pc->t->have_bind)
+        for (const struct addrinfo *a = res; a != NULL; a = a->ai_next)
+            if (a->ai_family == pc->t->bind_addr.ss_family) {
+                ai = a;
+                break;
+            }
+    pc_start_tcp(pc, ai->ai_addr);
     uv_freeaddrinfo(res);
 }
 

@@ -20,6 +20,8 @@ struct acceptor {
     size_t have, need;
 };
 
+static struct cluster *live; /* the cluster of the running test, until cl_teardown */
+
 double cl_now_ms(void)
 {
     return (double)uv_hrtime() / 1e6;
@@ -149,6 +151,12 @@ static void on_event(void *arg, enum repl_event ev, const char *detail)
     case REPL_EV_SNAPSHOT_INSTALLED:
         n->snapshots_installed++;
         break;
+    case REPL_EV_PEER_UP:
+        n->peer_up++;
+        break;
+    case REPL_EV_PEER_DOWN:
+        n->peer_down++;
+        break;
     default:
         break;
     }
@@ -181,6 +189,7 @@ void cl_init(struct cluster *c, int n)
     c->opts.election_timeout_ms = 500;
     c->opts.heartbeat_timeout_ms = 50;
     c->n = n;
+    live = c;
     for (int i = 0; i < n; i++) {
         struct cl_node *nd = &c->nodes[i];
         nd->c = c;
@@ -193,11 +202,22 @@ void cl_init(struct cluster *c, int n)
         uv_ip4_addr("127.0.0.1", 0, &sa);
         assert_int_equal(uv_tcp_bind(&nd->listener, (const struct sockaddr *)&sa, 0), 0);
         assert_int_equal(uv_listen((uv_stream_t *)&nd->listener, 64, on_connection), 0);
+        nd->listening = true;
         struct sockaddr_storage ss;
         int len = sizeof ss;
         assert_int_equal(uv_tcp_getsockname(&nd->listener, (struct sockaddr *)&ss, &len), 0);
         snprintf(nd->address, sizeof nd->address, "127.0.0.1:%d",
                  ntohs(((struct sockaddr_in *)&ss)->sin_port));
+    }
+}
+
+void cl_use_names(struct cluster *c)
+{
+    for (int i = 0; i < c->n; i++) {
+        const char *port = strrchr(c->nodes[i].address, ':') + 1;
+        char a[64];
+        snprintf(a, sizeof a, "localhost:%s", port);
+        snprintf(c->nodes[i].address, sizeof c->nodes[i].address, "%s", a);
     }
 }
 
@@ -262,6 +282,13 @@ void cl_stop(struct cluster *c, int i)
     cl_run_until(c, node_gone, nd, 10000, "group stop");
 }
 
+void cl_unlisten(struct cluster *c, int i)
+{
+    assert_true(c->nodes[i].listening);
+    c->nodes[i].listening = false;
+    uv_close((uv_handle_t *)&c->nodes[i].listener, NULL);
+}
+
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st;
@@ -303,7 +330,8 @@ void cl_teardown(struct cluster *c)
     while (c->acceptors != NULL)
         acc_close(c->acceptors);
     for (int i = 0; i < c->n; i++)
-        uv_close((uv_handle_t *)&c->nodes[i].listener, NULL);
+        if (c->nodes[i].listening)
+            uv_close((uv_handle_t *)&c->nodes[i].listener, NULL);
     uv_close((uv_handle_t *)&c->deadline, NULL);
     uv_run(&c->loop, UV_RUN_DEFAULT);
     uv_walk(&c->loop, walk_close, NULL);
@@ -312,7 +340,18 @@ void cl_teardown(struct cluster *c)
         if (c->nodes[i].engine != NULL)
             storage_free(c->nodes[i].engine);
     nftw(c->root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    live = NULL;
     assert_int_not_equal(access(c->root, F_OK), 0);
+}
+
+int cl_fixture_teardown(void **state)
+{
+    (void)state;
+    if (live != NULL) {
+        nftw(live->root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        live = NULL;
+    }
+    return 0;
 }
 
 /* ---- Waiting --------------------------------------------------------------------------- */

@@ -33,7 +33,8 @@ struct cl_node {
     struct repl_group *g;
     bool stopping;
     uv_tcp_t listener;
-    int elected, lost, leader_changed, snapshots_taken, snapshots_installed;
+    bool listening;
+    int elected, lost, leader_changed, snapshots_taken, snapshots_installed, peer_up, peer_down;
     char snapshot_detail[256];
 };
 
@@ -51,6 +52,8 @@ struct cluster {
 /* Create n nodes (listening, no group yet) with test options (election 500 ms,
  * heartbeat 50 ms). Adjust c->opts before starting groups. */
 void cl_init(struct cluster *c, int n);
+/* Advertise "localhost:port" instead of "127.0.0.1:port" (exercises the resolver). */
+void cl_use_names(struct cluster *c);
 /* Bootstrap nodes [0, nboot) as the initial members and start their groups. */
 void cl_start(struct cluster *c, int nboot);
 /* Open and start node i's group with a fresh engine (old engine freed); bootstrap with
@@ -58,10 +61,16 @@ void cl_start(struct cluster *c, int nboot);
 void cl_open(struct cluster *c, int i, int nboot);
 /* Stop node i's group and wait until it is freed. */
 void cl_stop(struct cluster *c, int i);
+/* Close node i's listening socket: peers' connections are refused, as for a dead
+ * process. */
+void cl_unlisten(struct cluster *c, int i);
 /* Delete node i's data dir (the group must be stopped). */
 void cl_wipe(struct cluster *c, int i);
 /* Stop everything, close the loop (asserting no handle leaked), free, remove the dir. */
 void cl_teardown(struct cluster *c);
+/* cmocka teardown for every cluster test: if the test failed before cl_teardown, remove
+ * the data dirs it left (the loop is abandoned). */
+int cl_fixture_teardown(void **state);
 
 /* Run the loop until pred(arg) holds; fail the test after timeout_ms. */
 void cl_run_until(struct cluster *c, bool (*pred)(void *), void *arg, unsigned timeout_ms,

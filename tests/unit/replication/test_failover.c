@@ -37,6 +37,11 @@ static bool other_leader(void *arg)
     return l >= 0 && l != nl->old;
 }
 
+static bool peer_down_seen(void *arg)
+{
+    return ((struct cl_node *)arg)->peer_down > 0;
+}
+
 static void test_stop_leader_failover(void **state)
 {
     (void)state;
@@ -56,6 +61,11 @@ static void test_stop_leader_failover(void **state)
            cl_now_ms() - t0);
     assert_int_not_equal(l2, l);
     write_many(&c, l2, "b", 20);
+    /* The stopped node's port goes away as with a dead process: the new leader cannot
+     * reach it and reports it down, once. */
+    cl_unlisten(&c, l);
+    cl_run_until(&c, peer_down_seen, &c.nodes[l2], 5000, "PEER_DOWN for the stopped node");
+    assert_int_equal(c.nodes[l2].peer_down, 1);
     cl_wait_caught_up(&c, 5000);
     assert_int_equal(cl_assert_same_state(&c), 2);
     assert_int_equal(storage_version(c.nodes[l2].engine), 40);
@@ -442,15 +452,16 @@ static void test_corrupt_snapshot_on_restart_fails_cleanly(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_stop_leader_failover),
-        cmocka_unit_test(test_restart_catches_up),
-        cmocka_unit_test(test_snapshot_rebuilds_wiped_follower),
-        cmocka_unit_test(test_member_add_remove),
-        cmocka_unit_test(test_transfer_to_follower),
-        cmocka_unit_test(test_lost_quorum_unknown_outcome),
-        cmocka_unit_test(test_stop_with_requests_in_flight),
-        cmocka_unit_test(test_snapshot_stall_measured),
-        cmocka_unit_test(test_corrupt_snapshot_on_restart_fails_cleanly),
+        cmocka_unit_test_teardown(test_stop_leader_failover, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_restart_catches_up, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_snapshot_rebuilds_wiped_follower, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_member_add_remove, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_transfer_to_follower, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_lost_quorum_unknown_outcome, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_stop_with_requests_in_flight, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_snapshot_stall_measured, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_corrupt_snapshot_on_restart_fails_cleanly,
+                                  cl_fixture_teardown),
     };
     if (getenv("CL_ONLY") != NULL)
         cmocka_set_test_filter(getenv("CL_ONLY"));

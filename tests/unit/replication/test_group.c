@@ -32,6 +32,26 @@ static void test_group_bootstrap_elects_leader(void **state)
     cl_teardown(&c);
 }
 
+static void test_group_host_names_resolve(void **state)
+{
+    (void)state;
+    struct cluster c;
+    cl_init(&c, 3);
+    cl_use_names(&c);
+    cl_start(&c, 3);
+    int l = cl_wait_leader(&c, 10000);
+    assert_non_null(strstr(c.nodes[l].address, "localhost:"));
+    struct cl_result r;
+    cl_write(&c, l, &r, "{\"op\":\"kv.put\",\"key\":\"n\",\"value\":1}");
+    cl_wait(&c, &r, 5000);
+    assert_int_equal(r.code, 0);
+    cl_wait_caught_up(&c, 5000);
+    assert_int_equal(cl_assert_same_state(&c), 3);
+    cl_run_for(&c, 50);
+    assert_true(c.nodes[l].peer_up >= 2);
+    cl_teardown(&c);
+}
+
 static void test_group_writes_applied_on_all(void **state)
 {
     (void)state;
@@ -389,6 +409,12 @@ static void test_stale_read_on_follower(void **state)
     cl_teardown(&c);
 }
 
+static void guard_expired(uv_timer_t *t)
+{
+    *(bool *)t->data = true;
+    uv_stop(t->loop);
+}
+
 static void test_group_open_bad_options(void **state)
 {
     (void)state;
@@ -458,6 +484,16 @@ static void test_group_open_bad_options(void **state)
     repl_write(g, (const uint8_t *)"\x80", 1, cl_done_cb(), &r);
     r.returned = true;
     repl_group_stop(g, NULL, NULL);
+    /* Bounded: an unreferenced timer does not keep the loop alive but stops a hang. */
+    uv_timer_t guard;
+    bool expired = false;
+    uv_timer_init(&loop, &guard);
+    guard.data = &expired;
+    uv_timer_start(&guard, guard_expired, 10000, 0);
+    uv_unref((uv_handle_t *)&guard);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_false(expired);
+    uv_close((uv_handle_t *)&guard, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
     assert_true(r.done);
     assert_int_equal(r.code, STRATA_UNAVAILABLE);
@@ -471,17 +507,18 @@ static void test_group_open_bad_options(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_group_bootstrap_elects_leader),
-        cmocka_unit_test(test_group_writes_applied_on_all),
-        cmocka_unit_test(test_write_on_follower_not_leader),
-        cmocka_unit_test(test_write_bad_input),
-        cmocka_unit_test(test_concurrent_writes_batched),
-        cmocka_unit_test(test_pipelined_writes_batched),
-        cmocka_unit_test(test_entry_bound_splits_batches),
-        cmocka_unit_test(test_large_value_replicates),
-        cmocka_unit_test(test_linearizable_read_sees_latest_write),
-        cmocka_unit_test(test_stale_read_on_follower),
-        cmocka_unit_test(test_group_open_bad_options),
+        cmocka_unit_test_teardown(test_group_bootstrap_elects_leader, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_group_host_names_resolve, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_group_writes_applied_on_all, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_write_on_follower_not_leader, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_write_bad_input, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_concurrent_writes_batched, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_pipelined_writes_batched, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_entry_bound_splits_batches, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_large_value_replicates, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_linearizable_read_sees_latest_write, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_stale_read_on_follower, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_group_open_bad_options, cl_fixture_teardown),
     };
     if (getenv("CL_ONLY") != NULL)
         cmocka_set_test_filter(getenv("CL_ONLY"));
