@@ -95,7 +95,7 @@ static void free_entry(struct entry *e)
 
 int branch_insert(struct branch *b, struct entry *e)
 {
-    if (hindex_reserve(&b->hx, b->hx.count + 1) || btree_insert(&b->idx, e))
+    if (hindex_reserve(&b->hx, hindex_count(&b->hx) + 1) || btree_insert(&b->idx, e))
         return STRATA_OUT_OF_MEMORY;
     hindex_insert(&b->hx, e);
     return 0;
@@ -481,7 +481,7 @@ int stage_commit(struct storage *s, struct stage *st, int64_t ts, uint64_t *ver_
     /* Phase 1: everything that can fail, before anything is visible. */
     for (size_t i = 0; i < st->n; i++) {
         struct branch *b = st->ops[i].b;
-        if (hindex_reserve(&b->hx, b->hx.count + st->n))
+        if (hindex_reserve(&b->hx, hindex_count(&b->hx) + st->n))
             return STRATA_OUT_OF_MEMORY;
         if (b->caplog < b->nlog + st->n) {
             size_t cap = b->caplog ? b->caplog * 2 : 16;

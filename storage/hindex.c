@@ -46,22 +46,26 @@ void hindex_init(struct hindex *h)
     h->slots = NULL;
     h->cap = 0;
     h->count = 0;
+    h->old = NULL;
+    h->old_cap = 0;
+    h->old_pos = 0;
+    h->old_count = 0;
 }
 
 void hindex_close(struct hindex *h)
 {
     sm_free(h->slots);
+    sm_free(h->old);
     hindex_init(h);
 }
 
-struct entry *hindex_get(const struct hindex *h, const uint8_t *key, size_t klen)
+static struct entry *probe(const uint64_t *slots, size_t cap, uint64_t hv, const uint8_t *key,
+                           size_t klen)
 {
-    if (h->count == 0)
-        return NULL;
-    uint64_t hv = hindex_hash(key, klen), tag = tag_of(hv);
-    size_t i = home(hv, h->cap);
+    uint64_t tag = tag_of(hv);
+    size_t i = home(hv, cap);
     for (;;) {
-        uint64_t s = h->slots[i];
+        uint64_t s = slots[i];
         if (s == 0)
             return NULL;
         if ((s & ~PTR_MASK) == tag) {
@@ -69,9 +73,20 @@ struct entry *hindex_get(const struct hindex *h, const uint8_t *key, size_t klen
             if (e->klen == klen && memcmp(e->key, key, klen) == 0)
                 return e;
         }
-        if (++i == h->cap)
+        if (++i == cap)
             i = 0;
     }
+}
+
+struct entry *hindex_get(const struct hindex *h, const uint8_t *key, size_t klen)
+{
+    if (hindex_count(h) == 0)
+        return NULL;
+    uint64_t hv = hindex_hash(key, klen);
+    struct entry *e = h->count ? probe(h->slots, h->cap, hv, key, klen) : NULL;
+    if (e == NULL && h->old)
+        e = probe(h->old, h->old_cap, hv, key, klen);
+    return e;
 }
 
 static void place(uint64_t *slots, size_t cap, struct entry *e)
@@ -84,10 +99,32 @@ static void place(uint64_t *slots, size_t cap, struct entry *e)
     slots[i] = tag_of(hv) | (uint64_t)(uintptr_t)e;
 }
 
+/* Move up to `n` slots of the old table into the current one. */
+static void migrate(struct hindex *h, size_t n)
+{
+    for (; h->old && n > 0; n--) {
+        if (h->old_pos == h->old_cap || h->old_count == 0) {
+            sm_free(h->old);
+            h->old = NULL;
+            h->old_cap = h->old_pos = h->old_count = 0;
+            return;
+        }
+        uint64_t s = h->old[h->old_pos++];
+        if (s) {
+            place(h->slots, h->cap, (struct entry *)(uintptr_t)(s & PTR_MASK));
+            h->count++;
+            h->old_count--;
+        }
+    }
+}
+
 int hindex_reserve(struct hindex *h, size_t n)
 {
     if (n <= h->cap - h->cap / 4)
         return 0;
+    /* Still draining the previous table: finish that first (rare; bounded by it). */
+    if (h->old)
+        migrate(h, h->old_cap);
     size_t cap = h->cap < 16 ? 16 : h->cap;
     while (n > cap - cap / 4)
         cap += cap / 2;
@@ -96,12 +133,21 @@ int hindex_reserve(struct hindex *h, size_t n)
     uint64_t *slots = sm_calloc(cap, sizeof *slots);
     if (slots == NULL)
         return STRATA_OUT_OF_MEMORY;
-    for (size_t i = 0; i < h->cap; i++)
-        if (h->slots[i])
-            place(slots, cap, (struct entry *)(uintptr_t)(h->slots[i] & PTR_MASK));
-    sm_free(h->slots);
+    /* The new table must hold everything by the time the old one is drained: it gets
+     * n (reserved) + what is still old, which the loop above sized it for (n counts
+     * every entry), and migration finishes within old_cap / HINDEX_MIGRATE inserts. */
+    h->old = h->slots;
+    h->old_cap = h->cap;
+    h->old_pos = 0;
+    h->old_count = h->count;
     h->slots = slots;
     h->cap = cap;
+    h->count = 0;
+    if (h->old_count == 0) {
+        sm_free(h->old);
+        h->old = NULL;
+        h->old_cap = 0;
+    }
     return 0;
 }
 
@@ -109,4 +155,6 @@ void hindex_insert(struct hindex *h, struct entry *e)
 {
     place(h->slots, h->cap, e);
     h->count++;
+    if (h->old)
+        migrate(h, HINDEX_MIGRATE);
 }
