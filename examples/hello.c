@@ -9,7 +9,7 @@
  * Commands are MessagePack maps built with msgpack-c; results are MessagePack values,
  * printed here as JSON through jansson. Exit status: 0 on success, 1 on any unexpected
  * error, 2 on bad usage. */
-#include <strata.h>
+#include <strata/strata.h>
 
 #include <jansson.h>
 #include <msgpack.h>
