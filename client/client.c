@@ -138,6 +138,12 @@ int strata_exec(struct strata *db, const uint8_t *cmd, size_t len, struct buf *r
     return strata_exec_flags(db, cmd, len, 0, result, err);
 }
 
+void strata_set_timeouts(struct strata *db, int op_ms, int connect_ms)
+{
+    if (db->kind == BACKEND_NET)
+        net_set_timeouts(&db->net, op_ms, connect_ms);
+}
+
 int strata_exec_many(struct strata *db, const uint8_t *const *cmds, const size_t *lens,
                      size_t n, unsigned flags, struct buf *results, int *codes,
                      struct err *errs)

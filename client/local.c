@@ -7,12 +7,16 @@
 #include "storage.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
+#include <sys/file.h>
+#include <unistd.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <uv.h>
 
 struct local {
+    int lock_fd; /* DIR/LOCK, flock()ed: one process per database */
     uv_loop_t loop;
     struct storage *engine;
     struct repl_group *group;
@@ -70,7 +74,23 @@ int local_open(const char *dir, struct local **out, struct err *err)
     if (l == NULL)
         return err_set(err, STRATA_OUT_OF_MEMORY, "out of memory");
     int rc;
+    /* Two processes on one Raft log would corrupt it: the first one holds the lock. */
+    char lock[4096];
+    snprintf(lock, sizeof lock, "%s/LOCK", dir);
+    l->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (l->lock_fd < 0 || flock(l->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        rc = err_set(err, l->lock_fd < 0 ? STRATA_INVALID_ARGUMENT : STRATA_UNAVAILABLE,
+                     l->lock_fd < 0 ? "cannot open %s: %s"
+                                    : "%s is held by another process (%s): one process "
+                                      "at a time may open a file: database",
+                     lock, strerror(errno));
+        if (l->lock_fd >= 0)
+            close(l->lock_fd);
+        sm_free(l);
+        return rc;
+    }
     if (uv_loop_init(&l->loop)) {
+        close(l->lock_fd);
         sm_free(l);
         return err_set(err, STRATA_INTERNAL, "cannot create an event loop");
     }
@@ -101,6 +121,7 @@ err_engine:
     storage_free(l->engine);
 err_loop:
     uv_loop_close(&l->loop);
+    close(l->lock_fd);
     sm_free(l);
     return rc;
 }
@@ -120,6 +141,7 @@ void local_close(struct local *l)
     uv_run(&l->loop, UV_RUN_DEFAULT); /* let every handle finish closing */
     uv_loop_close(&l->loop);
     storage_free(l->engine);
+    close(l->lock_fd); /* releases the lock */
     sm_free(l);
 }
 

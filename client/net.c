@@ -193,8 +193,12 @@ static int connect_to(struct net *n, const char *addr, struct err *err)
             const char *m;
             size_t ml;
             rc = proto_error_decode(&f, &z, &code, &m, &ml, err);
-            if (rc == 0)
+            if (rc == 0) {
                 rc = err_set(err, code, "%s refused the connection: %.*s", addr, (int)ml, m);
+                /* A refused key or protocol version will not get better by retrying. */
+                n->refused = code == STRATA_UNAUTHENTICATED ||
+                             code == STRATA_PERMISSION_DENIED || code == STRATA_PROTOCOL_ERROR;
+            }
         } else if (f.kind != PROTO_WELCOME) {
             rc = err_set(err, STRATA_PROTOCOL_ERROR, "%s did not answer HELLO with WELCOME", addr);
         } else {
@@ -220,6 +224,8 @@ static int ensure_connected(struct net *n, struct err *err)
     int rc = STRATA_UNAVAILABLE;
     if (n->leader[0] && (rc = connect_to(n, n->leader, err)) == 0)
         return 0;
+    if (n->refused)
+        return rc;
     n->leader[0] = '\0';
     for (size_t i = 0; i < n->nseeds; i++) {
         size_t k = (n->next_seed + i) % n->nseeds;
@@ -227,6 +233,8 @@ static int ensure_connected(struct net *n, struct err *err)
             n->next_seed = k + 1;
             return 0;
         }
+        if (n->refused)
+            return rc;
     }
     return rc;
 }
@@ -265,7 +273,7 @@ static int round_trip(struct net *n, struct slot *s, size_t cnt, unsigned flags,
     buf_close(&out);
     if (rc)
         return rc;
-    uint64_t deadline = now_ms() + (uint64_t)n->timeout_ms;
+    uint64_t deadline = n->call_deadline ? n->call_deadline : now_ms() + (uint64_t)n->timeout_ms;
     while (waiting > 0) {
         struct proto_frame f;
         if ((rc = next_frame(n, &f, deadline, err)))
@@ -330,8 +338,12 @@ int net_exec_many(struct net *n, const uint8_t *const *cmds, const size_t *lens,
     struct err cerr;
     err_clear(&cerr);
     int rc = 0;
-    for (int attempt = 0; attempt < RETRIES; attempt++) {
+    n->refused = false;
+    /* One deadline for the whole call, retries included. */
+    uint64_t deadline = now_ms() + (uint64_t)n->timeout_ms;
+    for (int attempt = 0; attempt < RETRIES && now_ms() < deadline && !n->refused; attempt++) {
         bool redirect = false;
+        n->call_deadline = deadline;
         rc = ensure_connected(n, &cerr);
         if (rc == 0) {
             rc = round_trip(n, s, cnt, flags, &redirect, &cerr);
@@ -359,6 +371,11 @@ int net_exec_many(struct net *n, const uint8_t *const *cmds, const size_t *lens,
             continue;
         }
         net_close(n);
+        if (n->refused)
+            break;
+        uint64_t now = now_ms();
+        if (now + backoff >= deadline)
+            break;
         sleep_ms(backoff);
         backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
         for (size_t i = 0; i < cnt; i++)
@@ -366,12 +383,21 @@ int net_exec_many(struct net *n, const uint8_t *const *cmds, const size_t *lens,
     }
     for (size_t i = 0; i < cnt; i++) {
         if (!s[i].done)
-            s[i].code = s[i].code ? s[i].code
-                                  : err_set(s[i].err, rc ? rc : STRATA_UNAVAILABLE, "%s",
-                                            cerr.msg[0] ? cerr.msg : "no server answered");
+            s[i].code = n->refused || !s[i].code
+                            ? err_set(s[i].err, rc ? rc : STRATA_UNAVAILABLE, "%s",
+                                      cerr.msg[0] ? cerr.msg : "no server answered")
+                            : s[i].code;
         codes[i] = s[i].code;
     }
     if (s != st)
         sm_free(s);
     return 0;
+}
+
+void net_set_timeouts(struct net *n, int op_ms, int connect_ms)
+{
+    if (op_ms > 0)
+        n->timeout_ms = op_ms;
+    if (connect_ms > 0)
+        n->connect_timeout_ms = connect_ms;
 }

@@ -20,7 +20,11 @@ struct net {
     struct proto_reader rd;
     uint64_t next_id;
     int timeout_ms, connect_timeout_ms;
+    uint64_t call_deadline; /* monotonic ms: the current call gives up then */
+    bool refused;           /* the last handshake was refused for good (key, version) */
 };
+
+void net_set_timeouts(struct net *n, int op_ms, int connect_ms);
 
 /* Parse "[KEY@]HOST[:PORT][,HOST[:PORT]...]" (after "strata://"). No I/O. */
 int net_parse(struct net *n, const char *rest, struct err *err);

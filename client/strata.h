@@ -45,10 +45,15 @@ void strata_close(struct strata *db);
  * (caller-owned, not reset first). On failure returns a code from common.h, fills `err`
  * (may be NULL) with the code and a message naming the offending argument, appends
  * nothing to `result`, and the database is unchanged. Writes are stamped with the
- * client's wall clock (clock_now_us()); the engine keeps timestamps strictly increasing
- * even if that clock steps back. */
+ * wall clock of whoever applies them first — the client's for mem:, the leader's for
+ * file: and strata:// — and timestamps never go backwards. */
 int strata_exec(struct strata *db, const uint8_t *cmd, size_t len, struct buf *result,
                 struct err *err);
+
+/* Timeouts of a strata:// handle: `op_ms` bounds a whole call, retries and redirects
+ * included (default 10000); `connect_ms` bounds one connection attempt (default 2000).
+ * A value <= 0 keeps the current one. No effect on in-process databases. */
+void strata_set_timeouts(struct strata *db, int op_ms, int connect_ms);
 
 /* Flags for strata_exec_flags / strata_exec_many. */
 enum {
