@@ -114,9 +114,16 @@ static int dial(const char *addr, int timeout_ms, struct err *err)
     return fd;
 }
 
+/* The deadline of one wait: op_ms from now, but never past the current call's. */
+static uint64_t wait_deadline(const struct net *n)
+{
+    uint64_t d = now_ms() + (uint64_t)n->timeout_ms;
+    return n->call_deadline && n->call_deadline < d ? n->call_deadline : d;
+}
+
 static int send_all(struct net *n, const uint8_t *p, size_t len, struct err *err)
 {
-    uint64_t deadline = now_ms() + (uint64_t)n->timeout_ms;
+    uint64_t deadline = wait_deadline(n);
     while (len > 0) {
         ssize_t w = send(n->fd, p, len, MSG_NOSIGNAL);
         if (w > 0) {
@@ -184,7 +191,7 @@ static int connect_to(struct net *n, const char *addr, struct err *err)
     buf_close(&b);
     struct proto_frame f;
     if (rc == 0)
-        rc = next_frame(n, &f, now_ms() + (uint64_t)n->timeout_ms, err);
+        rc = next_frame(n, &f, wait_deadline(n), err);
     if (rc == 0) {
         msgpack_zone z;
         msgpack_zone_init(&z, 256);
@@ -219,8 +226,16 @@ static int connect_to(struct net *n, const char *addr, struct err *err)
 /* Make sure we hold a connection, preferring the known leader, then each seed. */
 static int ensure_connected(struct net *n, struct err *err)
 {
-    if (n->fd >= 0)
-        return 0;
+    if (n->fd >= 0) {
+        /* The server may have closed an idle connection: find out before sending, so a
+         * write is not lost to a connection that was already gone. */
+        uint8_t c;
+        ssize_t r = recv(n->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
+            net_close(n);
+        else
+            return 0;
+    }
     int rc = STRATA_UNAVAILABLE;
     if (n->leader[0] && (rc = connect_to(n, n->leader, err)) == 0)
         return 0;
@@ -273,11 +288,27 @@ static int round_trip(struct net *n, struct slot *s, size_t cnt, unsigned flags,
     buf_close(&out);
     if (rc)
         return rc;
-    uint64_t deadline = n->call_deadline ? n->call_deadline : now_ms() + (uint64_t)n->timeout_ms;
+    uint64_t deadline = wait_deadline(n);
     while (waiting > 0) {
         struct proto_frame f;
         if ((rc = next_frame(n, &f, deadline, err)))
             return rc;
+        if (f.kind == PROTO_ERROR) {
+            /* The server closes the connection after this: report its reason. */
+            msgpack_zone z;
+            msgpack_zone_init(&z, 128);
+            int code;
+            const char *m;
+            size_t ml;
+            rc = proto_error_decode(&f, &z, &code, &m, &ml, err);
+            if (rc == 0) {
+                rc = err_set(err, code, "%s: %.*s", n->connected, (int)ml, m);
+                n->refused = code == STRATA_TOO_LARGE || code == STRATA_PROTOCOL_ERROR ||
+                             code == STRATA_UNAUTHENTICATED;
+            }
+            msgpack_zone_destroy(&z);
+            return rc;
+        }
         if (f.kind != PROTO_RESPONSE)
             return err_set(err, STRATA_PROTOCOL_ERROR, "unexpected frame kind %u", f.kind);
         msgpack_zone z;
@@ -293,10 +324,12 @@ static int round_trip(struct net *n, struct slot *s, size_t cnt, unsigned flags,
             waiting--;
             if (r.code == STRATA_NOT_LEADER || r.code == STRATA_UNAVAILABLE) {
                 /* Not executed: safe to send again, to the leader if it is named. */
-                if (r.leader && r.leader_len && r.leader_len < sizeof n->leader) {
+                if (r.leader && r.leader_len && r.leader_len < sizeof n->leader &&
+                    !(strlen(n->connected) == r.leader_len &&
+                      memcmp(n->connected, r.leader, r.leader_len) == 0)) {
                     memcpy(n->leader, r.leader, r.leader_len);
                     n->leader[r.leader_len] = '\0';
-                    *redirect = true;
+                    *redirect = true; /* elsewhere: go now; to ourselves: back off */
                 }
                 err_set(s[i].err, r.code, "%.*s", (int)r.message_len,
                         r.message ? r.message : "");

@@ -16,6 +16,7 @@ enum link_state { LINK_CONNECTING, LINK_HELLO_WAIT, LINK_READY, LINK_DEAD };
 struct fwd_req {
     uint64_t id;
     bool sent;
+    bool write; /* a sent read that is lost can simply be retried: UNAVAILABLE */
     struct buf frame; /* REQUEST frame, kept until sent */
     fwd_done_cb cb;
     void *arg;
@@ -104,8 +105,8 @@ static void link_fail(struct fwd_link *l, const char *why)
         struct fwd_req *next = r->next;
         char msg[ERR_MSG_MAX + REPL_ADDRESS_MAX + 64];
         snprintf(msg, sizeof msg, "connection to the leader %s failed: %s", l->address, why);
-        r->cb(r->arg, r->sent ? STRATA_UNKNOWN_OUTCOME : STRATA_UNAVAILABLE, NULL, 0, msg,
-              NULL);
+        r->cb(r->arg, r->sent && r->write ? STRATA_UNKNOWN_OUTCOME : STRATA_UNAVAILABLE, NULL, 0,
+              msg, NULL);
         buf_close(&r->frame);
         sm_free(r);
         r = next;
@@ -286,6 +287,10 @@ void fwd_request(struct node *n, const char *leader, const char *api_key, const 
         return;
     }
     r->id = ++l->next_id;
+    enum storage_cmd_kind kind = STORAGE_CMD_WRITE;
+    struct err kerr;
+    storage_cmd_kind(cmd, len, &kind, &kerr); /* unknown (admin) commands count as writes */
+    r->write = kind == STORAGE_CMD_WRITE;
     r->cb = cb;
     r->arg = arg;
     buf_init(&r->frame);

@@ -15,7 +15,7 @@ static void usage(FILE *f)
             "                       [--heartbeat-timeout-ms MS] [--snapshot-threshold N]\n"
             "                       [--snapshot-trailing N] [--max-frame-bytes N]\n"
             "                       [--idle-timeout-ms MS] [--log-level debug|info|warn|error]\n"
-            "Defaults: --listen 127.0.0.1:9876, --advertise = --listen. See docs/operations.md.\n");
+            "Defaults: --listen 127.0.0.1:9876, --advertise = --listen. See docs/server.md.\n");
 }
 
 static int parse_members(const char *list, struct node_config *c)

@@ -305,7 +305,7 @@ static int vector_upsert(struct exec *x)
         goto out;
     }
     if (x->scratch->len > x->s->cfg.max_value_bytes) {
-        rc = err_set(x->err, STRATA_TOO_LARGE,
+        rc = err_set(x->err, STRATA_INVALID_ARGUMENT,
                      "vector value of %zu bytes exceeds the limit of %zu bytes", x->scratch->len,
                      x->s->cfg.max_value_bytes);
         goto out;
