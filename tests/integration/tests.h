@@ -1,0 +1,16 @@
+/* The integration tests: one function per CTest test (main.c runs the one named). */
+#ifndef STRATA_INTEG_TESTS_H
+#define STRATA_INTEG_TESTS_H
+
+void test_replicate(void);        /* test_cluster.c */
+void test_failover(void);         /* test_cluster.c */
+void test_follower_restart(void); /* test_cluster.c */
+void test_sigterm_handoff(void);  /* test_cluster.c */
+void test_snapshot_install(void); /* test_snapshot.c */
+void test_wiped_member(void);     /* test_snapshot.c */
+void test_bad_input(void);        /* test_bad_input.c */
+void test_auth(void);             /* test_auth.c */
+void test_file_durability(void);  /* test_file.c */
+void test_file_crash(void);       /* test_file.c */
+
+#endif
