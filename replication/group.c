@@ -186,6 +186,15 @@ static bool has_other_voter(struct repl_group *g)
 static void stop_xfer_cb(struct raft_transfer *req)
 {
     struct repl_group *g = req->data;
+    /* raft calls this when the target's election made us step down (the new leader may
+     * not be known yet) or when an election timeout passed without that: say which in
+     * the log, where operators look for it. */
+    if (raft_state(&g->raft) != RAFT_LEADER)
+        log_info("group %u: leadership handed to node %llu", g->group_id,
+                 (unsigned long long)req->id);
+    else
+        log_warn("group %u: leadership hand-off to node %llu did not complete", g->group_id,
+                 (unsigned long long)req->id);
     g->handoff_done = true;
     group_kick(g);
 }
