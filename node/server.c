@@ -140,7 +140,7 @@ struct sniff {
     uv_tcp_t *tcp;
     uint8_t buf[PROTO_PEER_FIXED + PROTO_ADDRESS_MAX];
     size_t have, need;
-    uint64_t since_ms; /* a connection that says nothing is closed after SNIFF_TIMEOUT_MS */
+    uint64_t since_ms; /* closed if silent past min(SNIFF_TIMEOUT_MS, --idle-timeout-ms) */
     struct sniff *next, *prev;
 };
 
@@ -270,7 +270,9 @@ static void on_idle_check(uv_timer_t *t)
     uint64_t now = uv_now(n->loop);
     for (struct sniff *s = n->sniffs, *next; s; s = next) {
         next = s->next;
-        if (now - s->since_ms > SNIFF_TIMEOUT_MS) {
+        uint64_t limit = n->cfg.idle_timeout_ms < SNIFF_TIMEOUT_MS ? n->cfg.idle_timeout_ms
+                                                                   : SNIFF_TIMEOUT_MS;
+        if (now - s->since_ms > limit) {
             uv_close((uv_handle_t *)s->tcp, free_tcp);
             sniff_unlink(s);
         }
