@@ -386,6 +386,7 @@ cc -O2 -g -Wall -Wextra -Wshadow -Wstrict-prototypes -Wformat=2 -Werror -pthread
     -o "$tmp/etcd_load" "$root/tests/bench/etcd_load.c" -lcrypto -ljansson
 
 started=$(date -u '+%Y-%m-%d %H:%M UTC')
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
 log "StrataDB: 3 nodes, default election settings"
 strata_up default 0
@@ -441,7 +442,8 @@ ratio=$(awk -v a="$(sj put-c50 .throughput_ops_s)" -v b="$(ej put-c50 .throughpu
 {
     echo "Measured $started on $(nproc) cores ($(uname -r)), commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?');"
     echo "etcd $(etcd --version | awk '/etcd Version/ {print $3}'), Redis $(redis-server --version | awk '{print $3}' | cut -d= -f2);"
-    echo "$keys keys, $vsize-byte values, ${dur} s measured after 1 s warmup (Redis: fixed request counts)."
+    echo "$keys keys, $vsize-byte values, ${dur} s measured after 1 s warmup (Redis: fixed request counts);"
+    echo "load average (1, 5, 15 min) at the start $load_before, at the end $(cut -d' ' -f1-3 /proc/loadavg)."
     echo
     echo "| figure | StrataDB (3 nodes) | etcd (3 members) | Redis (1 node, AOF always) | target |"
     echo "|---|---|---|---|---|"
@@ -465,7 +467,8 @@ ratio=$(awk -v a="$(sj put-c50 .throughput_ops_s)" -v b="$(ej put-c50 .throughpu
         mapfile -t g < <(gap_report "$tag")
         note=" (default)"
         if [[ $tag != default ]]; then
-            note=" (not stable under load: for information)"
+            note=" (not probed: for information)"
+            grep -q "^$e .* 1\$" "$res/stability.txt" && note=" (unstable under load: for information)"
             grep -q "^$e .* 0\$" "$res/stability.txt" && note=" (stable under load)"
         fi
         echo "| $e / $(heartbeat_for "$e")$note | ${g[0]#baseline } ms | $(printf '%s; ' "${g[@]:1}" | sed 's/kill[0-9]* //g; s/; $//') | $([[ $tag == default ]] && echo '≤ 1 s' || echo '–') |"
