@@ -153,7 +153,7 @@ static void cluster_status(struct conn *c, uint64_t id)
 {
     struct node *n = c->node;
     struct repl_status st;
-    repl_group_status(n->group, &st);
+    node_status(n, &st);
     static const char *const roles[] = {"", "follower", "candidate", "leader", "unavailable"};
     struct buf b;
     buf_init(&b);
@@ -391,7 +391,7 @@ static void handle_hello(struct conn *c, const struct proto_frame *f)
         return;
     }
     struct repl_status st;
-    repl_group_status(c->node->group, &st);
+    node_status(c->node, &st);
     struct proto_welcome w = {PROTO_VERSION, c->node->cfg.node_id, c->node->cluster_id,
                               strlen(c->node->cluster_id), 0,
                               st.leader_address[0] ? st.leader_address : NULL,

@@ -110,9 +110,19 @@ struct node {
     uint64_t forwarded; /* requests relayed to the leader (metric) */
     bool stopping;
     int exit_code;
+    /* A fresh data dir given --bootstrap waits for the other initial members before it
+     * bootstraps (server.c, "Safe bootstrap"); until then group is NULL. */
+    bool fresh;
+    uv_timer_t probe_timer;
+    bool probing;
+    unsigned probe_round, probe_answered, probe_formed;
+    char probe_formed_by[REPL_ADDRESS_MAX + 1];
+    uint64_t probe_formed_index;
 };
 
 int node_start(struct node *n, struct err *err);
+/* The group's status, or an "unavailable" one while the node has no group yet. */
+void node_status(struct node *n, struct repl_status *st);
 void node_stop(struct node *n);
 /* Run a command for a connection or a forwarded request: decides local vs forward. */
 void node_submit(struct node *n, const uint8_t *cmd, size_t len, uint32_t flags,

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 
 int parse_hostport(const char *s, char *host, size_t hostcap, int *port)
@@ -27,6 +29,16 @@ int parse_hostport(const char *s, char *host, size_t hostcap, int *port)
 
 /* ---- Routing ---------------------------------------------------------------------------- */
 
+void node_status(struct node *n, struct repl_status *st)
+{
+    if (n->group) {
+        repl_group_status(n->group, st);
+        return;
+    }
+    memset(st, 0, sizeof *st);
+    st->role = REPL_UNAVAILABLE;
+}
+
 void node_submit(struct node *n, const uint8_t *cmd, size_t len, uint32_t flags,
                  const struct auth_key *key, fwd_done_cb cb, void *arg)
 {
@@ -38,8 +50,11 @@ void node_submit(struct node *n, const uint8_t *cmd, size_t len, uint32_t flags,
         cb(arg, rc, NULL, 0, err.msg, NULL);
         return;
     }
-    if (n->stopping) {
-        cb(arg, STRATA_UNAVAILABLE, NULL, 0, "the node is shutting down", NULL);
+    if (n->stopping || n->group == NULL) {
+        cb(arg, STRATA_UNAVAILABLE, NULL, 0,
+           n->stopping ? "the node is shutting down"
+                       : "the node is starting: waiting for the other initial members",
+           NULL);
         return;
     }
     if (kind == STORAGE_CMD_READ && (flags & PROTO_REQ_STALE)) {
@@ -47,7 +62,7 @@ void node_submit(struct node *n, const uint8_t *cmd, size_t len, uint32_t flags,
         return;
     }
     struct repl_status st;
-    repl_group_status(n->group, &st);
+    node_status(n, &st);
     if (st.role == REPL_LEADER) {
         if (kind == STORAGE_CMD_WRITE)
             repl_write(n->group, cmd, len, cb, arg);
@@ -77,7 +92,11 @@ int node_admin(struct node *n, const char *op, const msgpack_object *cmd, const 
         return 0;
     }
     struct repl_status st;
-    repl_group_status(n->group, &st);
+    node_status(n, &st);
+    if (n->group == NULL) {
+        cb(arg, STRATA_UNAVAILABLE, NULL, 0, "the node is starting", NULL);
+        return 0;
+    }
     if (st.role != REPL_LEADER) {
         if ((flags & PROTO_REQ_FORWARDED) || st.leader_address[0] == '\0')
             cb(arg, st.leader_address[0] ? STRATA_NOT_LEADER : STRATA_UNAVAILABLE, NULL, 0,
@@ -198,9 +217,9 @@ static void sniff_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
         return;
     }
     uv_read_stop(st);
-    if (rc != 1 || peer.group != s->node->cfg.repl.group_id) {
+    if (rc != 1 || peer.group != s->node->cfg.repl.group_id || s->node->group == NULL) {
         log_warn("rejected a raft peer connection: %s",
-                 rc != 1 ? err.msg : "unknown group");
+                 rc != 1 ? err.msg : s->node->group ? "unknown group" : "the node is starting");
         uv_close((uv_handle_t *)s->tcp, free_tcp);
     } else {
         s->tcp->data = NULL;
@@ -264,6 +283,18 @@ static void on_repl_event(void *arg, enum repl_event ev, const char *detail)
         log_info("%s%s%s", name, detail && *detail ? ": " : "", detail ? detail : "");
 }
 
+/* Has the peer sent bytes the loop has not read yet? Timers run before I/O in a loop
+ * iteration, so an "idle" connection may hold a request that just arrived: closing it
+ * then would turn that request into an unknown outcome for the client. */
+static bool bytes_waiting(uv_tcp_t *tcp)
+{
+    uv_os_fd_t fd;
+    uint8_t b;
+    if (uv_fileno((uv_handle_t *)tcp, &fd) != 0)
+        return false;
+    return recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+}
+
 static void on_idle_check(uv_timer_t *t)
 {
     struct node *n = t->data;
@@ -280,7 +311,7 @@ static void on_idle_check(uv_timer_t *t)
     for (struct conn *c = n->conns, *next; c; c = next) {
         next = c->next;
         if (c->state != CONN_CLOSING && c->refs == 1 &&
-            now - c->last_active_ms > n->cfg.idle_timeout_ms) {
+            now - c->last_active_ms > n->cfg.idle_timeout_ms && !bytes_waiting(c->tcp)) {
             log_info("closing an idle client connection");
             conn_close(c);
         }
@@ -296,6 +327,11 @@ struct join_state {
 
 static void join_try(uv_timer_t *t);
 
+static void join_closed(uv_handle_t *h)
+{
+    sm_free(h->data); /* the join_state the timer is embedded in */
+}
+
 static void join_done(void *arg, int code, const uint8_t *result, size_t len,
                       const char *message, const char *leader)
 {
@@ -303,15 +339,29 @@ static void join_done(void *arg, int code, const uint8_t *result, size_t len,
     (void)len;
     (void)leader;
     struct join_state *js = arg;
+    if (code == STRATA_ALREADY_EXISTS && js->node->fresh) {
+        /* Our data dir is empty but the cluster already counts this id: this node lost
+         * its data. Voting under the old id could elect a stale leader (Raft assumes
+         * stable storage), so stop. */
+        log_error("node id %llu is already a member but this data dir is new: if the node "
+                  "lost its data, remove it (strata cluster remove-node %llu) and join with "
+                  "a new --node-id",
+                  (unsigned long long)js->node->cfg.node_id,
+                  (unsigned long long)js->node->cfg.node_id);
+        uv_close((uv_handle_t *)&js->timer, join_closed);
+        js->node->exit_code = 2;
+        node_stop(js->node);
+        return;
+    }
     if (code == 0 || code == STRATA_ALREADY_EXISTS) {
         log_info("joined the cluster as node %llu", (unsigned long long)js->node->cfg.node_id);
-        uv_close((uv_handle_t *)&js->timer, (uv_close_cb)sm_free);
+        uv_close((uv_handle_t *)&js->timer, join_closed);
         return;
     }
     log_warn("join attempt %d failed: %s: %s", js->attempts, err_name(code),
              message ? message : "");
     if (js->node->stopping || js->attempts >= 60) {
-        uv_close((uv_handle_t *)&js->timer, (uv_close_cb)sm_free);
+        uv_close((uv_handle_t *)&js->timer, join_closed);
         return;
     }
     uv_timer_start(&js->timer, join_try, 1000, 0);
@@ -401,6 +451,125 @@ static int load_identity(struct node *n, struct err *err)
     return 0;
 }
 
+/* Open and start the Raft group (bootstrapping it first when asked). */
+static int start_group(struct node *n, bool bootstrap, struct err *err)
+{
+    static char raft_dir[4096];
+    snprintf(raft_dir, sizeof raft_dir, "%s/raft-%u", n->cfg.data_dir, n->cfg.repl.group_id);
+    n->cfg.repl.node_id = n->cfg.node_id;
+    n->cfg.repl.address = n->cfg.advertise;
+    n->cfg.repl.bind_host = n->cfg.listen_host;
+    n->cfg.repl.data_dir = raft_dir;
+    int rc = repl_group_open(n->loop, &n->cfg.repl, n->engine, on_repl_event, n, &n->group, err);
+    if (rc)
+        return rc;
+    if (bootstrap && (rc = repl_group_bootstrap(n->group, n->cfg.members, n->cfg.nmembers, err)))
+        return rc;
+    return repl_group_start(n->group, err);
+}
+
+/* ---- Safe bootstrap ------------------------------------------------------------------------
+ * Raft assumes stable storage. A member that lost its disk and restarts with the same
+ * --bootstrap line would come back under its old id with an empty log and vote — and a
+ * stale member plus this one can elect a leader that lacks acknowledged writes. So a
+ * fresh data dir does not bootstrap blindly: it asks the other initial members for their
+ * status every 500 ms and
+ *   - refuses to start (exit 2) if any of them reports this cluster already formed
+ *     (log index >= 2: more than the bootstrap entry) — the operator removes the node
+ *     and lets it join under a new id;
+ *   - bootstraps once a majority (with itself) answered and none reported a formed
+ *     cluster: a cluster being created, all its members new.
+ * Until then the node answers clients UNAVAILABLE and refuses peer connections. */
+static void probe_done(void *arg, int code, const uint8_t *result, size_t len,
+                       const char *message, const char *leader)
+{
+    (void)message;
+    (void)leader;
+    struct node *n = arg;
+    if (code != 0 || !n->probing)
+        return;
+    msgpack_zone z;
+    msgpack_zone_init(&z, 512);
+    msgpack_object o;
+    size_t off = 0;
+    if (msgpack_unpack((const char *)result, len, &off, &z, &o) == MSGPACK_UNPACK_SUCCESS &&
+        o.type == MSGPACK_OBJECT_MAP) {
+        uint64_t last = 0;
+        char cid[64] = "", addr[REPL_ADDRESS_MAX + 1] = "";
+        for (uint32_t i = 0; i < o.via.map.size; i++) {
+            const msgpack_object *k = &o.via.map.ptr[i].key, *v = &o.via.map.ptr[i].val;
+            if (k->type != MSGPACK_OBJECT_STR)
+                continue;
+            if (k->via.str.size == 10 && memcmp(k->via.str.ptr, "last_index", 10) == 0 &&
+                v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+                last = v->via.u64;
+            if (k->via.str.size == 10 && memcmp(k->via.str.ptr, "cluster_id", 10) == 0 &&
+                v->type == MSGPACK_OBJECT_STR && v->via.str.size < sizeof cid)
+                snprintf(cid, sizeof cid, "%.*s", (int)v->via.str.size, v->via.str.ptr);
+            if (k->via.str.size == 7 && memcmp(k->via.str.ptr, "address", 7) == 0 &&
+                v->type == MSGPACK_OBJECT_STR && v->via.str.size < sizeof addr)
+                snprintf(addr, sizeof addr, "%.*s", (int)v->via.str.size, v->via.str.ptr);
+        }
+        if (strcmp(cid, n->cluster_id) == 0) {
+            n->probe_answered++;
+            if (last >= 2 && !n->probe_formed) {
+                n->probe_formed = 1;
+                n->probe_formed_index = last;
+                snprintf(n->probe_formed_by, sizeof n->probe_formed_by, "%s", addr);
+            }
+        } else {
+            log_warn("initial member %s belongs to another cluster (%s)", addr, cid);
+        }
+    }
+    msgpack_zone_destroy(&z);
+}
+
+static void probe_tick(uv_timer_t *t)
+{
+    struct node *n = t->data;
+    if (!n->probing || n->stopping)
+        return;
+    size_t others = n->cfg.nmembers - 1, need = n->cfg.nmembers / 2;
+    if (n->probe_formed) {
+        n->probing = false;
+        uv_timer_stop(t);
+        log_error("this data dir is new, but the cluster it would bootstrap already exists "
+                  "(%s reports log index %llu): this node lost its data and must not vote "
+                  "under its old id. Remove it (strata cluster remove-node %llu), then start "
+                  "it with --join and a new --node-id",
+                  n->probe_formed_by, (unsigned long long)n->probe_formed_index,
+                  (unsigned long long)n->cfg.node_id);
+        n->exit_code = 2;
+        node_stop(n);
+        return;
+    }
+    if (n->probe_round > 0 && n->probe_answered >= need) {
+        n->probing = false;
+        uv_timer_stop(t);
+        struct err err;
+        err_clear(&err);
+        log_info("%u of %zu other initial members answered, none has data: bootstrapping",
+                 n->probe_answered, others);
+        if (start_group(n, true, &err)) {
+            log_error("cannot start: %s: %s", err_name(err.code), err.msg);
+            n->exit_code = 1;
+            node_stop(n);
+        }
+        return;
+    }
+    if (n->probe_round > 0 && n->probe_round % 20 == 0)
+        log_info("still waiting for the initial members (%u of the %zu needed answered)",
+                 n->probe_answered, need);
+    n->probe_round++;
+    n->probe_answered = 0;
+    static const uint8_t status_cmd[] = {0x81, 0xa2, 'o', 'p', 0xae, 'c', 'l', 'u', 's', 't',
+                                         'e', 'r', '.', 's', 't', 'a', 't', 'u', 's'};
+    for (size_t i = 0; i < n->cfg.nmembers; i++)
+        if (n->cfg.members[i].id != n->cfg.node_id)
+            fwd_request(n, n->cfg.members[i].address, n->open_mode ? NULL : n->auth.keys[0].key,
+                        status_cmd, sizeof status_cmd, 0, probe_done, n);
+}
+
 int node_start(struct node *n, struct err *err)
 {
     int rc;
@@ -412,6 +581,19 @@ int node_start(struct node *n, struct err *err)
             n->cfg.node_id = n->cfg.members[i].id;
     if ((rc = load_identity(n, err)))
         return rc;
+    /* Fresh = no Raft state yet (not "no identity file": a node that refused to start
+     * still has one, and must keep refusing). */
+    char raft_dir[4096];
+    snprintf(raft_dir, sizeof raft_dir, "%s/raft-%u", n->cfg.data_dir, n->cfg.repl.group_id);
+    n->fresh = true;
+    DIR *d = opendir(raft_dir);
+    if (d) {
+        struct dirent *de;
+        while ((de = readdir(d)) != NULL)
+            if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+                n->fresh = false;
+        closedir(d);
+    }
     if (n->cfg.api_keys_file) {
         if ((rc = auth_load(n->cfg.api_keys_file, &n->auth, err)))
             return rc;
@@ -420,17 +602,10 @@ int node_start(struct node *n, struct err *err)
     }
     if ((rc = storage_new(NULL, &n->engine)))
         return err_set(err, rc, "cannot create the storage engine");
-    char raft_dir[4096];
-    snprintf(raft_dir, sizeof raft_dir, "%s/raft-%u", n->cfg.data_dir, n->cfg.repl.group_id);
-    n->cfg.repl.node_id = n->cfg.node_id;
-    n->cfg.repl.address = n->cfg.advertise;
-    n->cfg.repl.bind_host = n->cfg.listen_host;
-    n->cfg.repl.data_dir = raft_dir;
-    if ((rc = repl_group_open(n->loop, &n->cfg.repl, n->engine, on_repl_event, n, &n->group,
-                              err)))
-        return rc;
-    if (n->cfg.nmembers &&
-        (rc = repl_group_bootstrap(n->group, n->cfg.members, n->cfg.nmembers, err)))
+    bool probe = n->fresh && n->cfg.nmembers > 1;
+    /* The group starts before the port opens (a node that accepts connections has its
+     * state loaded), except when it must first ask the other members (safe bootstrap). */
+    if (!probe && (rc = start_group(n, n->cfg.nmembers > 0, err)))
         return rc;
     struct sockaddr_in sa;
     if (uv_ip4_addr(n->cfg.listen_host, n->cfg.listen_port, &sa))
@@ -441,8 +616,15 @@ int node_start(struct node *n, struct err *err)
         (rc = uv_listen((uv_stream_t *)&n->listener, 511, on_connection)))
         return err_set(err, STRATA_UNAVAILABLE, "cannot listen on %s:%d: %s", n->cfg.listen_host,
                        n->cfg.listen_port, uv_strerror(rc));
-    if ((rc = repl_group_start(n->group, err)))
-        return rc;
+    if (probe) {
+        /* Safe bootstrap: see probe_tick. */
+        uv_timer_init(n->loop, &n->probe_timer);
+        n->probe_timer.data = n;
+        n->probing = true;
+        uv_timer_start(&n->probe_timer, probe_tick, 0, 500);
+        log_info("new data dir: waiting for a majority of the initial members before "
+                 "bootstrapping");
+    }
     uv_timer_init(n->loop, &n->idle_timer);
     n->idle_timer.data = n;
     uv_timer_start(&n->idle_timer, on_idle_check, 1000, 1000);
@@ -470,6 +652,8 @@ static void group_stopped(void *arg)
     uv_close((uv_handle_t *)&n->idle_timer, NULL);
     uv_close((uv_handle_t *)&n->sigterm, NULL);
     uv_close((uv_handle_t *)&n->sigint, NULL);
+    if (n->fresh && n->cfg.nmembers > 1)
+        uv_close((uv_handle_t *)&n->probe_timer, NULL);
 }
 
 void node_stop(struct node *n)
@@ -486,5 +670,9 @@ void node_stop(struct node *n)
     for (struct conn *c = n->conns; c; c = c->next)
         conn_close(c);
     fwd_close_all(n);
-    repl_group_stop(n->group, group_stopped, n);
+    n->probing = false;
+    if (n->group)
+        repl_group_stop(n->group, group_stopped, n);
+    else
+        group_stopped(n);
 }

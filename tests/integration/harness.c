@@ -350,8 +350,17 @@ int h_node_start(struct h_cluster *c, int i)
     argv[a++] = nd->dir;
     argv[a++] = "--listen";
     argv[a++] = nd->addr;
-    argv[a++] = "--bootstrap";
-    argv[a++] = c->members;
+    char idbuf[24];
+    if (nd->join) {
+        snprintf(idbuf, sizeof idbuf, "%llu", (unsigned long long)nd->join_id);
+        argv[a++] = "--join";
+        argv[a++] = nd->join;
+        argv[a++] = "--node-id";
+        argv[a++] = idbuf;
+    } else {
+        argv[a++] = "--bootstrap";
+        argv[a++] = c->members;
+    }
     argv[a++] = "--election-timeout-ms";
     argv[a++] = et;
     argv[a++] = "--heartbeat-timeout-ms";

@@ -80,6 +80,10 @@ struct h_node {
     char log[H_PATH_MAX];
     pid_t pid;  /* 0 when not running */
     int status; /* wait status of the last exit (valid when pid == 0 after a run) */
+    /* When set, the node starts with `--join join --node-id join_id` instead of
+     * --bootstrap (a replacement member under a new id). */
+    const char *join;
+    uint64_t join_id;
 };
 
 struct h_cluster {

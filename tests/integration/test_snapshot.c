@@ -51,15 +51,21 @@ void test_snapshot_install(void)
 
     REQUIRE(h_remove_tree(c.nodes[F].dir) == 0 && access(c.nodes[F].dir, F_OK) != 0,
             "follower's data dir wiped");
-    int bootstrap_skips = h_log_count(&c, F, "bootstrap skipped");
-    REQUIRE(h_node_start(&c, F) == 0, "wiped follower restarted with the same command line");
-    /* What the server does with an empty dir and --bootstrap: it bootstraps afresh (the
-     * same configuration at index 1, so its log is a prefix the leader can extend). */
-    h_sleep_ms(200);
-    h_note("wiped follower %s", h_log_count(&c, F, "bootstrap skipped") > bootstrap_skips
-                                    ? "found raft state (bootstrap skipped)"
-                                    : "re-bootstrapped its empty data dir");
-
+    /* A member that lost its disk must not come back under its old id (see
+     * test_wiped_member): the documented procedure is remove it, then join as a new id. */
+    db = h_open_node(&c, L, NULL);
+    REQUIRE(db != NULL, "client on the leader reopened");
+    int rrc = h_exec(db, 0, NULL, NULL, "{\"op\":\"cluster.remove_member\",\"id\":%llu}",
+                     (unsigned long long)c.nodes[F].id);
+    CHECK(rrc == 0, "the old member %llu removed (%s)", (unsigned long long)c.nodes[F].id,
+          err_name(rrc));
+    strata_close(db);
+    uint64_t old_id = c.nodes[F].id;
+    c.nodes[F].join = c.nodes[L].addr;
+    c.nodes[F].join_id = 10 + old_id;
+    c.nodes[F].id = c.nodes[F].join_id;
+    REQUIRE(h_node_start(&c, F) == 0, "the wiped node started with --join and node id %llu",
+            (unsigned long long)c.nodes[F].id);
     long left = h_expect_on_node(&c, F, bulk, 3000, 20000);
     CHECK(left == 0, "the wiped follower serves all 3000 writes it never saw (%ld missing/wrong)",
           left);
@@ -127,14 +133,13 @@ void test_wiped_member(void)
            B + 1, A + 1);
 
     REQUIRE(h_node_start(&c, A) == 0, "A restarted from its data dir");
-    bool b_up = h_node_start(&c, B) == 0;
-    if (!b_up)
-        h_note("the wiped B refused to start (exit status 0x%x) — a safe outcome",
-               c.nodes[B].status);
-    else
-        h_note("the wiped B started: %s", h_log_count(&c, B, "bootstrap skipped")
-                                              ? "it found state?"
-                                              : "it re-bootstrapped its empty data dir");
+    /* A new data dir whose cluster already exists must not vote under its old id: the
+     * server probes the other initial members, sees A's data and refuses (exit 2). */
+    (void)h_node_start(&c, B);
+    int st = h_node_wait_exit(&c, B, 5000);
+    CHECK(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 2,
+          "the wiped B refuses to start under its old id (wait status 0x%x)", st);
+    CHECK(h_log_count(&c, B, "lost its data") == 1, "B's log says why and what to do");
     int early = h_wait_leader(&c, 3000, L);
     if (early >= 0) {
         h_note("node %d became leader while L was down", early + 1);
