@@ -20,7 +20,7 @@
 
 #define RETRIES 8
 #define BACKOFF_MIN_MS 25
-#define BACKOFF_MAX_MS 1000
+#define BACKOFF_MAX_MS 200 /* a new leader is usually known within an election: poll it often */
 
 static uint64_t now_ms(void)
 {
