@@ -18,7 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define RETRIES 8
+#define RETRIES 24 /* with the 200 ms cap: ~4.4 s, more than an election; the call deadline bounds it too */
 #define BACKOFF_MIN_MS 25
 #define BACKOFF_MAX_MS 200 /* a new leader is usually known within an election: poll it often */
 
