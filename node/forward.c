@@ -171,6 +171,16 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     int r;
     while (l->state != LINK_DEAD && (r = proto_reader_next(&l->rd, &f, &err)) == 1) {
         if (l->state == LINK_HELLO_WAIT && f.kind == PROTO_WELCOME) {
+            /* A node that joined learns its cluster's id from the first member it meets. */
+            msgpack_zone z;
+            msgpack_zone_init(&z, 256);
+            struct proto_welcome w;
+            if (strcmp(l->node->cluster_id, "joining") == 0 &&
+                proto_welcome_decode(&f, &z, &w, &err) == 0 && w.cluster_id_len > 0 &&
+                w.cluster_id_len < sizeof l->node->cluster_id &&
+                !(w.cluster_id_len == 7 && memcmp(w.cluster_id, "joining", 7) == 0))
+                node_set_cluster_id(l->node, w.cluster_id, w.cluster_id_len);
+            msgpack_zone_destroy(&z);
             l->state = LINK_READY;
             link_flush(l);
         } else if (l->state == LINK_READY && f.kind == PROTO_RESPONSE) {

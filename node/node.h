@@ -131,6 +131,8 @@ void node_submit(struct node *n, const uint8_t *cmd, size_t len, uint32_t flags,
 int node_admin(struct node *n, const char *op, const msgpack_object *cmd, const uint8_t *bytes,
                size_t len, uint32_t flags, const struct auth_key *key, fwd_done_cb cb,
                void *arg);
+/* Adopt (and persist in DIR/node) the cluster id learned when joining. */
+void node_set_cluster_id(struct node *n, const char *id, size_t len);
 /* Parse "host:port". */
 int parse_hostport(const char *s, char *host, size_t hostcap, int *port);
 

@@ -415,6 +415,26 @@ static void cluster_id_of(const struct node_config *c, char *out, size_t cap)
              md[5], md[6], md[7]);
 }
 
+static int write_identity(struct node *n)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/node", n->cfg.data_dir);
+    FILE *f = fopen(path, "w");
+    if (f == NULL)
+        return -1;
+    int bad = fprintf(f, "%llu %s\n", (unsigned long long)n->cfg.node_id, n->cluster_id) < 0;
+    return fclose(f) != 0 || bad ? -1 : 0;
+}
+
+void node_set_cluster_id(struct node *n, const char *id, size_t len)
+{
+    snprintf(n->cluster_id, sizeof n->cluster_id, "%.*s", (int)len, id);
+    if (write_identity(n))
+        log_warn("cannot record the cluster id in the data dir: %s", strerror(errno));
+    else
+        log_info("cluster id is %s", n->cluster_id);
+}
+
 /* DIR/node: "node_id cluster_id", written once; a restart must use the same identity. */
 static int load_identity(struct node *n, struct err *err)
 {
@@ -443,10 +463,7 @@ static int load_identity(struct node *n, struct err *err)
         cluster_id_of(&n->cfg, n->cluster_id, sizeof n->cluster_id);
     else
         snprintf(n->cluster_id, sizeof n->cluster_id, "joining");
-    f = fopen(path, "w");
-    if (f == NULL || fprintf(f, "%llu %s\n", (unsigned long long)n->cfg.node_id,
-                             n->cluster_id) < 0 ||
-        fclose(f) != 0)
+    if (write_identity(n))
         return err_set(err, STRATA_INTERNAL, "cannot write %s: %s", path, strerror(errno));
     return 0;
 }
