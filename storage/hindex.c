@@ -99,22 +99,21 @@ static void place(uint64_t *slots, size_t cap, struct entry *e)
     slots[i] = tag_of(hv) | (uint64_t)(uintptr_t)e;
 }
 
-/* Move up to `n` slots of the old table into the current one. */
+/* Move up to `n` slots of the old table into the current one; free it once drained. */
 static void migrate(struct hindex *h, size_t n)
 {
-    for (; h->old && n > 0; n--) {
-        if (h->old_pos == h->old_cap || h->old_count == 0) {
-            sm_free(h->old);
-            h->old = NULL;
-            h->old_cap = h->old_pos = h->old_count = 0;
-            return;
-        }
+    while (h->old && n-- > 0 && h->old_pos < h->old_cap && h->old_count > 0) {
         uint64_t s = h->old[h->old_pos++];
         if (s) {
             place(h->slots, h->cap, (struct entry *)(uintptr_t)(s & PTR_MASK));
             h->count++;
             h->old_count--;
         }
+    }
+    if (h->old && (h->old_pos == h->old_cap || h->old_count == 0)) {
+        sm_free(h->old);
+        h->old = NULL;
+        h->old_cap = h->old_pos = h->old_count = 0;
     }
 }
 

@@ -121,6 +121,34 @@ static void test_kv_nesting_and_utf8_limits(void **state)
     buf_close(&res);
 }
 
+/* The hash index grows incrementally (old table drained 128 slots per insert): every
+ * key must stay readable through many growths, and no table may leak (ASan run). */
+static void test_kv_many_keys_survive_index_growth(void **state)
+{
+    struct storage *s = *state;
+    char items[64 * 40];
+    for (int base = 0; base < 20000; base += 64) {
+        size_t n = 0;
+        for (int j = base; j < base + 64; j++)
+            n += (size_t)snprintf(items + n, sizeof items - n, "%s[\"key%06d\",%d]",
+                                  j > base ? "," : "", j, j);
+        OK(s, "{\"op\":\"kv.batch_put\",\"items\":[%s]}", items);
+        /* Read back keys from every earlier batch while tables are being drained. */
+        int probe = (base * 7919) % (base + 64);
+        char want[64];
+        snprintf(want, sizeof want, "{\"value\":%d,", probe);
+        const char *got = OK(s, "{\"op\":\"kv.get\",\"key\":\"key%06d\"}", probe);
+        assert_int_equal(strncmp(got, want, strlen(want)), 0);
+    }
+    for (int j = 0; j < 20032; j += 997) {
+        char want[64];
+        snprintf(want, sizeof want, "{\"value\":%d,", j);
+        const char *got = OK(s, "{\"op\":\"kv.get\",\"key\":\"key%06d\"}", j);
+        assert_int_equal(strncmp(got, want, strlen(want)), 0);
+    }
+    EXPECT(s, "20032", "{\"op\":\"kv.count\"}");
+}
+
 static void test_kv_raw_msgpack_rejections(void **state)
 {
     struct storage *s = *state;
@@ -272,6 +300,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_kv_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kv_raw_msgpack_rejections, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kv_nesting_and_utf8_limits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kv_many_keys_survive_index_growth, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kv_time_travel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kv_timestamps_never_go_back, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kv_delete_absent_writes_nothing, setup, teardown),
