@@ -8,19 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-struct wreq {
-    uv_write_t req;
-    char *base; /* freed when the write completes (libuv copies the uv_buf_t) */
-};
-
-static void write_done(uv_write_t *req, int status)
-{
-    (void)status;
-    struct wreq *w = (struct wreq *)req;
-    sm_free(w->base);
-    sm_free(w);
-}
-
 /* Send bytes (ownership of `data` passes here). */
 static void conn_send(struct conn *c, struct buf *data)
 {
@@ -28,20 +15,8 @@ static void conn_send(struct conn *c, struct buf *data)
         buf_close(data);
         return;
     }
-    struct wreq *w = sm_malloc(sizeof *w);
-    if (w == NULL) {
-        buf_close(data);
+    if (stream_write((uv_stream_t *)c->tcp, data))
         conn_close(c);
-        return;
-    }
-    size_t len;
-    w->base = (char *)buf_steal(data, &len);
-    uv_buf_t b = uv_buf_init(w->base, (unsigned)len);
-    if (uv_write(&w->req, (uv_stream_t *)c->tcp, &b, 1, write_done)) {
-        sm_free(w->base);
-        sm_free(w);
-        conn_close(c);
-    }
 }
 
 static void send_error_and_close(struct conn *c, int code, const char *msg)

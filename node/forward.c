@@ -36,37 +36,12 @@ struct fwd_link {
     struct fwd_link *next;
 };
 
-struct lwrite {
-    uv_write_t req;
-    char *base; /* freed when the write completes (libuv copies the uv_buf_t) */
-};
-
-static void lwrite_done(uv_write_t *req, int status)
-{
-    (void)status;
-    struct lwrite *w = (struct lwrite *)req;
-    sm_free(w->base);
-    sm_free(w);
-}
-
 static void link_fail(struct fwd_link *l, const char *why);
 
 static void link_write(struct fwd_link *l, struct buf *data)
 {
-    struct lwrite *w = sm_malloc(sizeof *w);
-    if (w == NULL) {
-        buf_close(data);
-        link_fail(l, "out of memory");
-        return;
-    }
-    size_t len;
-    w->base = (char *)buf_steal(data, &len);
-    uv_buf_t b = uv_buf_init(w->base, (unsigned)len);
-    if (uv_write(&w->req, (uv_stream_t *)&l->tcp, &b, 1, lwrite_done)) {
-        sm_free(w->base);
-        sm_free(w);
+    if (stream_write((uv_stream_t *)&l->tcp, data))
         link_fail(l, "write failed");
-    }
 }
 
 static void link_flush(struct fwd_link *l)

@@ -27,6 +27,39 @@ int parse_hostport(const char *s, char *host, size_t hostcap, int *port)
     return 0;
 }
 
+/* ---- Writing ------------------------------------------------------------------------------ */
+
+struct wreq {
+    uv_write_t req;
+    char *base; /* freed when the write completes (libuv copies the uv_buf_t) */
+};
+
+static void write_done(uv_write_t *req, int status)
+{
+    (void)status; /* a failed write shows up as a read error: the reader closes */
+    struct wreq *w = (struct wreq *)req;
+    sm_free(w->base);
+    sm_free(w);
+}
+
+int stream_write(uv_stream_t *s, struct buf *data)
+{
+    struct wreq *w = sm_malloc(sizeof *w);
+    if (w == NULL) {
+        buf_close(data);
+        return UV_ENOMEM;
+    }
+    size_t len;
+    w->base = (char *)buf_steal(data, &len);
+    uv_buf_t b = uv_buf_init(w->base, (unsigned)len);
+    int rc = uv_write(&w->req, s, &b, 1, write_done);
+    if (rc) {
+        sm_free(w->base);
+        sm_free(w);
+    }
+    return rc;
+}
+
 /* ---- Routing ---------------------------------------------------------------------------- */
 
 void node_status(struct node *n, struct repl_status *st)
