@@ -67,15 +67,6 @@ static int branch_create(struct exec *x)
  * records included), newest first — so reads at any version <= ver and history are
  * unchanged while dst no longer reads through. The copies are not changes: they do not
  * enter dst's change log. */
-static void free_chain(struct version *v)
-{
-    while (v) {
-        struct version *o = v->older;
-        sm_free(v);
-        v = o;
-    }
-}
-
 static int flatten_key(struct branch *dst, struct branch *src, uint64_t ver, const struct entry *e0)
 {
     struct entry *ne = sm_malloc(ENTRY_SIZE(e0->klen));
@@ -113,7 +104,7 @@ static int flatten_key(struct branch *dst, struct branch *src, uint64_t ver, con
         goto err_free;
     return 0;
 err_free:
-    free_chain(ne->head);
+    version_chain_free(ne->head);
     sm_free(ne);
     return STRATA_OUT_OF_MEMORY;
 }
@@ -155,7 +146,7 @@ static int fork_one(struct exec *x, struct branch *src, const char *n, size_t le
     return 0;
 }
 
-static int fork_version(struct exec *x, struct branch *src, uint64_t *ver)
+static int fork_version(struct exec *x, uint64_t *ver)
 {
     bool has;
     *ver = x->s->version;
@@ -164,7 +155,6 @@ static int fork_version(struct exec *x, struct branch *src, uint64_t *ver)
         rc = err_set(x->err, STRATA_INVALID_ARGUMENT,
                      "at_version %llu is in the future (current version %llu)",
                      (unsigned long long)*ver, (unsigned long long)x->s->version);
-    (void)src; /* forking before the source's creation reads its lineage: allowed */
     return rc;
 }
 
@@ -176,7 +166,7 @@ static int branch_fork(struct exec *x)
     uint64_t ver;
     int rc;
     if ((rc = arg_branch(x, "source", &src)) || (rc = arg_str(x, "name", &n, &len)) ||
-        (rc = new_name(x, n, len)) || (rc = fork_version(x, src, &ver)) ||
+        (rc = new_name(x, n, len)) || (rc = fork_version(x, &ver)) ||
         (rc = fork_one(x, src, n, len, ver, &b)))
         return rc;
     pack_branch_ref(x->pk, b);
@@ -188,7 +178,7 @@ static int branch_fork_many(struct exec *x)
     struct branch *src;
     uint64_t ver;
     int rc;
-    if ((rc = arg_branch(x, "source", &src)) || (rc = fork_version(x, src, &ver)))
+    if ((rc = arg_branch(x, "source", &src)) || (rc = fork_version(x, &ver)))
         return rc;
     const msgpack_object *names = arg_get(x, "names");
     if (names == NULL || names->type != MSGPACK_OBJECT_ARRAY || names->via.array.size == 0)

@@ -343,26 +343,6 @@ int btree_insert(struct btree *t, struct entry *item)
     return 0;
 }
 
-struct entry *btree_remove(struct btree *t, const uint8_t *key, size_t klen)
-{
-    /* Lazy deletion: remove from the leaf without rebalancing. Separators may keep
-     * pointing at a removed item's key, so callers must keep removed items' keys valid
-     * until the tree is closed or rebuilt; storage only removes during rebuilds. */
-    struct bnode *n = t->root;
-    if (n == NULL)
-        return NULL;
-    while (!n->leaf)
-        n = KIDS(n)[child_index(n, key, klen)];
-    int i = lower_bound(n, key, klen);
-    if (i >= n->n || cmp_item(n->items[i], key, klen) != 0)
-        return NULL;
-    struct entry *item = n->items[i];
-    memmove(&n->items[i], &n->items[i + 1], (size_t)(n->n - i - 1) * sizeof(void *));
-    n->n--;
-    t->count--;
-    return item;
-}
-
 void btree_seek(const struct btree *t, const uint8_t *key, size_t klen,
                 struct btree_iter *it)
 {

@@ -39,9 +39,6 @@ struct entry *btree_get(const struct btree *t, const uint8_t *key, size_t klen);
 /* Insert an entry whose key is not yet present. Returns 0 or STRATA_OUT_OF_MEMORY, in
  * which case the tree is unchanged. */
 int btree_insert(struct btree *t, struct entry *item);
-/* Remove the entry with this key and return it (NULL if absent). Separators may still
- * point at the removed entry's key: keep it allocated until the tree is closed. */
-struct entry *btree_remove(struct btree *t, const uint8_t *key, size_t klen);
 
 /* Cursor over entries in key order, starting at the first key >= `key`. Invalidated by
  * any insert or remove. */

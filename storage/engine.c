@@ -82,14 +82,18 @@ int branch_add(struct storage *s, const char *name, size_t len, struct branch *p
     return 0;
 }
 
-static void free_entry(struct entry *e)
+void version_chain_free(struct version *v)
 {
-    struct version *v = e->head;
     while (v) {
         struct version *o = v->older;
         sm_free(v);
         v = o;
     }
+}
+
+static void free_entry(struct entry *e)
+{
+    version_chain_free(e->head);
     sm_free(e);
 }
 
@@ -149,6 +153,12 @@ int storage_new(const struct storage_config *cfg, struct storage **out)
         s->cfg = *cfg;
     else
         storage_config_default(&s->cfg);
+    /* Internal keys live in fixed IKEY_MAX buffers (and entry key lengths in 16 bits). */
+    if (s->cfg.max_key_bytes == 0 || s->cfg.max_key_bytes > STORAGE_MAX_KEY_BYTES ||
+        s->cfg.max_depth < 1 || s->cfg.max_depth > 24) {
+        sm_free(s);
+        return STRATA_INVALID_ARGUMENT;
+    }
     s->next_branch_id = 1;
     buf_init(&s->scratch);
     if (!msgpack_zone_init(&s->zone, 2048)) {
@@ -476,8 +486,7 @@ int stage_commit(struct storage *s, struct stage *st, int64_t ts, uint64_t *ver_
         return 0;
     }
     uint64_t ver = s->version + 1;
-    if (ts <= s->last_ts)
-        ts = s->last_ts + 1;
+    ts = storage_next_ts(s, ts);
     /* Phase 1: everything that can fail, before anything is visible. */
     for (size_t i = 0; i < st->n; i++) {
         struct branch *b = st->ops[i].b;

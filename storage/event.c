@@ -431,9 +431,7 @@ struct type_ref {
 static int cmp_type(const void *a, const void *b)
 {
     const struct type_ref *p = a, *q = b;
-    size_t n = p->len < q->len ? p->len : q->len;
-    int c = n ? memcmp(p->p, q->p, n) : 0;
-    return c ? c : (p->len > q->len) - (p->len < q->len);
+    return bkey_cmp(p->p, p->len, q->p, q->len);
 }
 
 /* types: the distinct event types of the log, sorted bytewise. */

@@ -2,6 +2,7 @@
  * arguments (branch, space, at_version/as_of), run it, and install its staged writes. */
 #include "internal.h"
 
+#include <stdio.h>
 #include <string.h>
 
 static const struct op_def *const tables[] = {kv_ops,     json_ops,   event_ops,
@@ -60,14 +61,21 @@ int (arg_key)(struct exec *x, const char *name, size_t nlen, const char **p, siz
     int rc = (arg_str)(x, name, nlen, p, len);
     if (rc)
         return rc;
-    if (*len == 0)
-        return err_set(x->err, STRATA_INVALID_ARGUMENT, "argument '%s' must not be empty", name);
-    if (*len > x->s->cfg.max_key_bytes)
+    char what[80];
+    snprintf(what, sizeof what, "argument '%s'", name);
+    return key_check(x, what, *p, *len);
+}
+
+int key_check(struct exec *x, const char *what, const char *k, size_t len)
+{
+    if (len == 0)
+        return err_set(x->err, STRATA_INVALID_ARGUMENT, "%s must not be empty", what);
+    if (len > x->s->cfg.max_key_bytes)
         return err_set(x->err, STRATA_INVALID_ARGUMENT,
-                       "argument '%s' is %zu bytes; the key limit is %zu bytes", name, *len,
+                       "%s is %zu bytes; the key limit is %zu bytes", what, len,
                        x->s->cfg.max_key_bytes);
-    if (!utf8_valid((const uint8_t *)*p, *len))
-        return err_set(x->err, STRATA_INVALID_ARGUMENT, "argument '%s' is not valid UTF-8", name);
+    if (!utf8_valid((const uint8_t *)k, len))
+        return err_set(x->err, STRATA_INVALID_ARGUMENT, "%s is not valid UTF-8", what);
     return 0;
 }
 
@@ -195,14 +203,8 @@ int exec_read(struct exec *x, int tag, const void *rest, size_t rlen, const uint
     size_t klen = exec_ikey(x, k, tag, rest, rlen);
     if (ver)
         *ver = NULL;
-    if (x->at_head && x->stage) {
-        const struct stage_op *op = stage_find(x->stage, x->b, k, klen);
-        if (op) {
-            *val = op->val;
-            *len = op->val ? op->len : 0;
-            return 0;
-        }
-    }
+    if (x->at_head && x->stage && stage_find(x->stage, x->b, k, klen))
+        return stage_read(x->stage, x->b, k, klen, val, len, x->err); /* staged: no version */
     const struct version *v;
     int rc = view_get(x->b, k, klen, &x->at, &v, x->err);
     if (rc)
@@ -369,7 +371,8 @@ int storage_cmd_kind(const uint8_t *cmd, size_t len, enum storage_cmd_kind *kind
                      struct err *err)
 {
     msgpack_zone z;
-    msgpack_zone_init(&z, 256);
+    if (!msgpack_zone_init(&z, 256))
+        return err_set(err, STRATA_OUT_OF_MEMORY, "out of memory");
     msgpack_object o;
     size_t off = 0;
     int rc;
@@ -397,11 +400,9 @@ struct sink {
 static int sink_write(void *data, const char *p, size_t len)
 {
     struct sink *k = data;
-    if (buf_append(k->b, p, len)) {
-        k->oom = true;
-        return -1;
-    }
-    return 0;
+    int rc = buf_pack_write(k->b, p, len);
+    k->oom = k->oom || rc != 0;
+    return rc;
 }
 
 int storage_exec(struct storage *s, const uint8_t *cmd, size_t len, int64_t ts_us,
@@ -436,7 +437,7 @@ int storage_exec(struct storage *s, const uint8_t *cmd, size_t len, int64_t ts_u
     }
     struct exec x = {.s = s, .err = err, .args = &o, .ts = ts_us, .stage = &st, .pk = &pk,
                      .scratch = &s->scratch, .wver = s->version + 1,
-                     .wts = ts_us > s->last_ts ? ts_us : s->last_ts + 1};
+                     .wts = storage_next_ts(s, ts_us)};
     const struct op_def *d;
     if ((rc = decode_op(&x, &d)) || (rc = resolve_common(&x, d, NULL)))
         goto done;

@@ -134,6 +134,12 @@ int branch_add(struct storage *s, const char *name, size_t len, struct branch *p
 void branch_unref(struct storage *s, struct branch *b);
 /* Release every branch and reset to the empty state (no branches). */
 void storage_clear(struct storage *s);
+void version_chain_free(struct version *v);
+/* The timestamp the next write gets: max(ts, last + 1), so time never runs backwards. */
+static inline int64_t storage_next_ts(const struct storage *s, int64_t ts)
+{
+    return ts > s->last_ts ? ts : s->last_ts + 1;
+}
 
 /* ---- Views: reading a branch at a point in time ------------------------------------- */
 struct read_at {
@@ -293,6 +299,9 @@ int(arg_branch)(struct exec *x, const char *name, size_t nlen, struct branch **b
 #define arg_get(x, name) (arg_get)((x), (name), __builtin_strlen(name))
 #define arg_branch(x, name, b) (arg_branch)((x), (name), __builtin_strlen(name), (b))
 int space_check(const char *s, size_t len, struct err *err);
+/* A key (or key-like name) given as a string: non-empty, within the key limit, UTF-8.
+ * `what` names it in the message. */
+int key_check(struct exec *x, const char *what, const char *k, size_t len);
 
 /* Stage a value under (x->b, x->space, tag, rest); data = canonical msgpack. */
 int exec_stage(struct exec *x, int tag, const void *rest, size_t rlen, const uint8_t *data,

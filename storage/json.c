@@ -440,9 +440,7 @@ struct keyidx {
 
 static int keyidx_cmp_str(const char *a, size_t alen, const char *b, size_t blen)
 {
-    size_t n = alen < blen ? alen : blen;
-    int c = n ? memcmp(a, b, n) : 0;
-    return c ? c : (alen > blen) - (alen < blen);
+    return bkey_cmp((const uint8_t *)a, alen, (const uint8_t *)b, blen);
 }
 
 static int keyidx_cmp(const void *pa, const void *pb)

@@ -288,14 +288,11 @@ static int kv_history(struct exec *x)
 static int str_item(struct exec *x, const msgpack_object *o, const char *what, const char **p,
                     size_t *len)
 {
-    if (o->type != MSGPACK_OBJECT_STR || o->via.str.size == 0 ||
-        o->via.str.size > x->s->cfg.max_key_bytes)
-        return err_set(x->err, STRATA_INVALID_ARGUMENT,
-                       "%s must be non-empty strings of at most %zu bytes", what,
-                       x->s->cfg.max_key_bytes);
+    if (o->type != MSGPACK_OBJECT_STR)
+        return err_set(x->err, STRATA_INVALID_ARGUMENT, "%s must be strings", what);
     *p = o->via.str.ptr;
     *len = o->via.str.size;
-    return 0;
+    return key_check(x, what, *p, *len);
 }
 
 static int arg_array(struct exec *x, const char *name, const msgpack_object **out)

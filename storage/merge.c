@@ -143,9 +143,7 @@ static int read_view(struct view v, const uint8_t *k, size_t klen, const struct 
 
 static bool same(const struct version *a, const struct version *b)
 {
-    if (a == NULL || b == NULL)
-        return a == b;
-    return a->len == b->len && memcmp(a->data, b->data, a->len) == 0;
+    return value_equal(a ? a->data : NULL, a ? a->len : 0, b ? b->data : NULL, b ? b->len : 0);
 }
 
 static const char *kind_name(int tag)

@@ -19,16 +19,19 @@
 struct storage;
 
 struct storage_config {
-    size_t max_key_bytes;   /* default 1024 */
+    size_t max_key_bytes;   /* default 1024, at most STORAGE_MAX_KEY_BYTES */
     size_t max_value_bytes; /* default 16 MiB */
     int max_depth;          /* value nesting, default 24 (msgpack-c decodes 32 levels) */
     int max_fork_depth;     /* read-through chain length kept before materializing, 32 */
 };
 
+#define STORAGE_MAX_KEY_BYTES 1024
+
 void storage_config_default(struct storage_config *cfg);
 
 /* Create an engine holding the `default` branch (with the `default` space). cfg may be
- * NULL for defaults. Returns 0 or STRATA_OUT_OF_MEMORY. */
+ * NULL for defaults. Returns 0, STRATA_OUT_OF_MEMORY, or STRATA_INVALID_ARGUMENT for a
+ * config outside the limits (max_key_bytes 1..STORAGE_MAX_KEY_BYTES, max_depth 1..24). */
 int storage_new(const struct storage_config *cfg, struct storage **out);
 void storage_free(struct storage *s);
 
