@@ -80,6 +80,8 @@ static void respond(void *arg, int code, const uint8_t *result, size_t len, cons
                                                    leader && *leader ? leader : NULL);
     if (rc == 0)
         conn_send(c, &b);
+    else
+        conn_close(c); /* never leave a request unanswered on an open connection */
     buf_close(&b);
     sm_free(p);
     conn_unref(c);
@@ -177,10 +179,13 @@ static void cluster_status(struct conn *c, uint64_t id)
             msgpack_pack_false(&pk);
     }
     struct pending *p = sm_malloc(sizeof *p);
-    if (p) {
+    if (p && b.len > 0) {
         *p = (struct pending){c, id};
         c->refs++;
         respond(p, 0, b.data, b.len, NULL, NULL);
+    } else {
+        sm_free(p);
+        conn_close(c);
     }
     buf_close(&b);
 }
@@ -230,33 +235,43 @@ static int apply_session(struct conn *c, const msgpack_object *cmd, const char *
     return 1;
 }
 
-/* The branches a command touches, for authorization. */
+/* The branches a command touches, for authorization: fills up to `cap` and returns how
+ * many there are (the caller retries with room for all when that is more). */
 static size_t cmd_branches(const msgpack_object *cmd, const char *op, const char **names,
                            size_t *lens, size_t cap)
 {
     static const char *const args[] = {"branch", "name", "source", "target", "a", "b"};
     size_t n = 0;
     bool branch_op = strncmp(op, "branch.", 7) == 0;
-    for (size_t i = 0; i < sizeof args / sizeof args[0] && n < cap; i++) {
+    for (size_t i = 0; i < sizeof args / sizeof args[0]; i++) {
         if (branch_op != (i > 0))
             continue;
         const msgpack_object *o = map_get(cmd, args[i]);
         if (o && o->type == MSGPACK_OBJECT_STR) {
-            names[n] = o->via.str.ptr;
-            lens[n++] = o->via.str.size;
+            if (n < cap) {
+                names[n] = o->via.str.ptr;
+                lens[n] = o->via.str.size;
+            }
+            n++;
         }
     }
     const msgpack_object *many = map_get(cmd, "names");
     for (uint32_t i = 0; branch_op && many && many->type == MSGPACK_OBJECT_ARRAY &&
-                         i < many->via.array.size && n < cap;
+                         i < many->via.array.size;
          i++)
         if (many->via.array.ptr[i].type == MSGPACK_OBJECT_STR) {
-            names[n] = many->via.array.ptr[i].via.str.ptr;
-            lens[n++] = many->via.array.ptr[i].via.str.size;
+            if (n < cap) {
+                names[n] = many->via.array.ptr[i].via.str.ptr;
+                lens[n] = many->via.array.ptr[i].via.str.size;
+            }
+            n++;
         }
     if (!branch_op && n == 0) {
-        names[n] = "default";
-        lens[n++] = 7;
+        if (cap > 0) {
+            names[0] = "default";
+            lens[0] = 7;
+        }
+        n = 1;
     }
     return n;
 }
@@ -317,12 +332,25 @@ static void handle_request(struct conn *c, const struct proto_frame *f)
     }
     if (c->key) {
         enum storage_cmd_kind kind;
-        const char *names[64];
-        size_t lens[64];
+        const char *small_names[64];
+        size_t small_lens[64];
+        const char **names = small_names;
+        size_t *lens = small_lens;
         rc = storage_cmd_kind(bytes, blen, &kind, &err);
-        if (rc == 0) {
-            size_t nb = cmd_branches(&cmd, op, names, lens, 64);
+        size_t nb = rc ? 0 : cmd_branches(&cmd, op, names, lens, 64);
+        if (nb > 64) { /* e.g. branch.fork_many with many names: check every one */
+            names = sm_malloc(nb * sizeof *names);
+            lens = sm_malloc(nb * sizeof *lens);
+            if (names == NULL || lens == NULL)
+                rc = err_set(&err, STRATA_OUT_OF_MEMORY, "out of memory");
+            else
+                cmd_branches(&cmd, op, names, lens, nb);
+        }
+        if (rc == 0)
             rc = auth_check(c->key, kind == STORAGE_CMD_WRITE, names, lens, nb, &err);
+        if (names != small_names) {
+            sm_free(names);
+            sm_free(lens);
         }
         if (rc) {
             respond_now(c, req.id, rc, err.msg);

@@ -51,6 +51,8 @@ static void link_flush(struct fwd_link *l)
             continue;
         r->sent = true;
         link_write(l, &r->frame);
+        if (l->state == LINK_DEAD)
+            return; /* link_fail freed every request, r included */
     }
 }
 
@@ -150,12 +152,24 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
             msgpack_zone z;
             msgpack_zone_init(&z, 256);
             struct proto_welcome w;
-            if (strcmp(l->node->cluster_id, "joining") == 0 &&
-                proto_welcome_decode(&f, &z, &w, &err) == 0 && w.cluster_id_len > 0 &&
-                w.cluster_id_len < sizeof l->node->cluster_id &&
-                !(w.cluster_id_len == 7 && memcmp(w.cluster_id, "joining", 7) == 0))
+            const char *bad = NULL;
+            bool joining = strcmp(l->node->cluster_id, "joining") == 0;
+            if (proto_welcome_decode(&f, &z, &w, &err) != 0)
+                bad = "malformed WELCOME";
+            else if (joining && w.cluster_id_len > 0 &&
+                     w.cluster_id_len < sizeof l->node->cluster_id &&
+                     !(w.cluster_id_len == 7 && memcmp(w.cluster_id, "joining", 7) == 0))
                 node_set_cluster_id(l->node, w.cluster_id, w.cluster_id_len);
+            else if (!joining &&
+                     !(w.cluster_id_len == 7 && memcmp(w.cluster_id, "joining", 7) == 0) &&
+                     (w.cluster_id_len != strlen(l->node->cluster_id) ||
+                      memcmp(w.cluster_id, l->node->cluster_id, w.cluster_id_len) != 0))
+                bad = "the peer belongs to another cluster";
             msgpack_zone_destroy(&z);
+            if (bad) {
+                link_fail(l, bad);
+                return;
+            }
             l->state = LINK_READY;
             link_flush(l);
         } else if (l->state == LINK_READY && f.kind == PROTO_RESPONSE) {
@@ -259,9 +273,11 @@ void fwd_request(struct node *n, const char *leader, const char *api_key, const 
 {
     struct err err;
     err_clear(&err);
-    const char *key = api_key;
-    size_t keylen = api_key ? strlen(api_key) : 0;
-    struct fwd_link *l = link_get(n, leader, key, keylen, &err);
+    if (n->stopping) {
+        cb(arg, STRATA_UNAVAILABLE, NULL, 0, "the node is shutting down", NULL);
+        return;
+    }
+    struct fwd_link *l = link_get(n, leader, api_key, api_key ? strlen(api_key) : 0, &err);
     if (l == NULL) {
         cb(arg, err.code ? err.code : STRATA_UNAVAILABLE, NULL, 0, err.msg, leader);
         return;
@@ -290,7 +306,6 @@ void fwd_request(struct node *n, const char *leader, const char *api_key, const 
     while (*pp)
         pp = &(*pp)->next;
     *pp = r;
-    n->forwarded++;
     if (l->state == LINK_READY)
         link_flush(l);
 }

@@ -110,6 +110,7 @@ void node_submit(struct node *n, const uint8_t *cmd, size_t len, uint32_t flags,
            st.leader_address);
         return;
     }
+    n->forwarded++;
     fwd_request(n, st.leader_address, key ? key->key : NULL, cmd, len, flags, cb, arg);
 }
 
@@ -134,8 +135,10 @@ int node_admin(struct node *n, const char *op, const msgpack_object *cmd, const 
         if ((flags & PROTO_REQ_FORWARDED) || st.leader_address[0] == '\0')
             cb(arg, st.leader_address[0] ? STRATA_NOT_LEADER : STRATA_UNAVAILABLE, NULL, 0,
                "this node is not the leader", st.leader_address);
-        else
+        else {
+            n->forwarded++;
             fwd_request(n, st.leader_address, key ? key->key : NULL, bytes, len, flags, cb, arg);
+        }
         return 0;
     }
     uint64_t id = 0;
@@ -155,7 +158,16 @@ int node_admin(struct node *n, const char *op, const msgpack_object *cmd, const 
         }
     }
     if (strcmp(op, "cluster.add_member") == 0) {
-        if (id == 0 || addr == NULL || alen == 0 || alen > REPL_ADDRESS_MAX) {
+        char host[REPL_ADDRESS_MAX + 1], tmp[REPL_ADDRESS_MAX + 1];
+        int port;
+        bool printable = addr && alen > 0 && alen <= REPL_ADDRESS_MAX;
+        for (size_t i = 0; printable && i < alen; i++)
+            printable = addr[i] > 0x20 && addr[i] < 0x7f;
+        if (printable) {
+            memcpy(tmp, addr, alen);
+            tmp[alen] = '\0';
+        }
+        if (id == 0 || !printable || parse_hostport(tmp, host, sizeof host, &port) != 0) {
             cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0,
                "cluster.add_member needs 'id' (> 0) and 'address' (host:port)", NULL);
             return 0;
@@ -404,6 +416,10 @@ static void join_try(uv_timer_t *t)
 {
     struct join_state *js = t->data;
     struct node *n = js->node;
+    if (n->stopping) {
+        uv_close((uv_handle_t *)&js->timer, join_closed);
+        return;
+    }
     js->attempts++;
     char addr[REPL_ADDRESS_MAX + 1];
     const char *list = n->cfg.join;

@@ -57,6 +57,10 @@ static const struct auth_case cases[] = {
     {"agent-* key, cluster.add_member", "agent-key",
      "{\"op\":\"cluster.add_member\",\"id\":9,\"address\":\"127.0.0.1:1\"}",
      STRATA_PERMISSION_DENIED},
+    /* More names than the server's small buffer: every one is checked, the last too. */
+    {"agent-* key, fork_many into 69 agent-* names and main-z", "agent-key",
+     "{\"op\":\"branch.fork_many\",\"source\":\"agent-a\",\"names\":[\"agent-n00\",\"agent-n01\",\"agent-n02\",\"agent-n03\",\"agent-n04\",\"agent-n05\",\"agent-n06\",\"agent-n07\",\"agent-n08\",\"agent-n09\",\"agent-n10\",\"agent-n11\",\"agent-n12\",\"agent-n13\",\"agent-n14\",\"agent-n15\",\"agent-n16\",\"agent-n17\",\"agent-n18\",\"agent-n19\",\"agent-n20\",\"agent-n21\",\"agent-n22\",\"agent-n23\",\"agent-n24\",\"agent-n25\",\"agent-n26\",\"agent-n27\",\"agent-n28\",\"agent-n29\",\"agent-n30\",\"agent-n31\",\"agent-n32\",\"agent-n33\",\"agent-n34\",\"agent-n35\",\"agent-n36\",\"agent-n37\",\"agent-n38\",\"agent-n39\",\"agent-n40\",\"agent-n41\",\"agent-n42\",\"agent-n43\",\"agent-n44\",\"agent-n45\",\"agent-n46\",\"agent-n47\",\"agent-n48\",\"agent-n49\",\"agent-n50\",\"agent-n51\",\"agent-n52\",\"agent-n53\",\"agent-n54\",\"agent-n55\",\"agent-n56\",\"agent-n57\",\"agent-n58\",\"agent-n59\",\"agent-n60\",\"agent-n61\",\"agent-n62\",\"agent-n63\",\"agent-n64\",\"agent-n65\",\"agent-n66\",\"agent-n67\",\"agent-n68\",\"main-z\"]}",
+     STRATA_PERMISSION_DENIED},
     {"agent-* key, a read of agent-a", "agent-key",
      "{\"op\":\"kv.get\",\"branch\":\"agent-a\",\"key\":\"a\"}", 0},
     {"admin key, a write to main-x", "admin-key",
