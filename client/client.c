@@ -9,8 +9,7 @@
 
 #include <string.h>
 
-/* Which kind of database a handle talks to. Each later backend adds a value here and a
- * case in strata_exec() / strata_close(). */
+/* Which kind of database a handle talks to. */
 enum backend {
     BACKEND_MEM = 1,
     BACKEND_FILE,
@@ -44,43 +43,20 @@ static int uri_file(const char *uri, const char *dir, struct strata **out, struc
     return 0;
 }
 
-/* strata://[KEY@]HOST[:PORT][,HOST[:PORT]...][/] — a server or the seed list of a cluster. */
+/* strata://[KEY@]HOST[:PORT][,HOST[:PORT]...][/] — a server or the seed list of a cluster.
+ * Parsed (and checked) by net_parse; no I/O until the first command. */
 static int uri_server(const char *uri, const char *rest, struct strata **out, struct err *err)
 {
-    const char *hosts = rest;
-    const char *at = strchr(rest, '@');
-    if (at && at < rest + strcspn(rest, "/"))
-        hosts = at + 1;
-    size_t n = strcspn(hosts, "/");
-    if (hosts[n] == '/' && hosts[n + 1] != '\0')
-        return err_set(err, STRATA_INVALID_ARGUMENT,
-                       "URI '%.*s' has a path: expected strata://HOST[:PORT][,HOST[:PORT]...]",
-                       URI_SHOW_MAX, uri);
-    const char *p = hosts, *end = hosts + n;
-    while (p <= end) {
-        const char *comma = memchr(p, ',', (size_t)(end - p));
-        const char *hend = comma ? comma : end;
-        const char *colon = memchr(p, ':', (size_t)(hend - p));
-        const char *host_end = colon ? colon : hend;
-        bool port_ok = colon == NULL || (hend - colon > 1 && hend - colon <= 6);
-        for (const char *c = colon ? colon + 1 : hend; port_ok && c < hend; c++)
-            port_ok = *c >= '0' && *c <= '9';
-        if (host_end == p || !port_ok)
-            return err_set(err, STRATA_INVALID_ARGUMENT,
-                           "URI '%.*s' has a bad host '%.*s': expected HOST or HOST:PORT",
-                           URI_SHOW_MAX, uri, (int)(hend - p), p);
-        p = hend + 1;
-    }
     struct strata *db = sm_calloc(1, sizeof *db);
     if (db == NULL)
         return err_set(err, STRATA_OUT_OF_MEMORY, "out of memory opening '%s'", uri);
     db->kind = BACKEND_NET;
-    int rc = net_parse(&db->net, rest, err);
+    int rc = net_parse(&db->net, uri, rest, err);
     if (rc) {
         sm_free(db);
         return rc;
     }
-    *out = db; /* connects lazily, at the first command */
+    *out = db;
     return 0;
 }
 

@@ -33,7 +33,29 @@ static void sleep_ms(unsigned ms)
     nanosleep(&ts, NULL);
 }
 
-int net_parse(struct net *n, const char *rest, struct err *err)
+#define URI_SHOW_MAX 200
+
+/* HOST or HOST:PORT with PORT 1..65535. */
+static bool seed_ok(const char *p, size_t l)
+{
+    const char *colon = memchr(p, ':', l);
+    if (colon == p)
+        return false;
+    if (colon == NULL)
+        return l > 0;
+    size_t pl = l - (size_t)(colon - p) - 1;
+    if (pl == 0 || pl > 5)
+        return false;
+    unsigned port = 0;
+    for (size_t i = 0; i < pl; i++) {
+        if (colon[1 + i] < '0' || colon[1 + i] > '9')
+            return false;
+        port = port * 10 + (unsigned)(colon[1 + i] - '0');
+    }
+    return port >= 1 && port <= 65535;
+}
+
+int net_parse(struct net *n, const char *uri, const char *rest, struct err *err)
 {
     memset(n, 0, sizeof *n);
     n->fd = -1;
@@ -49,10 +71,18 @@ int net_parse(struct net *n, const char *rest, struct err *err)
         rest = at + 1;
     }
     size_t len = strcspn(rest, "/");
+    if (rest[len] == '/' && rest[len + 1] != '\0')
+        return err_set(err, STRATA_INVALID_ARGUMENT,
+                       "URI '%.*s' has a path: expected strata://HOST[:PORT][,HOST[:PORT]...]",
+                       URI_SHOW_MAX, uri);
     const char *p = rest, *end = rest + len;
-    while (p < end) {
+    do {
         size_t l = strcspn(p, ",/");
-        if (l == 0 || l >= sizeof n->seeds[0] || n->nseeds == NET_MAX_SEEDS)
+        if (!seed_ok(p, l))
+            return err_set(err, STRATA_INVALID_ARGUMENT,
+                           "URI '%.*s' has a bad host '%.*s': expected HOST or HOST:PORT",
+                           URI_SHOW_MAX, uri, (int)l, p);
+        if (l >= sizeof n->seeds[0] || n->nseeds == NET_MAX_SEEDS)
             return err_set(err, STRATA_INVALID_ARGUMENT, "bad seed list in the URI");
         char *s = n->seeds[n->nseeds++];
         memcpy(s, p, l);
@@ -60,9 +90,7 @@ int net_parse(struct net *n, const char *rest, struct err *err)
         if (strchr(s, ':') == NULL) /* default port */
             snprintf(s + l, sizeof n->seeds[0] - l, ":9876");
         p += l + (p[l] == ',');
-    }
-    if (n->nseeds == 0)
-        return err_set(err, STRATA_INVALID_ARGUMENT, "the URI names no server");
+    } while (p <= end && p[-1] == ',');
     return 0;
 }
 
@@ -411,8 +439,6 @@ int net_exec_many(struct net *n, const uint8_t *const *cmds, const size_t *lens,
             break;
         sleep_ms(backoff);
         backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
-        for (size_t i = 0; i < cnt; i++)
-            s[i].id = s[i].done ? s[i].id : 0;
     }
     for (size_t i = 0; i < cnt; i++) {
         if (!s[i].done)

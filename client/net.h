@@ -27,7 +27,7 @@ struct net {
 void net_set_timeouts(struct net *n, int op_ms, int connect_ms);
 
 /* Parse "[KEY@]HOST[:PORT][,HOST[:PORT]...]" (after "strata://"). No I/O. */
-int net_parse(struct net *n, const char *rest, struct err *err);
+int net_parse(struct net *n, const char *uri, const char *rest, struct err *err);
 void net_close(struct net *n);
 /* Execute cnt commands pipelined on one connection; per-command codes, results and
  * errors. Reads are retried across reconnects; a write whose connection failed after it

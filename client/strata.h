@@ -32,8 +32,11 @@ struct strata;
  * On success returns 0 and stores a new handle in *out, owned by the caller and released
  * with strata_close(). On failure returns a code from common.h with `err` filled (err
  * may be NULL) and leaves *out untouched:
- *   INVALID_ARGUMENT  malformed or unknown URI, or a scheme this build does not support;
- *   OUT_OF_MEMORY     allocation failed. */
+ *   INVALID_ARGUMENT  malformed or unknown URI (strata:// ports must be 1..65535);
+ *   OUT_OF_MEMORY     allocation failed;
+ * and for file:DIR also UNAVAILABLE (another handle or process holds DIR's lock, or the
+ * local database did not become ready) and the codes of opening its Raft log.
+ * strata:// does no I/O here: a server that cannot be reached shows at the first call. */
 int strata_open(const char *uri, struct strata **out, struct err *err);
 
 /* Close a handle and release everything it owns. NULL is a no-op. For `mem:` the
@@ -44,7 +47,8 @@ void strata_close(struct strata *db);
  * for the call). On success returns 0 and appends the MessagePack result to `result`
  * (caller-owned, not reset first). On failure returns a code from common.h, fills `err`
  * (may be NULL) with the code and a message naming the offending argument, appends
- * nothing to `result`, and the database is unchanged. Writes are stamped with the
+ * nothing to `result`, and the database is unchanged — except STRATA_UNKNOWN_OUTCOME
+ * (servers only): the write was sent and may or may not have been applied. Writes are stamped with the
  * wall clock of whoever applies them first — the client's for mem:, the leader's for
  * file: and strata:// — and timestamps never go backwards. */
 int strata_exec(struct strata *db, const uint8_t *cmd, size_t len, struct buf *result,
