@@ -195,10 +195,12 @@ static int session_use(struct conn *c, const msgpack_object *cmd, struct err *er
 {
     const msgpack_object *br = map_get(cmd, "branch"), *sp = map_get(cmd, "space");
     if (br && (br->type != MSGPACK_OBJECT_STR || br->via.str.size == 0 ||
-               br->via.str.size >= sizeof c->sess.branch))
+               br->via.str.size >= sizeof c->sess.branch ||
+               memchr(br->via.str.ptr, 0, br->via.str.size)))
         return err_set(err, STRATA_INVALID_ARGUMENT, "argument 'branch' must be a branch name");
     if (sp && (sp->type != MSGPACK_OBJECT_STR || sp->via.str.size == 0 ||
-               sp->via.str.size >= sizeof c->sess.space))
+               sp->via.str.size >= sizeof c->sess.space ||
+               memchr(sp->via.str.ptr, 0, sp->via.str.size)))
         return err_set(err, STRATA_INVALID_ARGUMENT, "argument 'space' must be a space name");
     if (br)
         snprintf(c->sess.branch, sizeof c->sess.branch, "%.*s", (int)br->via.str.size,
@@ -301,7 +303,11 @@ static void handle_request(struct conn *c, const struct proto_frame *f)
     }
     const msgpack_object *opo = map_get(&cmd, "op");
     char op[64] = "";
-    if (opo && opo->type == MSGPACK_OBJECT_STR && opo->via.str.size < sizeof op)
+    if (opo && opo->type == MSGPACK_OBJECT_STR && opo->via.str.size >= sizeof op) {
+        respond_now(c, req.id, STRATA_INVALID_ARGUMENT, "'op' is longer than any command name");
+        goto out;
+    }
+    if (opo && opo->type == MSGPACK_OBJECT_STR)
         snprintf(op, sizeof op, "%.*s", (int)opo->via.str.size, opo->via.str.ptr);
     if (strcmp(op, "cluster.status") == 0) {
         cluster_status(c, req.id);
@@ -407,12 +413,6 @@ static void handle_hello(struct conn *c, const struct proto_frame *f)
     c->state = CONN_READY;
 }
 
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
-{
-    (void)h;
-    b->base = sm_malloc(suggested);
-    b->len = b->base ? suggested : 0;
-}
 
 static void on_frames(struct conn *c)
 {
@@ -477,6 +477,6 @@ void conn_start_client(struct node *n, uv_tcp_t *tcp, const char *first, size_t 
         return;
     }
     on_frames(c);
-    if (c->state != CONN_CLOSING && uv_read_start((uv_stream_t *)tcp, on_alloc, on_read))
+    if (c->state != CONN_CLOSING && uv_read_start((uv_stream_t *)tcp, node_alloc, on_read))
         conn_close(c);
 }

@@ -122,12 +122,6 @@ static void on_response(struct fwd_link *l, const struct proto_frame *f)
     msgpack_zone_destroy(&z);
 }
 
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
-{
-    (void)h;
-    b->base = sm_malloc(suggested);
-    b->len = b->base ? suggested : 0;
-}
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 {
@@ -217,7 +211,7 @@ static void on_connect(uv_connect_t *req, int status)
     }
     l->state = LINK_HELLO_WAIT;
     link_write(l, &b);
-    if (l->state != LINK_DEAD && uv_read_start((uv_stream_t *)&l->tcp, on_alloc, on_read))
+    if (l->state != LINK_DEAD && uv_read_start((uv_stream_t *)&l->tcp, node_alloc, on_read))
         link_fail(l, "cannot read");
 }
 

@@ -133,6 +133,8 @@ int node_admin(struct node *n, const char *op, const msgpack_object *cmd, const 
                void *arg);
 /* Adopt (and persist in DIR/node) the cluster id learned when joining. */
 void node_set_cluster_id(struct node *n, const char *id, size_t len);
+/* libuv read buffer allocator (the read callback frees b->base). */
+void node_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b);
 /* Queue `data` on a stream (ownership of its bytes passes here; data is left empty).
  * Returns 0, or a libuv error after which the caller closes the stream. */
 int stream_write(uv_stream_t *s, struct buf *data);

@@ -27,7 +27,14 @@ int parse_hostport(const char *s, char *host, size_t hostcap, int *port)
     return 0;
 }
 
-/* ---- Writing ------------------------------------------------------------------------------ */
+/* ---- Reading and writing ------------------------------------------------------------------ */
+
+void node_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    (void)h;
+    b->base = sm_malloc(suggested);
+    b->len = b->base ? suggested : 0;
+}
 
 struct wreq {
     uv_write_t req;
