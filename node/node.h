@@ -25,6 +25,7 @@ struct node_config {
     const char *api_keys_file;
     size_t max_frame;
     unsigned idle_timeout_ms; /* session idle timeout (closes the connection) */
+    char http[REPL_ADDRESS_MAX + 1]; /* --http HOST:PORT for /metrics etc., "" = none */
     struct repl_options repl;
 };
 
@@ -91,6 +92,7 @@ void fwd_request(struct node *n, const char *leader, const char *api_key, const 
 void fwd_close_all(struct node *n);
 struct fwd_link;
 struct sniff;
+struct observe; /* metrics and the HTTP endpoints (observe.h) */
 
 /* ---- The node (server.c) ---------------------------------------------------------- */
 struct node {
@@ -108,6 +110,7 @@ struct node {
     struct sniff *sniffs; /* accepted, kind not known yet */
     struct fwd_link *links;
     uint64_t forwarded; /* requests relayed to the leader (metric) */
+    struct observe *obs; /* NULL without --http */
     bool stopping;
     int exit_code;
     /* A fresh data dir given --bootstrap waits for the other initial members before it
