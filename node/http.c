@@ -126,7 +126,7 @@ static int finish(struct http_req *r)
     struct http_parser_url u;
     http_parser_url_init(&u);
     if (r->url_len == 0 || http_parser_parse_url(r->url, r->url_len, 0, &u) != 0 ||
-        !(u.field_set & (1 << UF_PATH))) {
+        !(u.field_set & (1 << UF_PATH)) || r->url[u.field_data[UF_PATH].off] != '/') {
         r->status = 400;
         r->reason = "bad request target";
         return 400;
