@@ -4,8 +4,9 @@
  * Parsing is done by the http-parser library (nodejs/http-parser 2.9, Debian package
  * libhttp-parser-dev); this file adds the limits and the policy around it:
  *   - a request head (request line + headers) longer than HTTP_HEAD_MAX bytes: 431;
- *   - a request line or header the parser rejects, a HTTP/1.1 request without Host,
- *     or a request with a body (GET has none here): 400;
+ *   - a request line or header the parser rejects, a request target that is not a
+ *     path ("/..." or an absolute URL with one), an HTTP/1.1 request without Host, or a
+ *     request with a body (GET has none here): 400;
  *   - an HTTP major version other than 1: 505 (0.9 has no version: 400);
  *   - any method but GET: 405 with "Allow: GET";
  *   - a path the handler does not know: whatever the handler answers (404 by default).
@@ -15,7 +16,7 @@
  * answered in order. A connection is closed when no complete request head arrives
  * within HTTP_IDLE_MS of its accept or of its previous request (this bounds both idle
  * keep-alive connections and slow senders). At most HTTP_MAX_CONNS connections are
- * open; past that a new one gets 503 and is closed.
+ * served; past that a new one gets 503 and is closed (and past 64 more, closed at once).
  *
  * Thread: everything runs on the loop thread given to http_server_start. */
 #ifndef STRATA_NODE_HTTP_H
