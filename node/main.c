@@ -115,8 +115,7 @@ int main(int argc, char **argv)
                 return 2;
             }
             snprintf(c->http, sizeof c->http, "%s", v);
-        }
-        else if (strcmp(a, "--log-level") == 0) {
+        } else if (strcmp(a, "--log-level") == 0) {
             static const char *const lv[] = {"debug", "info", "warn", "error"};
             int found = -1;
             for (int j = 0; j < 4; j++)
