@@ -1,6 +1,7 @@
 /* Client connections: handshake, requests in and responses out (any order), the
  * session's default branch/space, authentication, and node-level commands. */
 #include "node.h"
+#include "observe.h"
 
 #include <openssl/evp.h>
 #include <raft.h>
@@ -67,6 +68,8 @@ void conn_close(struct conn *c)
 struct pending {
     struct conn *c;
     uint64_t id;
+    int op;         /* metrics: the op label (observe_op) */
+    uint64_t t0_ns; /* metrics: when the request was decoded */
 };
 
 static void respond(void *arg, int code, const uint8_t *result, size_t len, const char *message,
@@ -84,18 +87,19 @@ static void respond(void *arg, int code, const uint8_t *result, size_t len, cons
     else
         conn_close(c); /* never leave a request unanswered on an open connection */
     buf_close(&b);
+    observe_command(c->node, p->op, code, uv_hrtime() - p->t0_ns);
     sm_free(p);
     conn_unref(c);
 }
 
-static void respond_now(struct conn *c, uint64_t id, int code, const char *message)
+static void respond_now(struct conn *c, uint64_t id, int op, int code, const char *message)
 {
     struct pending *p = sm_malloc(sizeof *p);
     if (p == NULL) {
         conn_close(c);
         return;
     }
-    *p = (struct pending){c, id};
+    *p = (struct pending){c, id, op, uv_hrtime()};
     c->refs++;
     respond(p, code, NULL, 0, message, NULL);
 }
@@ -146,7 +150,7 @@ static void engine_digest(struct storage *e, char hex[65])
 
 /* cluster.status {digest?}: this node's view of the meta group (top level, as before
  * sharding) and of every group it hosts. */
-static void cluster_status(struct conn *c, uint64_t id, bool digest)
+static void cluster_status(struct conn *c, uint64_t id, int op, bool digest)
 {
     struct node *n = c->node;
     struct repl_status st;
@@ -252,7 +256,7 @@ static void cluster_status(struct conn *c, uint64_t id, bool digest)
     }
     struct pending *p = sm_malloc(sizeof *p);
     if (p && b.len > 0) {
-        *p = (struct pending){c, id};
+        *p = (struct pending){c, id, op, uv_hrtime()};
         c->refs++;
         respond(p, 0, b.data, b.len, NULL, NULL);
     } else {
@@ -327,22 +331,25 @@ static void handle_request(struct conn *c, const struct proto_frame *f)
     buf_init(&rewritten);
     const uint8_t *bytes = req.cmd;
     size_t blen = req.cmd_len;
+    int opi = OBSERVE_OP_UNKNOWN;
     if (msgpack_unpack((const char *)req.cmd, req.cmd_len, &off, &z, &cmd) !=
         MSGPACK_UNPACK_SUCCESS) {
-        respond_now(c, req.id, STRATA_INVALID_ARGUMENT, "command cannot be decoded");
+        respond_now(c, req.id, opi, STRATA_INVALID_ARGUMENT, "command cannot be decoded");
         goto out;
     }
     const msgpack_object *opo = map_get(&cmd, "op");
     char op[64] = "";
     if (opo && opo->type == MSGPACK_OBJECT_STR && opo->via.str.size >= sizeof op) {
-        respond_now(c, req.id, STRATA_INVALID_ARGUMENT, "'op' is longer than any command name");
+        respond_now(c, req.id, opi, STRATA_INVALID_ARGUMENT,
+                    "'op' is longer than any command name");
         goto out;
     }
     if (opo && opo->type == MSGPACK_OBJECT_STR)
         snprintf(op, sizeof op, "%.*s", (int)opo->via.str.size, opo->via.str.ptr);
+    opi = observe_op(c->node, op);
     if (strcmp(op, "cluster.status") == 0) {
         const msgpack_object *dg = map_get(&cmd, "digest");
-        cluster_status(c, req.id, dg && dg->type == MSGPACK_OBJECT_BOOLEAN && dg->via.boolean);
+        cluster_status(c, req.id, opi, dg && dg->type == MSGPACK_OBJECT_BOOLEAN && dg->via.boolean);
         goto out;
     }
     if (strcmp(op, "cluster.placement") == 0 || strcmp(op, "cluster.assign") == 0) {
@@ -363,16 +370,16 @@ static void handle_request(struct conn *c, const struct proto_frame *f)
             sm_free(names);
             sm_free(lens);
             if (rc) {
-                respond_now(c, req.id, rc, err.msg);
+                respond_now(c, req.id, opi, rc, err.msg);
                 goto out;
             }
         }
         struct pending *p = sm_malloc(sizeof *p);
         if (p == NULL) {
-            respond_now(c, req.id, STRATA_OUT_OF_MEMORY, "out of memory");
+            respond_now(c, req.id, opi, STRATA_OUT_OF_MEMORY, "out of memory");
             goto out;
         }
-        *p = (struct pending){c, req.id};
+        *p = (struct pending){c, req.id, opi, uv_hrtime()};
         c->refs++;
         if (assign) {
             node_assign(c->node, req.cmd, req.cmd_len, req.flags, c->key, respond, p);
@@ -393,17 +400,17 @@ static void handle_request(struct conn *c, const struct proto_frame *f)
     if (strncmp(op, "cluster.", 8) == 0) {
         struct pending *p = sm_malloc(sizeof *p);
         if (p == NULL) {
-            respond_now(c, req.id, STRATA_OUT_OF_MEMORY, "out of memory");
+            respond_now(c, req.id, opi, STRATA_OUT_OF_MEMORY, "out of memory");
             goto out;
         }
-        *p = (struct pending){c, req.id};
+        *p = (struct pending){c, req.id, opi, uv_hrtime()};
         c->refs++;
         node_admin(c->node, op, &cmd, req.cmd, req.cmd_len, req.flags, c->key, respond, p);
         goto out;
     }
     if (strcmp(op, "session.use") == 0) {
         rc = session_use(c, &cmd, &err);
-        respond_now(c, req.id, rc, rc ? err.msg : NULL);
+        respond_now(c, req.id, opi, rc, rc ? err.msg : NULL);
         goto out;
     }
     if (apply_session(c, &cmd, op, &rewritten) == 1) {
@@ -436,16 +443,16 @@ static void handle_request(struct conn *c, const struct proto_frame *f)
             sm_free(lens);
         }
         if (rc) {
-            respond_now(c, req.id, rc, err.msg);
+            respond_now(c, req.id, opi, rc, err.msg);
             goto out;
         }
     }
     struct pending *p = sm_malloc(sizeof *p);
     if (p == NULL) {
-        respond_now(c, req.id, STRATA_OUT_OF_MEMORY, "out of memory");
+        respond_now(c, req.id, opi, STRATA_OUT_OF_MEMORY, "out of memory");
         goto out;
     }
-    *p = (struct pending){c, req.id};
+    *p = (struct pending){c, req.id, opi, uv_hrtime()};
     c->refs++;
     node_submit(c->node, bytes, blen, req.flags, &req.route, c->key, respond, p);
 out:

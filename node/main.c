@@ -15,8 +15,10 @@ static void usage(FILE *f)
             "                       [--heartbeat-timeout-ms MS] [--snapshot-threshold N]\n"
             "                       [--snapshot-trailing N] [--max-frame-bytes N]\n"
             "                       [--idle-timeout-ms MS] [--shards N] [--replication-factor N]\n"
-            "                       [--log-level debug|info|warn|error]\n"
-            "Defaults: --listen 127.0.0.1:9876, --advertise = --listen. See docs/server.md.\n");
+            "                       [--log-level debug|info|warn|error] [--http HOST:PORT]\n"
+            "Defaults: --listen 127.0.0.1:9876, --advertise = --listen, no --http.\n"
+            "--http serves /metrics (Prometheus), /healthz and /readyz over HTTP/1.1\n"
+            "(docs/operations.md). See docs/server.md.\n");
 }
 
 static int parse_members(const char *list, struct node_config *c)
@@ -111,7 +113,15 @@ int main(int argc, char **argv)
             c->shards = (uint32_t)num(a, v);
         else if (strcmp(a, "--replication-factor") == 0)
             c->rf = (uint32_t)num(a, v);
-        else if (strcmp(a, "--log-level") == 0) {
+        else if (strcmp(a, "--http") == 0) {
+            char host[sizeof c->http];
+            int port;
+            if (strlen(v) >= sizeof c->http || parse_hostport(v, host, sizeof host, &port)) {
+                fprintf(stderr, "stratadb-server: --http must be HOST:PORT, got '%s'\n", v);
+                return 2;
+            }
+            snprintf(c->http, sizeof c->http, "%s", v);
+        } else if (strcmp(a, "--log-level") == 0) {
             static const char *const lv[] = {"debug", "info", "warn", "error"};
             int found = -1;
             for (int j = 0; j < 4; j++)

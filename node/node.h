@@ -28,6 +28,7 @@ struct node_config {
     unsigned idle_timeout_ms; /* session idle timeout (closes the connection) */
     uint32_t shards;          /* --shards: shard groups of a new cluster (default 3) */
     uint32_t rf;              /* --replication-factor of a new cluster (default 3) */
+    char http[REPL_ADDRESS_MAX + 1]; /* --http HOST:PORT for /metrics etc., "" = none */
     struct repl_options repl; /* template for every group (group_id, data_dir set per group) */
 };
 
@@ -94,6 +95,7 @@ void fwd_request(struct node *n, const char *leader, const char *api_key, const 
 void fwd_close_all(struct node *n);
 struct fwd_link;
 struct sniff;
+struct observe; /* metrics and the HTTP endpoints (observe.h) */
 
 /* ---- Groups and placement (shards.c) ----------------------------------------------
  * A node hosts replicas of several Raft groups: group 0 (meta: the placement table) and
@@ -196,6 +198,7 @@ struct node {
     struct sniff *sniffs; /* accepted, kind not known yet */
     struct fwd_link *links;
     uint64_t forwarded; /* requests relayed to the leader (metric) */
+    struct observe *obs; /* NULL without --http */
     bool stopping;
     int exit_code;
     /* A fresh data dir given --bootstrap waits for the other initial members before it

@@ -1,6 +1,7 @@
 /* The node: one listening port shared by clients and raft peers, routing of commands
  * (local on the leader, forwarded from followers), joining, signals and shutdown. */
 #include "node.h"
+#include "observe.h"
 
 #include <errno.h>
 #include <openssl/evp.h>
@@ -583,6 +584,8 @@ int node_start(struct node *n, struct err *err)
         log_info("new data dir: waiting for a majority of the initial members before "
                  "bootstrapping");
     }
+    if ((rc = observe_start(n, err)))
+        return rc;
     uv_timer_init(n->loop, &n->idle_timer);
     n->idle_timer.data = n;
     uv_timer_start(&n->idle_timer, on_idle_check, 1000, 1000);
@@ -608,6 +611,7 @@ static void groups_stopped(struct node *n)
     uv_close((uv_handle_t *)&n->idle_timer, NULL);
     uv_close((uv_handle_t *)&n->sigterm, NULL);
     uv_close((uv_handle_t *)&n->sigint, NULL);
+    observe_stop(n); /* kept open until here: /readyz says "stopping" meanwhile */
     if (n->fresh && n->cfg.nmembers > 1)
         uv_close((uv_handle_t *)&n->probe_timer, NULL);
 }

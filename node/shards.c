@@ -2,6 +2,7 @@
  * cache refresh, the meta leader's duties (initial table, serialized assignments) and
  * leader spreading. Plan and failure cases: docs/sharding.md. */
 #include "node.h"
+#include "observe.h"
 
 #include <dirent.h>
 #include <stdio.h>
@@ -53,6 +54,7 @@ struct node_group *node_group(struct node *n, uint32_t id)
 static void on_group_event(void *arg, enum repl_event ev, const char *detail)
 {
     struct node_group *g = arg;
+    observe_repl_event(g->node, g->id, ev, detail);
     static const char *const names[] = {"",           "elected leader", "lost leadership",
                                         "leader changed", "snapshot taken", "snapshot installed",
                                         "peer down",  "peer up",        "disk error"};

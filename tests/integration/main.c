@@ -30,6 +30,7 @@ static const struct {
     {"auth", test_auth, 90},
     {"file_durability", test_file_durability, 60},
     {"file_crash", test_file_crash, 60},
+    {"http", test_http, 120},
 };
 
 int main(int argc, char **argv)
