@@ -92,6 +92,11 @@ typedef void (*fwd_done_cb)(void *arg, int code, const uint8_t *result, size_t l
                             const char *message, const char *leader);
 void fwd_request(struct node *n, const char *leader, const char *api_key, const uint8_t *cmd,
                  size_t len, uint32_t flags, fwd_done_cb cb, void *arg);
+/* The same, carrying the shard the command is meant for (the receiver runs a forwarded
+ * fan-out part on that shard instead of fanning out again). */
+void fwd_request_routed(struct node *n, const char *leader, const char *api_key,
+                        const uint8_t *cmd, size_t len, uint32_t flags,
+                        const struct proto_route *route, fwd_done_cb cb, void *arg);
 void fwd_close_all(struct node *n);
 struct fwd_link;
 struct sniff;

@@ -178,8 +178,10 @@ static void route_run(struct route *r)
     }
     snprintf(r->target, sizeof r->target, "%s", to);
     n->forwarded++;
-    fwd_request(n, r->target, r->key ? r->key->key : NULL, r->cmd, r->len,
-                r->flags | PROTO_REQ_FORWARDED, forwarded_reply, r);
+    struct proto_route rt = {r->gid > 0 && r->local == NULL, r->gid,
+                             n->have_pl ? n->pl.epoch : 0};
+    fwd_request_routed(n, r->target, r->key ? r->key->key : NULL, r->cmd, r->len,
+                       r->flags | PROTO_REQ_FORWARDED, &rt, forwarded_reply, r);
 }
 
 void route_local(struct node *n, node_local_fn local, uint32_t gid, const uint8_t *cmd,
@@ -668,6 +670,19 @@ static void submit_step(struct submit *s)
     err_clear(&err);
     switch (s->kind) {
     case SK_LIST:
+        if ((s->flags & PROTO_REQ_FORWARDED) && s->expect.set) {
+            /* One part of another node's fan-out: this shard only. */
+            route_to_group(n, s->expect.shard, s->cmd, s->len, s->flags, s->key, s->cb, s->arg);
+            submit_free(s);
+            return;
+        }
+        if (!s->refreshed) {
+            /* Read-your-writes for a listing: a branch made through another node a moment
+             * ago must not be filtered out by a cache that has not seen it yet. */
+            s->refreshed = true;
+            placement_wait(n, 0, true, submit_resume, s);
+            return;
+        }
         list_fanout(s);
         return;
     case SK_CREATE:
