@@ -8,17 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int buf_w(void *d, const char *p, size_t n)
-{
-    return buf_append(d, p, n) ? -1 : 0;
-}
-
-static void pack_str(msgpack_packer *pk, const char *s)
-{
-    msgpack_pack_str(pk, strlen(s));
-    msgpack_pack_str_body(pk, s, strlen(s));
-}
-
 /* The arguments every cluster.* command may carry. */
 struct admin_args {
     uint64_t id;
@@ -116,19 +105,19 @@ static void group_member_send(struct node *n, uint32_t gid, bool add, uint64_t i
     struct buf b;
     buf_init(&b);
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, buf_w);
+    msgpack_packer_init(&pk, &b, node_buf_w);
     msgpack_pack_map(&pk, add ? 5 : 4);
-    pack_str(&pk, "op");
-    pack_str(&pk, "cluster.group_member");
-    pack_str(&pk, "group");
+    node_pack_str(&pk, "op");
+    node_pack_str(&pk, "cluster.group_member");
+    node_pack_str(&pk, "group");
     msgpack_pack_uint32(&pk, gid);
-    pack_str(&pk, "change");
-    pack_str(&pk, add ? "add" : "remove");
-    pack_str(&pk, "id");
+    node_pack_str(&pk, "change");
+    node_pack_str(&pk, add ? "add" : "remove");
+    node_pack_str(&pk, "id");
     msgpack_pack_uint64(&pk, id);
     if (add) {
-        pack_str(&pk, "address");
-        pack_str(&pk, address);
+        node_pack_str(&pk, "address");
+        node_pack_str(&pk, address);
     }
     route_local(n, group_member_local, gid, b.data, b.len, 0, key, cb, arg);
     buf_close(&b);

@@ -104,32 +104,6 @@ static void respond_now(struct conn *c, uint64_t id, int op, int code, const cha
     respond(p, code, NULL, 0, message, NULL);
 }
 
-static int buf_w(void *d, const char *p, size_t n)
-{
-    return buf_append(d, p, n) ? -1 : 0;
-}
-
-static bool str_is(const msgpack_object *o, const char *s)
-{
-    size_t n = strlen(s);
-    return o && o->type == MSGPACK_OBJECT_STR && o->via.str.size == n &&
-           memcmp(o->via.str.ptr, s, n) == 0;
-}
-
-static const msgpack_object *map_get(const msgpack_object *m, const char *key)
-{
-    for (uint32_t i = 0; m->type == MSGPACK_OBJECT_MAP && i < m->via.map.size; i++)
-        if (str_is(&m->via.map.ptr[i].key, key))
-            return &m->via.map.ptr[i].val;
-    return NULL;
-}
-
-static void pack_str(msgpack_packer *pk, const char *s)
-{
-    msgpack_pack_str(pk, strlen(s));
-    msgpack_pack_str_body(pk, s, strlen(s));
-}
-
 static int digest_w(void *arg, const void *p, size_t n)
 {
     return EVP_DigestUpdate(arg, p, n) == 1 ? 0 : STRATA_INTERNAL;
@@ -159,53 +133,53 @@ static void cluster_status(struct conn *c, uint64_t id, int op, bool digest)
     struct buf b;
     buf_init(&b);
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, buf_w);
+    msgpack_packer_init(&pk, &b, node_buf_w);
     msgpack_pack_map(&pk, 14);
-    pack_str(&pk, "node_id");
+    node_pack_str(&pk, "node_id");
     msgpack_pack_uint64(&pk, n->cfg.node_id);
-    pack_str(&pk, "address");
-    pack_str(&pk, n->cfg.advertise);
-    pack_str(&pk, "cluster_id");
-    pack_str(&pk, n->cluster_id);
-    pack_str(&pk, "role");
-    pack_str(&pk, roles[st.role < 5 ? st.role : 4]);
-    pack_str(&pk, "leader_id");
+    node_pack_str(&pk, "address");
+    node_pack_str(&pk, n->cfg.advertise);
+    node_pack_str(&pk, "cluster_id");
+    node_pack_str(&pk, n->cluster_id);
+    node_pack_str(&pk, "role");
+    node_pack_str(&pk, roles[st.role < 5 ? st.role : 4]);
+    node_pack_str(&pk, "leader_id");
     msgpack_pack_uint64(&pk, st.leader_id);
-    pack_str(&pk, "leader");
-    pack_str(&pk, st.leader_address);
-    pack_str(&pk, "term");
+    node_pack_str(&pk, "leader");
+    node_pack_str(&pk, st.leader_address);
+    node_pack_str(&pk, "term");
     msgpack_pack_uint64(&pk, st.term);
-    pack_str(&pk, "commit_index");
+    node_pack_str(&pk, "commit_index");
     msgpack_pack_uint64(&pk, st.commit_index);
-    pack_str(&pk, "applied_index");
+    node_pack_str(&pk, "applied_index");
     msgpack_pack_uint64(&pk, st.applied_index);
-    pack_str(&pk, "last_index");
+    node_pack_str(&pk, "last_index");
     msgpack_pack_uint64(&pk, st.last_index);
-    pack_str(&pk, "forwarded");
+    node_pack_str(&pk, "forwarded");
     msgpack_pack_uint64(&pk, n->forwarded);
-    pack_str(&pk, "members");
+    node_pack_str(&pk, "members");
     msgpack_pack_array(&pk, (uint32_t)st.nmembers);
     for (size_t i = 0; i < st.nmembers; i++) {
         msgpack_pack_map(&pk, 4);
-        pack_str(&pk, "id");
+        node_pack_str(&pk, "id");
         msgpack_pack_uint64(&pk, st.members[i].id);
-        pack_str(&pk, "address");
-        pack_str(&pk, st.members[i].address);
-        pack_str(&pk, "voter");
+        node_pack_str(&pk, "address");
+        node_pack_str(&pk, st.members[i].address);
+        node_pack_str(&pk, "voter");
         if (st.members[i].voter)
             msgpack_pack_true(&pk);
         else
             msgpack_pack_false(&pk);
-        pack_str(&pk, "leader");
+        node_pack_str(&pk, "leader");
         if (st.members[i].id == st.leader_id)
             msgpack_pack_true(&pk);
         else
             msgpack_pack_false(&pk);
     }
     /* Every group this node hosts (0 = meta), and the placement epoch it knows. */
-    pack_str(&pk, "epoch");
+    node_pack_str(&pk, "epoch");
     msgpack_pack_uint64(&pk, n->have_pl ? n->pl.epoch : 0);
-    pack_str(&pk, "groups");
+    node_pack_str(&pk, "groups");
     uint32_t ng = 0;
     for (uint32_t gid = 0; gid <= PL_MAX_SHARDS; gid++)
         ng += node_group(n, gid) != NULL;
@@ -216,38 +190,38 @@ static void cluster_status(struct conn *c, uint64_t id, int op, bool digest)
         struct repl_status gs;
         node_group_status(n, gid, &gs);
         msgpack_pack_map(&pk, 10);
-        pack_str(&pk, "id");
+        node_pack_str(&pk, "id");
         msgpack_pack_uint32(&pk, gid);
-        pack_str(&pk, "leader_id");
+        node_pack_str(&pk, "leader_id");
         msgpack_pack_uint64(&pk, gs.leader_id);
-        pack_str(&pk, "role");
-        pack_str(&pk, roles[gs.role < 5 ? gs.role : 4]);
-        pack_str(&pk, "leader");
-        pack_str(&pk, gs.leader_address);
-        pack_str(&pk, "term");
+        node_pack_str(&pk, "role");
+        node_pack_str(&pk, roles[gs.role < 5 ? gs.role : 4]);
+        node_pack_str(&pk, "leader");
+        node_pack_str(&pk, gs.leader_address);
+        node_pack_str(&pk, "term");
         msgpack_pack_uint64(&pk, gs.term);
-        pack_str(&pk, "commit_index");
+        node_pack_str(&pk, "commit_index");
         msgpack_pack_uint64(&pk, gs.commit_index);
-        pack_str(&pk, "applied_index");
+        node_pack_str(&pk, "applied_index");
         msgpack_pack_uint64(&pk, gs.applied_index);
-        pack_str(&pk, "last_index");
+        node_pack_str(&pk, "last_index");
         msgpack_pack_uint64(&pk, gs.last_index);
-        pack_str(&pk, "digest");
+        node_pack_str(&pk, "digest");
         {
             /* SHA-256 of the engine's snapshot (deterministic): equal on replicas that
              * applied the same entries. Costs a full encode, so only on request. */
             char hex[65] = "";
             if (digest)
                 engine_digest(node_group(n, gid)->engine, hex);
-            pack_str(&pk, hex);
+            node_pack_str(&pk, hex);
         }
-        pack_str(&pk, "members");
+        node_pack_str(&pk, "members");
         msgpack_pack_array(&pk, (uint32_t)gs.nmembers);
         for (size_t k = 0; k < gs.nmembers; k++) {
             msgpack_pack_map(&pk, 2);
-            pack_str(&pk, "id");
+            node_pack_str(&pk, "id");
             msgpack_pack_uint64(&pk, gs.members[k].id);
-            pack_str(&pk, "voter");
+            node_pack_str(&pk, "voter");
             if (gs.members[k].voter)
                 msgpack_pack_true(&pk);
             else
@@ -269,7 +243,7 @@ static void cluster_status(struct conn *c, uint64_t id, int op, bool digest)
 /* session.use {branch?, space?}: the defaults for this connection's later commands. */
 static int session_use(struct conn *c, const msgpack_object *cmd, struct err *err)
 {
-    const msgpack_object *br = map_get(cmd, "branch"), *sp = map_get(cmd, "space");
+    const msgpack_object *br = node_map_get(cmd, "branch"), *sp = node_map_get(cmd, "space");
     if (br && (br->type != MSGPACK_OBJECT_STR || br->via.str.size == 0 ||
                br->via.str.size >= sizeof c->sess.branch ||
                memchr(br->via.str.ptr, 0, br->via.str.size)))
@@ -291,24 +265,24 @@ static int session_use(struct conn *c, const msgpack_object *cmd, struct err *er
 static int apply_session(struct conn *c, const msgpack_object *cmd, const char *op,
                          struct buf *out)
 {
-    bool add_branch = strcmp(c->sess.branch, "default") != 0 && !map_get(cmd, "branch");
-    bool add_space = strcmp(c->sess.space, "default") != 0 && !map_get(cmd, "space");
+    bool add_branch = strcmp(c->sess.branch, "default") != 0 && !node_map_get(cmd, "branch");
+    bool add_space = strcmp(c->sess.space, "default") != 0 && !node_map_get(cmd, "space");
     if (strncmp(op, "branch.", 7) == 0 || (!add_branch && !add_space))
         return 0;
     msgpack_packer pk;
-    msgpack_packer_init(&pk, out, buf_w);
+    msgpack_packer_init(&pk, out, node_buf_w);
     msgpack_pack_map(&pk, cmd->via.map.size + add_branch + add_space);
     for (uint32_t i = 0; i < cmd->via.map.size; i++) {
         msgpack_pack_object(&pk, cmd->via.map.ptr[i].key);
         msgpack_pack_object(&pk, cmd->via.map.ptr[i].val);
     }
     if (add_branch) {
-        pack_str(&pk, "branch");
-        pack_str(&pk, c->sess.branch);
+        node_pack_str(&pk, "branch");
+        node_pack_str(&pk, c->sess.branch);
     }
     if (add_space) {
-        pack_str(&pk, "space");
-        pack_str(&pk, c->sess.space);
+        node_pack_str(&pk, "space");
+        node_pack_str(&pk, c->sess.space);
     }
     return 1;
 }
@@ -337,7 +311,7 @@ static void handle_request(struct conn *c, const struct proto_frame *f)
         respond_now(c, req.id, opi, STRATA_INVALID_ARGUMENT, "command cannot be decoded");
         goto out;
     }
-    const msgpack_object *opo = map_get(&cmd, "op");
+    const msgpack_object *opo = node_map_get(&cmd, "op");
     char op[64] = "";
     if (opo && opo->type == MSGPACK_OBJECT_STR && opo->via.str.size >= sizeof op) {
         respond_now(c, req.id, opi, STRATA_INVALID_ARGUMENT,
@@ -348,7 +322,7 @@ static void handle_request(struct conn *c, const struct proto_frame *f)
         snprintf(op, sizeof op, "%.*s", (int)opo->via.str.size, opo->via.str.ptr);
     opi = observe_op(c->node, op);
     if (strcmp(op, "cluster.status") == 0) {
-        const msgpack_object *dg = map_get(&cmd, "digest");
+        const msgpack_object *dg = node_map_get(&cmd, "digest");
         cluster_status(c, req.id, opi, dg && dg->type == MSGPACK_OBJECT_BOOLEAN && dg->via.boolean);
         goto out;
     }
@@ -356,7 +330,7 @@ static void handle_request(struct conn *c, const struct proto_frame *f)
         bool assign = op[8] == 'a';
         if (assign && c->key) {
             /* Assigning names is part of creating them: a write on those branches. */
-            const msgpack_object *nm = map_get(&cmd, "names");
+            const msgpack_object *nm = node_map_get(&cmd, "names");
             uint32_t cnt = nm && nm->type == MSGPACK_OBJECT_ARRAY ? nm->via.array.size : 0;
             const char **names = sm_calloc(cnt + 1, sizeof *names);
             size_t *lens = sm_calloc(cnt + 1, sizeof *lens), k = 0;
@@ -384,7 +358,7 @@ static void handle_request(struct conn *c, const struct proto_frame *f)
         if (assign) {
             node_assign(c->node, req.cmd, req.cmd_len, req.flags, c->key, respond, p);
         } else {
-            const msgpack_object *fr = map_get(&cmd, "fresh");
+            const msgpack_object *fr = node_map_get(&cmd, "fresh");
             bool fresh = fr && fr->type == MSGPACK_OBJECT_BOOLEAN && fr->via.boolean;
             struct repl_status st;
             node_status(c->node, &st);

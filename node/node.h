@@ -237,6 +237,11 @@ void node_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b);
 /* Queue `data` on a stream (ownership of its bytes passes here; data is left empty).
  * Returns 0, or a libuv error after which the caller closes the stream. */
 int stream_write(uv_stream_t *s, struct buf *data);
+/* MessagePack helpers (mp.c): a msgpack-c writer into a struct buf, a C-string packer,
+ * and a string-key lookup in a map (NULL when absent or not a map). */
+int node_buf_w(void *d, const char *p, size_t n);
+void node_pack_str(msgpack_packer *pk, const char *s);
+const msgpack_object *node_map_get(const msgpack_object *m, const char *key);
 /* Parse "host:port". */
 int parse_hostport(const char *s, char *host, size_t hostcap, int *port);
 

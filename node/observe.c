@@ -231,11 +231,6 @@ static struct metric *series(struct observe *o, int fam, const char *const *valu
 
 /* ---- Commands ------------------------------------------------------------------------- */
 
-static int buf_w(void *d, const char *p, size_t n)
-{
-    return buf_append(d, p, n) ? -1 : 0;
-}
-
 /* Is `op` a command this node answers? The engine's own table decides for its commands
  * (asked with the smallest command naming the op). */
 static bool known_op(const char *op)
@@ -249,7 +244,7 @@ static bool known_op(const char *op)
     struct buf b;
     buf_init(&b);
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, buf_w);
+    msgpack_packer_init(&pk, &b, node_buf_w);
     msgpack_pack_map(&pk, 1);
     msgpack_pack_str(&pk, 2);
     msgpack_pack_str_body(&pk, "op", 2);

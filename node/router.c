@@ -10,29 +10,6 @@
 
 #define ROUTE_HOPS 3
 
-static int buf_w(void *d, const char *p, size_t n)
-{
-    return buf_append(d, p, n) ? -1 : 0;
-}
-
-static void pack_str(msgpack_packer *pk, const char *s)
-{
-    msgpack_pack_str(pk, strlen(s));
-    msgpack_pack_str_body(pk, s, strlen(s));
-}
-
-static const msgpack_object *mget(const msgpack_object *m, const char *key)
-{
-    size_t n = strlen(key);
-    for (uint32_t i = 0; m && m->type == MSGPACK_OBJECT_MAP && i < m->via.map.size; i++) {
-        const msgpack_object *k = &m->via.map.ptr[i].key;
-        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
-            memcmp(k->via.str.ptr, key, n) == 0)
-            return &m->via.map.ptr[i].val;
-    }
-    return NULL;
-}
-
 /* ---- One command on one group ------------------------------------------------------------ */
 
 struct route {
@@ -72,8 +49,8 @@ static void assign_local(struct node *n, const uint8_t *cmd, size_t len,
         cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0, "cluster.assign cannot be decoded", NULL);
         return;
     }
-    const msgpack_object *names = mget(&o, "names"), *sh = mget(&o, "shard"),
-                         *un = mget(&o, "unassign");
+    const msgpack_object *names = node_map_get(&o, "names"), *sh = node_map_get(&o, "shard"),
+                         *un = node_map_get(&o, "unassign");
     uint32_t cnt = names && names->type == MSGPACK_OBJECT_ARRAY ? names->via.array.size : 0;
     const char **nv = cnt ? sm_calloc(cnt, sizeof *nv) : NULL;
     size_t *lv = cnt ? sm_calloc(cnt, sizeof *lv) : NULL;
@@ -235,7 +212,7 @@ size_t node_cmd_branches(const msgpack_object *cmd, const char *op, const char *
     for (size_t i = 0; i < sizeof args / sizeof args[0]; i++) {
         if (branch_op != (i > 0))
             continue;
-        const msgpack_object *o = mget(cmd, args[i]);
+        const msgpack_object *o = node_map_get(cmd, args[i]);
         if (o && o->type == MSGPACK_OBJECT_STR) {
             if (n < cap) {
                 names[n] = o->via.str.ptr;
@@ -244,7 +221,7 @@ size_t node_cmd_branches(const msgpack_object *cmd, const char *op, const char *
             n++;
         }
     }
-    const msgpack_object *many = mget(cmd, "names");
+    const msgpack_object *many = node_map_get(cmd, "names");
     for (uint32_t i = 0; branch_op && many && many->type == MSGPACK_OBJECT_ARRAY &&
                          i < many->via.array.size;
          i++)
@@ -398,19 +375,19 @@ static void send_assign(struct submit *s, const char *const *names, const size_t
     struct buf b;
     buf_init(&b);
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, buf_w);
+    msgpack_packer_init(&pk, &b, node_buf_w);
     msgpack_pack_map(&pk, 4);
-    pack_str(&pk, "op");
-    pack_str(&pk, "cluster.assign");
-    pack_str(&pk, "names");
+    node_pack_str(&pk, "op");
+    node_pack_str(&pk, "cluster.assign");
+    node_pack_str(&pk, "names");
     msgpack_pack_array(&pk, (uint32_t)cnt);
     for (size_t i = 0; i < cnt; i++) {
         msgpack_pack_str(&pk, lens[i]);
         msgpack_pack_str_body(&pk, names[i], lens[i]);
     }
-    pack_str(&pk, "shard");
+    node_pack_str(&pk, "shard");
     msgpack_pack_uint32(&pk, shard);
-    pack_str(&pk, "unassign");
+    node_pack_str(&pk, "unassign");
     if (unassign)
         msgpack_pack_true(&pk);
     else
@@ -436,7 +413,7 @@ static void assigned(void *arg, int code, const uint8_t *result, size_t len, con
     size_t off = 0;
     const msgpack_object *sh = NULL;
     if (msgpack_unpack((const char *)result, len, &off, &z, &o) == MSGPACK_UNPACK_SUCCESS)
-        sh = mget(&o, "shards");
+        sh = node_map_get(&o, "shards");
     size_t first = s->kind == SK_FORK ? 1 : 0, want = s->nnames - first;
     if (sh == NULL || sh->type != MSGPACK_OBJECT_ARRAY || sh->via.array.size != want) {
         msgpack_zone_destroy(&z);
@@ -579,7 +556,7 @@ static void list_finish(struct submit *s)
     struct buf b;
     buf_init(&b);
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, buf_w);
+    msgpack_packer_init(&pk, &b, node_buf_w);
     msgpack_pack_array(&pk, (uint32_t)cnt);
     for (size_t i = 0; i < cnt; i++) {
         msgpack_pack_str(&pk, refs[i].len);
@@ -775,7 +752,7 @@ void node_submit(struct node *n, const uint8_t *cmd, size_t len, uint32_t flags,
     s->key = key;
     s->cb = cb;
     s->arg = arg;
-    const msgpack_object *opo = mget(&o, "op");
+    const msgpack_object *opo = node_map_get(&o, "op");
     char op[64] = "";
     if (opo && opo->type == MSGPACK_OBJECT_STR && opo->via.str.size < sizeof op)
         snprintf(op, sizeof op, "%.*s", (int)opo->via.str.size, opo->via.str.ptr);
@@ -792,8 +769,8 @@ void node_submit(struct node *n, const uint8_t *cmd, size_t len, uint32_t flags,
     rc = s->names && s->lens && nv && lv ? 0 : STRATA_OUT_OF_MEMORY;
     if (rc == 0 && s->kind == SK_FORK) {
         /* The source first, then the new names. */
-        const msgpack_object *src = mget(&o, "source"), *nm = mget(&o, "name"),
-                             *many = mget(&o, "names");
+        const msgpack_object *src = node_map_get(&o, "source"), *nm = node_map_get(&o, "name"),
+                             *many = node_map_get(&o, "names");
         if (src && src->type == MSGPACK_OBJECT_STR)
             rc = copy_name(s, src->via.str.ptr, src->via.str.size);
         else
@@ -846,11 +823,11 @@ static void placement_answer(void *arg, int code)
     struct buf b;
     buf_init(&b);
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, buf_w);
+    msgpack_packer_init(&pk, &b, node_buf_w);
     msgpack_pack_map(&pk, 3);
-    pack_str(&pk, "epoch");
+    node_pack_str(&pk, "epoch");
     msgpack_pack_uint64(&pk, n->have_pl ? n->pl.epoch : 0);
-    pack_str(&pk, "table");
+    node_pack_str(&pk, "table");
     if (!n->have_pl)
         msgpack_pack_nil(&pk);
     else if (placement_encode(&n->pl, &b)) {
@@ -859,7 +836,7 @@ static void placement_answer(void *arg, int code)
         sm_free(pr);
         return;
     }
-    pack_str(&pk, "leaders");
+    node_pack_str(&pk, "leaders");
     uint32_t cnt = 0;
     for (uint32_t id = 0; id <= PL_MAX_SHARDS; id++)
         cnt += node_group_leader(n, id)[0] != '\0';
@@ -870,7 +847,7 @@ static void placement_answer(void *arg, int code)
             continue;
         msgpack_pack_array(&pk, 2);
         msgpack_pack_uint32(&pk, id);
-        pack_str(&pk, l);
+        node_pack_str(&pk, l);
     }
     pr->cb(pr->arg, 0, b.data, b.len, NULL, NULL);
     buf_close(&b);

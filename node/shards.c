@@ -21,29 +21,6 @@ static const char placement_cell[] = "placement";
 
 /* ---- Small msgpack helpers ------------------------------------------------------------ */
 
-static int buf_w(void *d, const char *p, size_t n)
-{
-    return buf_append(d, p, n) ? -1 : 0;
-}
-
-static void pack_str(msgpack_packer *pk, const char *s)
-{
-    msgpack_pack_str(pk, strlen(s));
-    msgpack_pack_str_body(pk, s, strlen(s));
-}
-
-static const msgpack_object *mget(const msgpack_object *m, const char *key)
-{
-    size_t n = strlen(key);
-    for (uint32_t i = 0; m && m->type == MSGPACK_OBJECT_MAP && i < m->via.map.size; i++) {
-        const msgpack_object *k = &m->via.map.ptr[i].key;
-        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
-            memcmp(k->via.str.ptr, key, n) == 0)
-            return &m->via.map.ptr[i].val;
-    }
-    return NULL;
-}
-
 /* ---- Hosted groups --------------------------------------------------------------------- */
 
 struct node_group *node_group(struct node *n, uint32_t id)
@@ -306,13 +283,13 @@ static int adopt_cell(struct node *n, const msgpack_object *o, struct err *err)
 {
     if (o->type == MSGPACK_OBJECT_NIL)
         return STRATA_NOT_FOUND;
-    const msgpack_object *v = mget(o, "value"), *c = mget(o, "counter");
+    const msgpack_object *v = node_map_get(o, "value"), *c = node_map_get(o, "counter");
     if (v == NULL || c == NULL || c->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
         return err_set(err, STRATA_INTERNAL, "the placement cell has no value/counter");
     struct buf b;
     buf_init(&b);
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, buf_w);
+    msgpack_packer_init(&pk, &b, node_buf_w);
     msgpack_pack_object(&pk, *v);
     struct placement p;
     placement_init(&p);
@@ -402,8 +379,8 @@ static void remote_fresh_done(void *arg, int code, const uint8_t *result, size_t
         struct err err;
         err_clear(&err);
         if (msgpack_unpack((const char *)result, len, &off, &z, &o) == MSGPACK_UNPACK_SUCCESS) {
-            const msgpack_object *e = mget(&o, "epoch"), *t = mget(&o, "table"),
-                                 *ld = mget(&o, "leaders");
+            const msgpack_object *e = node_map_get(&o, "epoch"), *t = node_map_get(&o, "table"),
+                                 *ld = node_map_get(&o, "leaders");
             if (t && t->type == MSGPACK_OBJECT_NIL) {
                 n->pl_absent = true;
                 ok = true;
@@ -411,7 +388,7 @@ static void remote_fresh_done(void *arg, int code, const uint8_t *result, size_t
                 struct buf b;
                 buf_init(&b);
                 msgpack_packer pk;
-                msgpack_packer_init(&pk, &b, buf_w);
+                msgpack_packer_init(&pk, &b, node_buf_w);
                 msgpack_pack_object(&pk, *t);
                 struct placement p;
                 placement_init(&p);
@@ -453,12 +430,12 @@ static const uint8_t *get_cmd(size_t *len)
         struct buf b;
         buf_init(&b);
         msgpack_packer pk;
-        msgpack_packer_init(&pk, &b, buf_w);
+        msgpack_packer_init(&pk, &b, node_buf_w);
         msgpack_pack_map(&pk, 2);
-        pack_str(&pk, "op");
-        pack_str(&pk, "state.get");
-        pack_str(&pk, "cell");
-        pack_str(&pk, placement_cell);
+        node_pack_str(&pk, "op");
+        node_pack_str(&pk, "state.get");
+        node_pack_str(&pk, "cell");
+        node_pack_str(&pk, placement_cell);
         memcpy(cmd, b.data, b.len);
         n = b.len;
         buf_close(&b);
@@ -584,24 +561,24 @@ static void write_initial(struct node *n)
     struct buf b;
     buf_init(&b);
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, buf_w);
+    msgpack_packer_init(&pk, &b, node_buf_w);
     /* Retention first: the table's history stays bounded from its first version on. */
     msgpack_pack_map(&pk, 3);
-    pack_str(&pk, "op");
-    pack_str(&pk, "branch.set_retention");
-    pack_str(&pk, "name");
-    pack_str(&pk, "default");
-    pack_str(&pk, "keep_last");
+    node_pack_str(&pk, "op");
+    node_pack_str(&pk, "branch.set_retention");
+    node_pack_str(&pk, "name");
+    node_pack_str(&pk, "default");
+    node_pack_str(&pk, "keep_last");
     msgpack_pack_uint64(&pk, META_KEEP_LAST);
     struct node_group *g0 = node_group(n, 0);
     repl_write(g0->group, b.data, b.len, retention_done, n);
     b.len = 0;
     msgpack_pack_map(&pk, 3);
-    pack_str(&pk, "op");
-    pack_str(&pk, "state.init");
-    pack_str(&pk, "cell");
-    pack_str(&pk, placement_cell);
-    pack_str(&pk, "value");
+    node_pack_str(&pk, "op");
+    node_pack_str(&pk, "state.init");
+    node_pack_str(&pk, "cell");
+    node_pack_str(&pk, placement_cell);
+    node_pack_str(&pk, "value");
     int rc = placement_encode(&p, &b);
     placement_free(&p);
     if (rc == 0) {
@@ -667,11 +644,11 @@ static void assign_finish(struct assign_round *ar, int code, const char *msg, ui
             struct buf b;
             buf_init(&b);
             msgpack_packer pk;
-            msgpack_packer_init(&pk, &b, buf_w);
+            msgpack_packer_init(&pk, &b, node_buf_w);
             msgpack_pack_map(&pk, 2);
-            pack_str(&pk, "epoch");
+            node_pack_str(&pk, "epoch");
             msgpack_pack_uint64(&pk, epoch);
-            pack_str(&pk, "shards");
+            node_pack_str(&pk, "shards");
             msgpack_pack_array(&pk, (uint32_t)r->cnt);
             for (size_t i = 0; i < r->cnt; i++)
                 msgpack_pack_uint32(&pk, r->out[i]);
@@ -776,14 +753,14 @@ static void assign_read_done(void *arg, int code, const uint8_t *result, size_t 
     int rc = STRATA_INTERNAL;
     uint64_t counter = 0;
     if (msgpack_unpack((const char *)result, len, &off, &z, &o) == MSGPACK_UNPACK_SUCCESS) {
-        const msgpack_object *v = mget(&o, "value"), *c = mget(&o, "counter");
+        const msgpack_object *v = node_map_get(&o, "value"), *c = node_map_get(&o, "counter");
         if (o.type == MSGPACK_OBJECT_NIL) {
             rc = err_set(&err, STRATA_UNAVAILABLE, "the placement table is not written yet");
         } else if (v && c && c->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
             struct buf b;
             buf_init(&b);
             msgpack_packer pk;
-            msgpack_packer_init(&pk, &b, buf_w);
+            msgpack_packer_init(&pk, &b, node_buf_w);
             msgpack_pack_object(&pk, *v);
             rc = placement_decode(&p, b.data, b.len, &err);
             buf_close(&b);
@@ -805,15 +782,15 @@ static void assign_read_done(void *arg, int code, const uint8_t *result, size_t 
     struct buf b;
     buf_init(&b);
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, buf_w);
+    msgpack_packer_init(&pk, &b, node_buf_w);
     msgpack_pack_map(&pk, 4);
-    pack_str(&pk, "op");
-    pack_str(&pk, "state.cas");
-    pack_str(&pk, "cell");
-    pack_str(&pk, placement_cell);
-    pack_str(&pk, "expected_counter");
+    node_pack_str(&pk, "op");
+    node_pack_str(&pk, "state.cas");
+    node_pack_str(&pk, "cell");
+    node_pack_str(&pk, placement_cell);
+    node_pack_str(&pk, "expected_counter");
     msgpack_pack_uint64(&pk, counter);
-    pack_str(&pk, "value");
+    node_pack_str(&pk, "value");
     rc = placement_encode(&p, &b);
     placement_free(&p);
     struct node_group *g0 = node_group(n, 0);
