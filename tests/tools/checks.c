@@ -23,6 +23,7 @@ struct ctx {
     size_t *order; /* h->ops indexes, grouped (see cmp_group) and by call within a group */
     struct hist_final *finals; /* copy, sorted by (kind, branch, key) */
     bool *final_used;
+    bool show_key; /* ops in a report about a whole branch: name their key */
 };
 
 static enum group_kind group_of(const struct hist_op *op)
@@ -88,8 +89,8 @@ static void put_name(FILE *out, const struct hist *h, uint32_t id)
 
 static void put_value(FILE *out, const struct hist *h, uint32_t id)
 {
-    if (id == LIN_ANY) {
-        fputs("(unknown)", out);
+    if (id == LIN_ANY || id == LIN_DEAD) {
+        fputs(id == LIN_ANY ? "(unknown)" : "(a value no op reads)", out);
         return;
     }
     const char *v = h->values[id];
@@ -140,6 +141,10 @@ static void put_op(const struct ctx *c, size_t i)
             put_name(out, h, op->key);
         }
         break;
+    }
+    if (c->show_key && op->key != HIST_NONE && op->f != HIST_FORK && op->f != HIST_MERGE) {
+        fputs(" on ", out);
+        put_name(out, h, op->key);
     }
     fprintf(out, "  [invoke t=%" PRId64 " line %lu, %s", op->call, op->line_call,
             outcome_name(op->outcome));
@@ -311,27 +316,125 @@ static int check_unique(const struct ctx *c, const struct reg *r, bool *unique)
     return 0;
 }
 
+/* What is known about each value of a register: who wrote it (if anyone did and the
+ * write may have happened) and by when it was surely written (LIN_T_INF: maybe never). */
+struct values {
+    uint32_t *val; /* sorted, unique */
+    size_t n;
+    size_t *writer;    /* per value: op index in h->ops, or NONE */
+    int64_t *deadline; /* per value */
+};
+
+static size_t value_slot(const struct values *v, uint32_t value)
+{
+    const uint32_t *p = bsearch(&value, v->val, v->n, sizeof value, cmp_u32);
+    return p == NULL ? NONE : (size_t)(p - v->val);
+}
+
+static void values_close(struct values *v)
+{
+    sm_free(v->val);
+    sm_free(v->writer);
+    sm_free(v->deadline);
+}
+
+/* A value some op saw (an ok read, an ok cas's expect, the final read) was surely
+ * written — values are unique — before the first op that saw it completed. If its writer
+ * is a cas of unknown outcome, that cas surely took effect by then too, so its expected
+ * value was surely there before: the knowledge flows down chains of cas. */
+static int values_build(const struct ctx *c, const struct reg *r, struct values *v)
+{
+    const struct hist *h = c->h;
+    size_t cap = 2 * r->n + 2, *work = NULL, n_work = 0;
+    memset(v, 0, sizeof *v);
+    v->val = sm_malloc(cap * sizeof *v->val);
+    v->writer = sm_malloc(cap * sizeof *v->writer);
+    v->deadline = sm_malloc(cap * sizeof *v->deadline);
+    work = sm_malloc(cap * sizeof *work);
+    if (v->val == NULL || v->writer == NULL || v->deadline == NULL || work == NULL) {
+        sm_free(work);
+        return STRATA_OUT_OF_MEMORY;
+    }
+    for (size_t i = 0; i < r->n; i++) {
+        const struct hist_op *op = &h->ops[r->ops[i]];
+        v->val[v->n++] = op->value;
+        if (op->f == HIST_CAS)
+            v->val[v->n++] = op->expect;
+    }
+    if (r->fin != NULL)
+        v->val[v->n++] = r->fin->value;
+    qsort(v->val, v->n, sizeof *v->val, cmp_u32);
+    size_t uniq = 0;
+    for (size_t i = 0; i < v->n; i++)
+        if (uniq == 0 || v->val[uniq - 1] != v->val[i])
+            v->val[uniq++] = v->val[i];
+    v->n = uniq;
+    for (size_t i = 0; i < v->n; i++) {
+        v->writer[i] = NONE;
+        v->deadline[i] = LIN_T_INF;
+    }
+
+    /* Writers that may have happened (check_unique made them one per value). */
+    for (size_t i = 0; i < r->n; i++) {
+        const struct hist_op *op = &h->ops[r->ops[i]];
+        if (op->f != HIST_READ && op->outcome != HIST_FAIL)
+            v->writer[value_slot(v, op->value)] = r->ops[i];
+    }
+    /* Direct sightings. */
+    for (size_t i = 0; i <= r->n; i++) {
+        uint32_t seen;
+        int64_t by;
+        if (i == r->n) {
+            if (r->fin == NULL)
+                break;
+            seen = r->fin->value, by = h->t_max + 2;
+        } else {
+            const struct hist_op *op = &h->ops[r->ops[i]];
+            if (op->outcome != HIST_OK || (op->f != HIST_READ && op->f != HIST_CAS))
+                continue;
+            seen = op->f == HIST_READ ? op->value : op->expect, by = op->ret;
+        }
+        size_t k = value_slot(v, seen);
+        if (by < v->deadline[k]) {
+            v->deadline[k] = by;
+            work[n_work++] = k;
+        }
+    }
+    /* Down the chains: a value seen by d, written by a cas of unknown outcome, means
+     * the cas's expected value was seen by d as well. Deadlines only drop, so this ends. */
+    while (n_work > 0) {
+        size_t k = work[--n_work], w = v->writer[k];
+        if (w == NONE || h->ops[w].f != HIST_CAS || h->ops[w].outcome != HIST_INFO)
+            continue;
+        size_t e = value_slot(v, h->ops[w].expect);
+        if (v->deadline[k] < v->deadline[e]) {
+            v->deadline[e] = v->deadline[k];
+            if (n_work < cap)
+                work[n_work++] = e;
+        }
+    }
+    sm_free(work);
+    return 0;
+}
+
 /* Turn a register's ops into the search's input. Failed ops did not happen; a read of
- * unknown outcome tells nothing; a write or cas of unknown outcome whose value nobody
- * read can always be left out, so only the observed ones go in (as optional ops). */
+ * unknown outcome tells nothing; a write or cas of unknown outcome whose value was never
+ * surely written (see values_build) can always be left out. One whose value surely was
+ * written surely took effect, by that deadline: it goes in as an op of known outcome
+ * with the deadline as its completion, which keeps the search from trying it at every
+ * later point. With forks or merges on the branch a value may come from elsewhere, so
+ * there such ops stay optional. */
 static int build_lin(const struct ctx *c, const struct reg *r, struct lin_op *lin, size_t *src,
                      size_t *n_lin)
 {
     const struct hist *h = c->h;
-    uint32_t *seen = sm_malloc((r->n + 2) * sizeof *seen);
-    size_t n_seen = 0, n = 0;
-    if (seen == NULL)
-        return STRATA_OUT_OF_MEMORY;
-    for (size_t i = 0; i < r->n; i++) {
-        const struct hist_op *op = &h->ops[r->ops[i]];
-        if (op->outcome == HIST_OK && op->f == HIST_READ)
-            seen[n_seen++] = op->value;
-        if (op->outcome == HIST_OK && op->f == HIST_CAS)
-            seen[n_seen++] = op->expect;
+    struct values v;
+    size_t n = 0;
+    int rc = values_build(c, r, &v);
+    if (rc != 0) {
+        values_close(&v);
+        return rc;
     }
-    if (r->fin != NULL)
-        seen[n_seen++] = r->fin->value;
-    qsort(seen, n_seen, sizeof *seen, cmp_u32);
 
     /* Ops and havoc are both by call; merge them so the lin ops stay by call too. */
     size_t i = 0, k = 0;
@@ -342,12 +445,16 @@ static int build_lin(const struct ctx *c, const struct reg *r, struct lin_op *li
         const struct hist_op *op = &h->ops[idx];
         if (op->outcome == HIST_FAIL || (op->outcome == HIST_INFO && op->f == HIST_READ))
             continue;
-        if (op->outcome == HIST_INFO && !take_havoc &&
-            bsearch(&op->value, seen, n_seen, sizeof *seen, cmp_u32) == NULL)
-            continue;
         struct lin_op *l = &lin[n];
         l->call = op->call;
         l->ret = op->outcome == HIST_OK ? op->ret : LIN_T_INF;
+        if (op->outcome == HIST_INFO && !take_havoc) {
+            int64_t by = v.deadline[value_slot(&v, op->value)];
+            if (by == LIN_T_INF)
+                continue;
+            if (r->n_havoc == 0)
+                l->ret = by > op->call ? by : op->call;
+        }
         l->value = op->value;
         l->expect = op->expect;
         l->kind = take_havoc            ? LIN_HAVOC
@@ -362,7 +469,7 @@ static int build_lin(const struct ctx *c, const struct reg *r, struct lin_op *li
                                  .value = r->fin->value};
         src[n++] = FROM_FINAL;
     }
-    sm_free(seen);
+    values_close(&v);
     *n_lin = n;
     return 0;
 }
@@ -460,6 +567,10 @@ static void report_search(const struct ctx *c, const struct reg *r, const struct
     put_value(out, c->h, res->stuck_state);
     fputs(", from which no pending op can be placed before this one completes:\n", out);
     put_src(c, src[res->stuck], r->fin);
+    if (res->blocked_by != NONE) {
+        fputs("  (it would replace that value, which this op still has to read:)\n", out);
+        put_src(c, src[res->blocked_by], r->fin);
+    }
     if (src[res->stuck] == FROM_FINAL)
         fputs("  (the final value cannot be explained: an acknowledged write was lost or "
               "reordered)\n",
@@ -653,8 +764,10 @@ static int check_versions(struct ctx *c, uint32_t branch, size_t from, size_t to
             op->f != HIST_FORK)
             v[n++] = (struct numbered){op->call, op->ret, op->version, c->order[i]};
     }
+    c->show_key = true;
     int rc = check_numbers(c, v, n, "duplicate version", "version order", "version", branch,
                            HIST_NONE, "");
+    c->show_key = false;
     sm_free(v);
     return rc;
 }

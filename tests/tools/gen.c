@@ -220,14 +220,22 @@ static void simulate(struct sim *s)
     }
 }
 
-/* Writers all concurrent; two readers each see two of the values, in opposite orders.
- * Each pair of reads alone is fine; together they need both orders of the two writes, and
- * only an exhaustive search over the writes' orders can show it. */
-static void crossed(struct sim *s, int writers)
+/* Writers all concurrent; two readers each see two of the values, in opposite orders,
+ * and every other value is read once later. Each pair of reads alone is fine; together
+ * they need both orders of the two writes. With `fork`, a fork into the branch comes
+ * first: the key's value is then unknown and values may come back, so the search cannot
+ * prune and must try the orders of all the writes. */
+static void crossed(struct sim *s, int writers, bool fork)
 {
     int64_t t = s->now + SPAN, a = s->next_value, b = s->next_value + 1;
-    int p0 = s->procs;
+    int p0 = s->procs, reader = p0 + writers;
     s->next_value += writers;
+    if (fork) {
+        for (int i = 0; i < 2; i++)
+            emit(s, json_pack("{s:I,s:i,s:s,s:s,s:s,s:s}", "t", (json_int_t)(t - 2 + i), "proc",
+                              reader, "type", i ? "ok" : "invoke", "f", "fork", "branch",
+                              "main", "key", "origin"));
+    }
     for (int w = 0; w < writers; w++)
         emit(s, json_pack("{s:I,s:i,s:s,s:s,s:s,s:s,s:I}", "t", (json_int_t)(t + w), "proc",
                           p0 + w, "type", "invoke", "f", "write", "branch", "main", "key", "k0",
@@ -237,12 +245,21 @@ static void crossed(struct sim *s, int writers)
         for (int i = 0; i < 2; i++) {
             int64_t c = t + 100 * SPAN + i * 10 * SPAN;
             emit(s, json_pack("{s:I,s:i,s:s,s:s,s:s,s:s}", "t", (json_int_t)c, "proc",
-                              p0 + writers + r, "type", "invoke", "f", "read", "branch", "main",
+                              reader + r, "type", "invoke", "f", "read", "branch", "main",
                               "key", "k0"));
             emit(s, json_pack("{s:I,s:i,s:s,s:s,s:s,s:s,s:I}", "t", (json_int_t)(c + SPAN),
-                              "proc", p0 + writers + r, "type", "ok", "f", "read", "branch",
-                              "main", "key", "k0", "value", (json_int_t)reads[r][i]));
+                              "proc", reader + r, "type", "ok", "f", "read", "branch", "main",
+                              "key", "k0", "value", (json_int_t)reads[r][i]));
         }
+    }
+    for (int w = 2; w < writers; w++) {
+        int64_t c = t + 500 * SPAN;
+        int p = reader + w;
+        emit(s, json_pack("{s:I,s:i,s:s,s:s,s:s,s:s}", "t", (json_int_t)c, "proc", p, "type",
+                          "invoke", "f", "read", "branch", "main", "key", "k0"));
+        emit(s, json_pack("{s:I,s:i,s:s,s:s,s:s,s:s,s:I}", "t", (json_int_t)(c + SPAN), "proc",
+                          p, "type", "ok", "f", "read", "branch", "main", "key", "k0", "value",
+                          (json_int_t)(a + w)));
     }
     for (int w = 0; w < writers; w++)
         emit(s, json_pack("{s:I,s:i,s:s,s:s,s:s,s:s}", "t", (json_int_t)(t + 1000 * SPAN + w),
@@ -280,7 +297,7 @@ int main(int argc, char **argv)
 {
     struct sim *s = calloc(1, sizeof *s);
     long ops = 1000, procs = 8, keys = 16, seed = 1, info = 2, fail = 2, branches = 2,
-         cross = 0;
+         cross = 0, fork = 0;
     if (s == NULL)
         return 1;
     for (int i = 1; i < argc; i++) {
@@ -301,10 +318,12 @@ int main(int argc, char **argv)
             dst = &fail, max = 50;
         else if (strcmp(argv[i], "--crossed") == 0)
             dst = &cross, min = 2, max = 64;
+        else if (strcmp(argv[i], "--fork") == 0)
+            dst = &fork, max = 1;
         if (dst == NULL || i + 1 == argc || number(argv[i + 1], min, max, dst) != 0) {
             fprintf(stderr, "usage: lincheck_gen [--ops N] [--procs N] [--keys N] "
                             "[--branches 1|2] [--seed N] [--info-pct N] [--fail-pct N] "
-                            "[--crossed WRITERS] > FILE\n");
+                            "[--crossed WRITERS [--fork 1]] > FILE\n");
             free(s);
             return 2;
         }
@@ -324,7 +343,7 @@ int main(int argc, char **argv)
     if (ops > 0)
         simulate(s);
     if (cross > 0)
-        crossed(s, (int)cross);
+        crossed(s, (int)cross, fork != 0);
     else
         finals(s);
     fflush(stdout);

@@ -89,7 +89,8 @@ enum lin_kind {
 };
 
 #define LIN_T_INF INT64_MAX
-#define LIN_ANY UINT32_MAX /* register state: some value we do not know */
+#define LIN_ANY UINT32_MAX        /* register state: some value we do not know */
+#define LIN_DEAD (UINT32_MAX - 1) /* register state: a value no op reads */
 
 struct lin_op {
     int64_t call;
@@ -114,11 +115,14 @@ struct lin_result {
     const char *unknown_why; /* LIN_UNKNOWN: which limit (static string) */
     /* LIN_VIOLATION: the longest partial linearization found (op indexes in order, owned,
      * free with lin_result_close), the register state after it and the op whose
-     * completion could not be reached from there. */
+     * completion could not be reached from there. If that op is a write (or cas) that
+     * could be placed but would replace a value an unplaced op still reads, blocked_by is
+     * that reader, else SIZE_MAX. */
     size_t *prefix;
     size_t prefix_len;
     uint32_t stuck_state;
     size_t stuck;
+    size_t blocked_by;
 };
 
 /* Is there a linearization of ops[0..n) of a register starting in state `initial`

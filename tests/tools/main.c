@@ -105,8 +105,8 @@ int main(int argc, char **argv)
         puts("RESULT: UNKNOWN: out of memory");
         return EXIT_UNKNOWN;
     }
-    printf("lincheck: %s: %zu ops, %zu branches, %zu registers, %zu logs, %" PRIu64
-           " search states, %.3f s\n",
+    printf("lincheck: %s: ops %zu, branches %zu, registers %zu, logs %zu, search states %" PRIu64
+           ", %.3f s\n",
            path, n_ops, sum.branches, sum.registers, sum.logs, sum.states, secs);
     if (sum.violations > 0) {
         printf("RESULT: VIOLATION: %zu finding(s)%s\n", sum.violations,

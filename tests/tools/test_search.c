@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include <cmocka.h>
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -80,11 +81,12 @@ static void test_lin_check_stale_read_reports_prefix(void **state)
     struct lin_result res;
     assert_int_equal(lin_check(ops, N(ops), HIST_NULL, &no_limits, &res), 0);
     assert_int_equal(res.verdict, LIN_VIOLATION);
-    assert_int_equal(res.prefix_len, 2);
+    /* w2 cannot follow w1: it would replace 1, which the read still has to return. */
+    assert_int_equal(res.prefix_len, 1);
     assert_int_equal(res.prefix[0], 0);
-    assert_int_equal(res.prefix[1], 1);
-    assert_int_equal(res.stuck, 2);
-    assert_int_equal(res.stuck_state, 2);
+    assert_int_equal(res.stuck, 1);
+    assert_int_equal(res.stuck_state, 1);
+    assert_int_equal(res.blocked_by, 2);
     lin_result_close(&res);
 
     struct lin_finding f;
@@ -176,53 +178,87 @@ static void test_lin_check_havoc_sets_unknown_value(void **state)
     assert_int_equal(verdict(any, N(any), LIN_ANY), LIN_VIOLATION);
 }
 
-/* Many concurrent writes and crossed reads: an exhaustive search over write orders. */
-static size_t crossed(struct lin_op *ops, int writers)
+/* After a fork (havoc) the value is unknown and may come back, so nothing can be pruned:
+ * `writers` concurrent writes, two readers seeing two values in opposite orders and one
+ * late read of each other value. (Linearizable: the fork may have left the first value.)
+ * The search must walk the writes' orders. */
+static size_t wide(struct lin_op *ops, int writers)
 {
     size_t n = 0;
+    ops[n++] = (struct lin_op){.call = 0, .ret = 1, .kind = LIN_HAVOC};
     for (int w = 0; w < writers; w++)
-        ops[n++] = W(w, 100000, (uint32_t)(1 + w));
+        ops[n++] = W(10 + w, 100000, (uint32_t)(1 + w));
     ops[n++] = R(100, 200, 1);
     ops[n++] = R(300, 400, 2);
     ops[n++] = R(100, 200, 2);
     ops[n++] = R(300, 400, 1);
+    for (int w = 2; w < writers; w++)
+        ops[n++] = R(500, 600, (uint32_t)(1 + w));
     return n;
 }
 
 static void test_lin_check_cache_bounds_search(void **state)
 {
     (void)state;
-    struct lin_op ops[40];
-    size_t n = crossed(ops, 12);
+    struct lin_op ops[64];
+    size_t n = wide(ops, 10);
+    struct lin_result res;
+    assert_int_equal(lin_check(ops, n, LIN_ANY, &no_limits, &res), 0);
+    assert_int_equal(res.verdict, LIN_OK);
+    /* Configurations are (subset of writes, reads done, value): far fewer than the 10!
+     * orders of the writes a search without the cache would walk. */
+    assert_true(res.states > 1000);
+    assert_true(res.states < (1u << 10) * 11 * 16);
+    lin_result_close(&res);
+}
+
+static void test_lin_check_forced_ops_keep_search_small(void **state)
+{
+    (void)state;
+    /* 20 concurrent writes nobody reads, 40 concurrent reads of the one value that is
+     * read: unread values are all one state and reads never branch. */
+    struct lin_op ops[80];
+    size_t n = 0;
+    for (uint32_t w = 0; w < 20; w++)
+        ops[n++] = W(0, 1000, 100 + w);
+    ops[n++] = W(0, 1000, 1);
+    for (int r = 0; r < 40; r++)
+        ops[n++] = R(500, 2000, 1);
+    ops[n++] = R(3000, 3001, 1);
     struct lin_result res;
     assert_int_equal(lin_check(ops, n, HIST_NULL, &no_limits, &res), 0);
+    assert_int_equal(res.verdict, LIN_OK);
+    assert_true(res.states < 200);
+    lin_result_close(&res);
+    /* Reads of 1 invoked after every write completed, then a read of 100: 1 was last. */
+    for (size_t i = 21; i < 61; i++)
+        ops[i] = R(1500, 2000, 1);
+    ops[n - 1] = R(3000, 3001, 100);
+    assert_int_equal(lin_check(ops, n, HIST_NULL, &no_limits, &res), 0);
     assert_int_equal(res.verdict, LIN_VIOLATION);
-    /* Configurations are (subset of writes, read progress, value): far fewer than the
-     * 12! orders of the writes a search without the cache would walk. */
-    assert_true(res.states > 100);
-    assert_true(res.states < (1u << 12) * 9 * 13);
+    assert_true(res.states < 200);
     lin_result_close(&res);
 }
 
 static void test_lin_check_limits_give_unknown(void **state)
 {
     (void)state;
-    struct lin_op ops[40];
-    size_t n = crossed(ops, 16);
+    struct lin_op ops[64];
+    size_t n = wide(ops, 16);
     struct lin_result res;
     struct lin_limits lim = {.max_states = 1000};
-    assert_int_equal(lin_check(ops, n, HIST_NULL, &lim, &res), 0);
+    assert_int_equal(lin_check(ops, n, LIN_ANY, &lim, &res), 0);
     assert_int_equal(res.verdict, LIN_UNKNOWN);
     assert_string_equal(res.unknown_why, "state limit exceeded");
     assert_null(res.prefix);
 
     lim = (struct lin_limits){.max_bytes = 64 * 1024};
-    assert_int_equal(lin_check(ops, n, HIST_NULL, &lim, &res), 0);
+    assert_int_equal(lin_check(ops, n, LIN_ANY, &lim, &res), 0);
     assert_int_equal(res.verdict, LIN_UNKNOWN);
     assert_string_equal(res.unknown_why, "memory limit exceeded");
 
     lim = (struct lin_limits){.deadline_ns = 1}; /* long past */
-    assert_int_equal(lin_check(ops, n, HIST_NULL, &lim, &res), 0);
+    assert_int_equal(lin_check(ops, n, LIN_ANY, &lim, &res), 0);
     assert_int_equal(res.verdict, LIN_UNKNOWN);
     assert_string_equal(res.unknown_why, "time budget exceeded");
 }
@@ -283,21 +319,21 @@ static bool brute_rec(const struct lin_op *ops, size_t n, bool *placed, size_t l
             ok = placed[j] || j == i || ops[j].ret >= ops[i].call;
         if (!ok)
             continue;
-        uint32_t next = st;
+        uint32_t next = ops[i].value;
         bool legal = false;
         switch (ops[i].kind) {
         case LIN_READ:
-            legal = st == ops[i].value;
+            legal = st == LIN_ANY || st == ops[i].value;
             break;
         case LIN_WRITE:
             legal = true;
-            next = ops[i].value;
             break;
         case LIN_CAS:
-            legal = st == ops[i].expect;
-            next = ops[i].value;
+            legal = st == LIN_ANY || st == ops[i].expect;
             break;
         case LIN_HAVOC:
+            legal = true;
+            next = LIN_ANY;
             break;
         }
         if (!legal)
@@ -312,7 +348,7 @@ static bool brute_rec(const struct lin_op *ops, size_t n, bool *placed, size_t l
 }
 
 /* Linearizable iff for some subset of the unknown-outcome ops, all the rest order. */
-static bool brute(const struct lin_op *ops, size_t n)
+static bool brute(const struct lin_op *ops, size_t n, uint32_t initial)
 {
     size_t n_opt = 0;
     for (size_t i = 0; i < n; i++)
@@ -326,7 +362,7 @@ static bool brute(const struct lin_op *ops, size_t n)
                 continue;
             sub[m++] = ops[i];
         }
-        if (brute_rec(sub, m, placed, m, HIST_NULL))
+        if (brute_rec(sub, m, placed, m, initial))
             return true;
     }
     return false;
@@ -336,34 +372,44 @@ static void test_lin_check_matches_brute_force(void **state)
 {
     (void)state;
     unsigned short rng[3] = {1, 2, 3};
-    int seen[3] = {0};
-    for (int round = 0; round < 4000; round++) {
+    int seen[3] = {0}, with_havoc = 0;
+    for (int round = 0; round < 6000; round++) {
         struct lin_op ops[7];
         size_t n = 2 + (size_t)(nrand48(rng) % 6);
         uint32_t next_value = 1;
+        /* Mostly the real registers (null start, unique values); some with a fork. */
+        bool havoc = nrand48(rng) % 4 == 0;
+        uint32_t initial = havoc && nrand48(rng) % 2 ? LIN_ANY : HIST_NULL;
         for (size_t i = 0; i < n; i++) {
             int64_t call = nrand48(rng) % 20, len = nrand48(rng) % 8;
             int64_t ret = nrand48(rng) % 6 == 0 ? INF : call + len;
             long k = nrand48(rng) % 10;
             uint32_t any = (uint32_t)(nrand48(rng) % 4); /* 0 = null */
-            if (k < 4)
+            if (havoc && k == 9)
+                ops[i] = (struct lin_op){.call = call, .ret = ret, .kind = LIN_HAVOC};
+            else if (k < 4)
                 ops[i] = R(call, ret, any);
             else if (k < 8)
                 ops[i] = W(call, ret, next_value++);
             else
                 ops[i] = CAS(call, ret, any, next_value++);
         }
-        bool expect = brute(ops, n);
+        bool expect = brute(ops, n, initial);
         struct lin_result res;
-        assert_int_equal(lin_check(ops, n, HIST_NULL, &no_limits, &res), 0);
+        assert_int_equal(lin_check(ops, n, initial, &no_limits, &res), 0);
         if ((res.verdict == LIN_OK) != expect) {
             for (size_t i = 0; i < n; i++)
                 print_message("op %zu kind %d [%lld, %lld] value %u expect %u\n", i,
                               ops[i].kind, (long long)ops[i].call, (long long)ops[i].ret,
                               ops[i].value, ops[i].expect);
-            fail_msg("round %d: search says %d, brute force %d", round, res.verdict, expect);
+            fail_msg("round %d: initial %u: search says %d, brute force %d", round, initial,
+                     res.verdict, expect);
         }
         lin_result_close(&res);
+        if (havoc) {
+            with_havoc++;
+            continue;
+        }
         /* The pre-check is sound: whatever it flags really is not linearizable. */
         struct lin_finding f;
         assert_int_equal(lin_precheck(ops, n, &f), 0);
@@ -371,8 +417,104 @@ static void test_lin_check_matches_brute_force(void **state)
             assert_false(expect);
         seen[expect ? 0 : f.flaw != LIN_FLAW_NONE ? 1 : 2]++;
     }
-    /* The random cases cover all three outcomes. */
-    assert_true(seen[0] > 100 && seen[1] > 100 && seen[2] > 100);
+    /* The random cases cover all three outcomes, and forks. */
+    assert_true(seen[0] > 100 && seen[1] > 100 && seen[2] > 100 && with_havoc > 1000);
+}
+
+/* ---- Whole histories: parsing, the reductions in checks.c and the search ------------- */
+
+/* Random one-key histories of three clients with ok, fail and info outcomes and maybe a
+ * final read, written as JSON Lines, checked by lincheck's checks and by brute force over
+ * the raw semantics (ok: happened in its interval; info: maybe, any time after invoke;
+ * fail: never; final: after everything). */
+static void test_check_history_matches_brute_force(void **state)
+{
+    (void)state;
+    unsigned short rng[3] = {7, 8, 9};
+    int verdicts[2] = {0};
+    for (int round = 0; round < 3000; round++) {
+        struct lin_op raw[16];
+        size_t n = 0;
+        uint32_t next_value = 1;
+        char *text = NULL;
+        size_t text_len = 0;
+        FILE *mem = open_memstream(&text, &text_len);
+        assert_non_null(mem);
+        for (int proc = 0; proc < 3; proc++) {
+            int64_t t = nrand48(rng) % 5;
+            int ops = 1 + (int)(nrand48(rng) % 3);
+            for (int k = 0; k < ops; k++) {
+                long f = nrand48(rng) % 10, outcome = nrand48(rng) % 10;
+                int64_t call = t, ret = call + nrand48(rng) % 6;
+                t = ret + nrand48(rng) % 4;
+                const char *fname = f < 4 ? "read" : f < 8 ? "write" : "cas";
+                const char *type = outcome < 6 ? "ok" : outcome < 8 ? "fail" : "info";
+                uint32_t value = f < 4 ? (uint32_t)(nrand48(rng) % 4) : next_value++;
+                uint32_t expect = (uint32_t)(nrand48(rng) % 4);
+                json_t *inv = json_pack("{s:I,s:i,s:s,s:s,s:s,s:s}", "t", (json_int_t)call,
+                                        "proc", proc, "type", "invoke", "f", fname, "branch",
+                                        "b", "key", "k");
+                json_t *done = json_pack("{s:I,s:i,s:s,s:s,s:s,s:s}", "t", (json_int_t)ret,
+                                         "proc", proc, "type", type, "f", fname, "branch", "b",
+                                         "key", "k");
+                if (f >= 4)
+                    json_object_set_new(inv, "value", json_integer(value));
+                if (f >= 8)
+                    json_object_set_new(inv, "expect",
+                                        expect ? json_integer(expect) : json_null());
+                if (f < 4 && outcome < 6)
+                    json_object_set_new(done, "value",
+                                        value ? json_integer(value) : json_null());
+                assert_int_equal(json_dumpf(inv, mem, JSON_COMPACT), 0);
+                fputc('\n', mem);
+                assert_int_equal(json_dumpf(done, mem, JSON_COMPACT), 0);
+                fputc('\n', mem);
+                json_decref(inv);
+                json_decref(done);
+                if (outcome >= 6 && outcome < 8)
+                    continue; /* failed: did not happen */
+                if (outcome >= 8 && f < 4)
+                    continue; /* a read of unknown outcome tells nothing */
+                raw[n] = f < 4 ? R(call, ret, value)
+                         : f < 8 ? W(call, ret, value)
+                                 : CAS(call, ret, expect, value);
+                if (outcome >= 8)
+                    raw[n].ret = INF;
+                n++;
+            }
+        }
+        if (nrand48(rng) % 2) {
+            uint32_t v = (uint32_t)(nrand48(rng) % 4);
+            json_t *fin = json_pack("{s:s,s:s,s:s,s:o}", "type", "final", "branch", "b", "key",
+                                    "k", "value", v ? json_integer(v) : json_null());
+            assert_int_equal(json_dumpf(fin, mem, JSON_COMPACT), 0);
+            fputc('\n', mem);
+            json_decref(fin);
+            raw[n++] = R(1000, 1001, v);
+        }
+        assert_int_equal(fclose(mem), 0);
+
+        FILE *in = fmemopen(text, text_len, "r");
+        assert_non_null(in);
+        struct hist h;
+        struct err e;
+        assert_int_equal(hist_load(&h, in, "random", &e), 0);
+        fclose(in);
+        FILE *out = fopen("/dev/null", "w");
+        assert_non_null(out);
+        struct check_limits lim = {0};
+        struct check_summary sum;
+        assert_int_equal(check_history(&h, &lim, out, &sum), 0);
+        fclose(out);
+        hist_close(&h);
+        bool expect = brute(raw, n, HIST_NULL);
+        if ((sum.violations == 0) != expect || sum.unknown != 0)
+            fail_msg("round %d: lincheck found %zu violation(s), brute force says %s:\n%s",
+                     round, sum.violations, expect ? "linearizable" : "not", text);
+        verdicts[expect]++;
+        free(text);
+    }
+    assert_true(verdicts[0] > 300 && verdicts[1] > 300);
 }
 
 int main(void)
@@ -389,10 +531,12 @@ int main(void)
         cmocka_unit_test(test_lin_check_equal_times_are_concurrent),
         cmocka_unit_test(test_lin_check_havoc_sets_unknown_value),
         cmocka_unit_test(test_lin_check_cache_bounds_search),
+        cmocka_unit_test(test_lin_check_forced_ops_keep_search_small),
         cmocka_unit_test(test_lin_check_limits_give_unknown),
         cmocka_unit_test(test_lin_check_out_of_memory),
         cmocka_unit_test(test_lin_precheck_flaws),
         cmocka_unit_test(test_lin_check_matches_brute_force),
+        cmocka_unit_test(test_check_history_matches_brute_force),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
