@@ -94,10 +94,16 @@ static void put_value(FILE *out, const struct hist *h, uint32_t id)
         return;
     }
     const char *v = h->values[id];
-    if (strlen(v) <= 60)
+    size_t len = strlen(v);
+    if (len <= 60) {
         fputs(v, out);
-    else
-        fprintf(out, "%.57s...", v);
+        return;
+    }
+    /* Long values are cut, at a character boundary: the text is UTF-8. */
+    len = 57;
+    while (len > 0 && ((unsigned char)v[len] & 0xC0) == 0x80)
+        len--;
+    fprintf(out, "%.*s...", (int)len, v);
 }
 
 static const char *outcome_name(enum hist_outcome o)
@@ -879,7 +885,8 @@ int check_history(const struct hist *h, const struct check_limits *lim, FILE *ou
     for (size_t i = 0; i < h->n_ops; i++)
         c.order[i] = i;
     qsort_r(c.order, h->n_ops, sizeof *c.order, cmp_group, (void *)h->ops);
-    memcpy(c.finals, h->finals, h->n_finals * sizeof *c.finals);
+    if (h->n_finals > 0)
+        memcpy(c.finals, h->finals, h->n_finals * sizeof *c.finals);
     qsort(c.finals, h->n_finals, sizeof *c.finals, cmp_final);
 
     for (size_t i = 0; i < h->n_ops;) {

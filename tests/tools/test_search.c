@@ -517,6 +517,66 @@ static void test_check_history_matches_brute_force(void **state)
     assert_true(verdicts[0] > 300 && verdicts[1] > 300);
 }
 
+/* Running out of memory anywhere in loading or checking is reported, never a crash or a
+ * leak (the sanitizer build checks the leaks). */
+static void test_check_history_out_of_memory(void **state)
+{
+    (void)state;
+    static const char text[] =
+        "{\"t\":1,\"proc\":1,\"type\":\"invoke\",\"f\":\"write\",\"branch\":\"m\","
+        "\"key\":\"x\",\"value\":1}\n"
+        "{\"t\":5,\"proc\":1,\"type\":\"ok\",\"f\":\"write\",\"branch\":\"m\",\"key\":\"x\","
+        "\"version\":1}\n"
+        "{\"t\":2,\"proc\":2,\"type\":\"invoke\",\"f\":\"cas\",\"branch\":\"m\","
+        "\"key\":\"x\",\"expect\":1,\"value\":2}\n"
+        "{\"t\":9,\"proc\":2,\"type\":\"info\",\"f\":\"cas\",\"branch\":\"m\",\"key\":\"x\","
+        "\"error\":\"TIMEOUT\"}\n"
+        "{\"t\":3,\"proc\":3,\"type\":\"invoke\",\"f\":\"append\",\"branch\":\"m\","
+        "\"key\":\"ev\"}\n"
+        "{\"t\":4,\"proc\":3,\"type\":\"ok\",\"f\":\"append\",\"branch\":\"m\",\"key\":\"ev\","
+        "\"seq\":1,\"version\":2}\n"
+        "{\"t\":6,\"proc\":3,\"type\":\"invoke\",\"f\":\"fork\",\"branch\":\"f\","
+        "\"key\":\"m\"}\n"
+        "{\"t\":7,\"proc\":3,\"type\":\"ok\",\"f\":\"fork\",\"branch\":\"f\",\"key\":\"m\"}\n"
+        "{\"t\":8,\"proc\":3,\"type\":\"invoke\",\"f\":\"read\",\"branch\":\"f\","
+        "\"key\":\"x\"}\n"
+        "{\"t\":9,\"proc\":3,\"type\":\"ok\",\"f\":\"read\",\"branch\":\"f\",\"key\":\"x\","
+        "\"value\":1}\n"
+        "{\"type\":\"final\",\"branch\":\"m\",\"key\":\"x\",\"value\":2}\n"
+        "{\"type\":\"final\",\"f\":\"len\",\"branch\":\"m\",\"key\":\"ev\",\"value\":1}\n";
+    bool finished = false;
+    for (long k = 1; k < 5000 && !finished; k++) {
+        FILE *in = fmemopen((void *)text, sizeof text - 1, "r");
+        FILE *out = fopen("/dev/null", "w");
+        assert_non_null(in);
+        assert_non_null(out);
+        struct hist h;
+        struct err e;
+        struct check_summary sum;
+        struct check_limits lim = {0};
+        sm_fail_after(k);
+        int rc = hist_load(&h, in, "oom", &e);
+        if (rc == 0) {
+            rc = check_history(&h, &lim, out, &sum);
+            hist_close(&h);
+        }
+        /* Still armed means the whole run allocated fewer than k times. */
+        void *probe = rc == 0 ? sm_malloc(1) : NULL;
+        finished = probe != NULL;
+        sm_free(probe);
+        sm_fail_after(0);
+        if (rc == 0) {
+            assert_int_equal(sum.violations, 0);
+            assert_int_equal(sum.registers, 2);
+        } else {
+            assert_int_equal(rc, STRATA_OUT_OF_MEMORY);
+        }
+        fclose(in);
+        fclose(out);
+    }
+    assert_true(finished);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -537,6 +597,7 @@ int main(void)
         cmocka_unit_test(test_lin_precheck_flaws),
         cmocka_unit_test(test_lin_check_matches_brute_force),
         cmocka_unit_test(test_check_history_matches_brute_force),
+        cmocka_unit_test(test_check_history_out_of_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
