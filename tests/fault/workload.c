@@ -5,6 +5,7 @@
  *   strata_workload run     --uri URI --history FILE [--threads N] [--keys K]
  *                           [--branches B] [--logs L] [--duration S] [--max-ops N]
  *                           [--rotate OPS] [--seed S] [--op-timeout-ms MS]
+ *                           [--nodes HOST:PORT,...]   (odd threads pinned to one node)
  *   strata_workload probe   --uri URI [--within-ms MS]
  *   strata_workload final   --uri URI --history FILE [--within-ms MS]
  *   strata_workload compare --nodes HOST:PORT,... --history FILE [--within-ms MS]
@@ -48,6 +49,7 @@
 #define VAL_MAX 48
 #define KEY_MAX 48
 #define NAME_MAX_ 64
+#define PIN_REOPEN_OPS 300
 
 enum { EXIT_OK = 0, EXIT_ANOMALY = 1, EXIT_USAGE = 2, EXIT_SETUP = 3 };
 
@@ -242,6 +244,7 @@ struct worker {
     uint64_t rng;
     long seq; /* per-thread value counter */
     struct strata *db;
+    char pin_uri[160]; /* "" or strata://ONE-NODE: reopened now and then, see worker_main */
     struct cell_mem cells[MAX_BRANCHES][MAX_KEYS];
     long counts[4][O_N];
     long errors[32];
@@ -418,6 +421,11 @@ static void run_one(struct worker *w, struct buf *cmd, struct buf *res)
     struct res r = {0};
     if (code == 0 && res_parse(&r, res) != 0)
         code = STRATA_PROTOCOL_ERROR; /* an answer we cannot read: fate unknown */
+    else if (code == 0 && r.o->type != MSGPACK_OBJECT_MAP &&
+             !(op.f == F_READ && r.o->type == MSGPACK_OBJECT_NIL)) {
+        res_free(&r);
+        code = STRATA_PROTOCOL_ERROR; /* not the documented shape: fate unknown */
+    }
     enum outcome oc = O_OK;
     bool unexpected = false;
     if (code != 0)
@@ -477,16 +485,39 @@ static void run_one(struct worker *w, struct buf *cmd, struct buf *res)
         w->proc += sh->o->threads;
 }
 
+static int open_db(const char *uri, int op_ms, struct strata **db)
+{
+    struct err e;
+    err_clear(&e);
+    if (strata_open(uri, db, &e)) {
+        fprintf(stderr, "workload: cannot open %s: %s\n", uri, e.msg);
+        return EXIT_USAGE;
+    }
+    strata_set_timeouts(*db, op_ms, op_ms < 1000 ? op_ms : 1000);
+    return 0;
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
     struct buf cmd, res;
     buf_init(&cmd);
     buf_init(&res);
-    long limit = w->sh->o->max_ops;
+    long limit = w->sh->o->max_ops, n = 0;
     while (!stop_requested && now_ms() < w->sh->deadline_ms &&
-           (limit <= 0 || atomic_load(&w->sh->started) < limit))
+           (limit <= 0 || atomic_load(&w->sh->started) < limit)) {
+        /* A pinned handle knows one node only; libstrata moves to the leader after a
+         * redirect or a lost connection and stays there, so a fresh handle every few
+         * hundred operations keeps requests coming through the follower (forwarded). */
+        if (w->pin_uri[0] && ++n % PIN_REOPEN_OPS == 0) {
+            struct strata *fresh = NULL;
+            if (open_db(w->pin_uri, w->sh->o->op_timeout_ms, &fresh) == 0) {
+                strata_close(w->db);
+                w->db = fresh;
+            }
+        }
         run_one(w, &cmd, &res);
+    }
     buf_close(&cmd);
     buf_close(&res);
     pthread_mutex_lock(&w->sh->stats_mu);
@@ -498,18 +529,6 @@ static void *worker_main(void *arg)
     w->sh->unexpected += w->unexpected;
     pthread_mutex_unlock(&w->sh->stats_mu);
     return NULL;
-}
-
-static int open_db(const char *uri, int op_ms, struct strata **db)
-{
-    struct err e;
-    err_clear(&e);
-    if (strata_open(uri, db, &e)) {
-        fprintf(stderr, "workload: cannot open %s: %s\n", uri, e.msg);
-        return EXIT_USAGE;
-    }
-    strata_set_timeouts(*db, op_ms, op_ms < 1000 ? op_ms : 1000);
-    return 0;
 }
 
 /* Run a command until it succeeds or `ok_code` comes back, within `within_ms`. */
@@ -565,6 +584,23 @@ static int setup_branches(struct shared *sh, struct strata *db)
     return rc ? EXIT_SETUP : 0;
 }
 
+/* strata://NODE for the k-th (mod n) address of the comma-separated list. */
+static int pin_uri(const char *nodes, int k, char *out, size_t cap)
+{
+    int n = 1;
+    for (const char *p = nodes; *p; p++)
+        n += *p == ',';
+    const char *p = nodes;
+    for (int i = 0; i < k % n; i++)
+        p = strchr(p, ',') + 1;
+    size_t l = strcspn(p, ",");
+    if (l == 0 || (size_t)snprintf(out, cap, "strata://%.*s", (int)l, p) >= cap) {
+        fprintf(stderr, "workload: bad --nodes list '%s'\n", nodes);
+        return EXIT_USAGE;
+    }
+    return 0;
+}
+
 static int cmd_run(const struct opts *o)
 {
     static struct shared sh; /* large; lives for the whole run */
@@ -596,7 +632,12 @@ static int cmd_run(const struct opts *o)
         ws[i].rng = (o->seed + 1) * 0x9E3779B97F4A7C15ull + (uint64_t)i * 0xBF58476D1CE4E5B9ull;
         if (ws[i].rng == 0)
             ws[i].rng = 1;
-        if ((rc = open_db(o->uri, o->op_timeout_ms, &ws[i].db)))
+        /* With --nodes, every odd thread talks to one node only (its requests are
+         * forwarded when that node follows); the others know every node. */
+        if (o->nodes && i % 2 == 1 && pin_uri(o->nodes, i / 2, ws[i].pin_uri, sizeof ws[i].pin_uri))
+            rc = EXIT_USAGE;
+        else if ((rc = open_db(ws[i].pin_uri[0] ? ws[i].pin_uri : o->uri, o->op_timeout_ms,
+                               &ws[i].db)))
             break;
         if (pthread_create(&tids[i], NULL, worker_main, &ws[i])) {
             strata_close(ws[i].db);
@@ -1299,6 +1340,7 @@ static void usage(FILE *out)
           "  strata_workload run     --uri URI --history FILE [--threads N] [--keys K]\n"
           "                          [--branches B] [--logs L] [--duration S] [--max-ops N]\n"
           "                          [--rotate OPS] [--seed S] [--op-timeout-ms MS]\n"
+          "                          [--nodes HOST:PORT,...]  (odd threads use one node each)\n"
           "  strata_workload probe   --uri URI [--within-ms MS]\n"
           "  strata_workload final   --uri URI --history FILE [--within-ms MS]\n"
           "  strata_workload compare --nodes HOST:PORT,... --history FILE [--within-ms MS]\n"
