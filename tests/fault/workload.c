@@ -1156,20 +1156,36 @@ static int cmd_final(const struct opts *o)
 
 #define MAX_NODES 9
 
+#define MAX_GROUPS 64
+
+/* One Raft group as a node reports it (servers that host several groups list them in
+ * cluster.status "groups", each with a digest of its engine when asked). */
+struct group_status {
+    uint64_t id, applied, commit;
+    char digest[80]; /* "" when the server gives none */
+};
+
 struct status {
     uint64_t node_id, applied, commit, term;
     char role[16];
+    size_t ngroups;
+    struct group_status groups[MAX_GROUPS];
 };
 
-static int node_status(struct strata *db, struct status *st)
+static int node_status(struct strata *db, bool digest, struct status *st)
 {
     struct buf cmd, res;
     buf_init(&cmd);
     buf_init(&res);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &cmd, buf_w);
-    msgpack_pack_map(&pk, 1);
+    msgpack_pack_map(&pk, digest ? 2 : 1);
     pk_kv(&pk, "op", "cluster.status");
+    if (digest) {
+        /* Ignored by servers without digests (unknown arguments are ignored). */
+        pk_str(&pk, "digest");
+        msgpack_pack_true(&pk);
+    }
     struct err e;
     int rc = strata_exec(db, cmd.data, cmd.len, &res, &e);
     struct res r;
@@ -1183,6 +1199,20 @@ static int node_status(struct strata *db, struct status *st)
         if (role && role->type == MSGPACK_OBJECT_STR)
             snprintf(st->role, sizeof st->role, "%.*s", (int)role->via.str.size,
                      role->via.str.ptr);
+        const msgpack_object *gs = map_get(r.o, "groups");
+        for (uint32_t i = 0; gs && gs->type == MSGPACK_OBJECT_ARRAY && i < gs->via.array.size &&
+                             st->ngroups < MAX_GROUPS;
+             i++) {
+            const msgpack_object *g = &gs->via.array.ptr[i];
+            struct group_status *x = &st->groups[st->ngroups++];
+            map_u64(g, "id", &x->id);
+            map_u64(g, "applied_index", &x->applied);
+            map_u64(g, "commit_index", &x->commit);
+            const msgpack_object *d = map_get(g, "digest");
+            if (d && d->type == MSGPACK_OBJECT_STR)
+                snprintf(x->digest, sizeof x->digest, "%.*s", (int)d->via.str.size,
+                         d->via.str.ptr);
+        }
         res_free(&r);
     } else if (rc == 0) {
         rc = STRATA_PROTOCOL_ERROR;
@@ -1190,6 +1220,30 @@ static int node_status(struct strata *db, struct status *st)
     buf_close(&cmd);
     buf_close(&res);
     return rc;
+}
+
+static const struct group_status *status_group(const struct status *st, uint64_t id)
+{
+    for (size_t i = 0; i < st->ngroups; i++)
+        if (st->groups[i].id == id)
+            return &st->groups[i];
+    return NULL;
+}
+
+/* Every node applied everything it committed, at the same index, in every group. */
+static bool statuses_converged(const struct status *st, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (st[i].applied != st[0].applied || st[i].applied != st[i].commit ||
+            st[i].ngroups != st[0].ngroups)
+            return false;
+        for (size_t k = 0; k < st[i].ngroups; k++) {
+            const struct group_status *a = &st[i].groups[k], *b = status_group(&st[0], a->id);
+            if (b == NULL || a->applied != b->applied || a->applied != a->commit)
+                return false;
+        }
+    }
+    return true;
 }
 
 /* A stale read on one node, rendered as JSON text (value and version), into out. */
@@ -1266,21 +1320,46 @@ static int cmd_compare(const struct opts *o)
     while (rc == 0 && !converged && now_ms() < deadline) {
         converged = true;
         for (int i = 0; i < n && converged; i++)
-            converged = node_status(dbs[i], &st[i]) == 0 && st[i].applied == st[0].applied &&
-                        st[i].applied == st[i].commit;
+            converged = node_status(dbs[i], false, &st[i]) == 0;
+        converged = converged && statuses_converged(st, n);
         if (!converged)
             sleep_ms(100);
     }
+    /* Where the server offers them, the digests of every group's engine must be equal. */
+    size_t digests = 0;
+    for (int i = 0; rc == 0 && converged && i < n; i++)
+        if (node_status(dbs[i], true, &st[i]) != 0)
+            rc = EXIT_ANOMALY;
     long anomalies = 0;
+    for (size_t k = 0; rc == 0 && converged && k < st[0].ngroups; k++) {
+        const struct group_status *g0 = &st[0].groups[k];
+        if (g0->digest[0] == '\0')
+            continue;
+        digests++;
+        for (int i = 1; i < n; i++) {
+            const struct group_status *gi = status_group(&st[i], g0->id);
+            if (gi == NULL || strcmp(gi->digest, g0->digest) != 0) {
+                fprintf(stderr, "ANOMALY group %" PRIu64 " differs at applied index %" PRIu64
+                                ": %s has digest %s, %s has %s\n",
+                        g0->id, g0->applied, addrs[0], g0->digest, addrs[i],
+                        gi ? gi->digest : "(no such group)");
+                anomalies++;
+            }
+        }
+    }
     if (rc == 0 && !converged) {
         fprintf(stderr, "ANOMALY replicas did not reach one applied index within %d ms:",
                 o->within_ms);
         for (int i = 0; i < n; i++)
-            if (node_status(dbs[i], &st[i]) == 0)
+            if (node_status(dbs[i], false, &st[i]) == 0) {
                 fprintf(stderr, " node %" PRIu64 " %s term %" PRIu64 " commit %" PRIu64
-                                " applied %" PRIu64 ";",
+                                " applied %" PRIu64,
                         st[i].node_id, st[i].role, st[i].term, st[i].commit, st[i].applied);
-            else
+                for (size_t k = 0; k < st[i].ngroups; k++)
+                    fprintf(stderr, " [group %" PRIu64 " commit %" PRIu64 " applied %" PRIu64 "]",
+                            st[i].groups[k].id, st[i].groups[k].commit, st[i].groups[k].applied);
+                fprintf(stderr, ";");
+            } else
                 fprintf(stderr, " %s unreachable;", addrs[i]);
         fprintf(stderr, "\n");
         anomalies++;
@@ -1314,8 +1393,8 @@ static int cmd_compare(const struct opts *o)
      * follows its connection's node until it breaks: ask on the same handle after). */
     struct status after[MAX_NODES];
     for (int i = 0; rc == 0 && converged && i < n; i++)
-        if (node_status(dbs[i], &after[i]) || after[i].node_id != st[i].node_id ||
-            after[i].applied != st[i].applied) {
+        if (node_status(dbs[i], false, &after[i]) || after[i].node_id != st[i].node_id ||
+            !statuses_converged((const struct status[]){st[i], after[i]}, 2)) {
             fprintf(stderr, "workload: node %s changed under the comparison; not conclusive\n",
                     addrs[i]);
             rc = EXIT_ANOMALY;
@@ -1323,9 +1402,9 @@ static int cmd_compare(const struct opts *o)
     for (int i = 0; i < n; i++)
         strata_close(dbs[i]);
     if (rc == 0)
-        printf("{\"replicas\":%d,\"compared\":%zu,\"applied_index\":%" PRIu64
-               ",\"replica_anomalies\":%ld}\n",
-               n, compared, n ? st[0].applied : 0, anomalies);
+        printf("{\"replicas\":%d,\"compared\":%zu,\"groups\":%zu,\"digests\":%zu,"
+               "\"applied_index\":%" PRIu64 ",\"replica_anomalies\":%ld}\n",
+               n, compared, n ? st[0].ngroups : 0, digests, n ? st[0].applied : 0, anomalies);
     if (rc == 0 && anomalies)
         rc = EXIT_ANOMALY;
     objects_free(&s);
