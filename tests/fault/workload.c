@@ -1314,8 +1314,17 @@ static int cmd_compare(const struct opts *o)
         snprintf(uri, sizeof uri, "strata://%s", addrs[i]);
         rc = open_db(uri, 2000, &dbs[i]);
     }
-    /* Every replica applies the same index (nothing writes any more), bounded. */
+    /* Every replica applies the same index (nothing writes any more), bounded. A server
+     * may still write by itself (a leader's first entry, housekeeping): when an index
+     * moves during the comparison, it starts again (bounded), and only the last
+     * attempt's findings are reported. */
     uint64_t deadline = now_ms() + (uint64_t)o->within_ms;
+    int attempt = 0;
+    struct buf report;
+    buf_init(&report);
+again:
+    attempt++;
+    buf_reset(&report);
     bool converged = false;
     while (rc == 0 && !converged && now_ms() < deadline) {
         converged = true;
@@ -1339,7 +1348,7 @@ static int cmd_compare(const struct opts *o)
         for (int i = 1; i < n; i++) {
             const struct group_status *gi = status_group(&st[i], g0->id);
             if (gi == NULL || strcmp(gi->digest, g0->digest) != 0) {
-                fprintf(stderr, "ANOMALY group %" PRIu64 " differs at applied index %" PRIu64
+                buf_printf(&report, "ANOMALY group %" PRIu64 " differs at applied index %" PRIu64
                                 ": %s has digest %s, %s has %s\n",
                         g0->id, g0->applied, addrs[0], g0->digest, addrs[i],
                         gi ? gi->digest : "(no such group)");
@@ -1348,20 +1357,20 @@ static int cmd_compare(const struct opts *o)
         }
     }
     if (rc == 0 && !converged) {
-        fprintf(stderr, "ANOMALY replicas did not reach one applied index within %d ms:",
-                o->within_ms);
+        buf_printf(&report, "ANOMALY replicas did not reach one applied index within %d ms:",
+                   o->within_ms);
         for (int i = 0; i < n; i++)
             if (node_status(dbs[i], false, &st[i]) == 0) {
-                fprintf(stderr, " node %" PRIu64 " %s term %" PRIu64 " commit %" PRIu64
-                                " applied %" PRIu64,
+                buf_printf(&report, " node %" PRIu64 " %s term %" PRIu64 " commit %" PRIu64
+                                    " applied %" PRIu64,
                         st[i].node_id, st[i].role, st[i].term, st[i].commit, st[i].applied);
                 for (size_t k = 0; k < st[i].ngroups; k++)
-                    fprintf(stderr, " [group %" PRIu64 " commit %" PRIu64 " applied %" PRIu64 "]",
+                    buf_printf(&report, " [group %" PRIu64 " commit %" PRIu64 " applied %" PRIu64 "]",
                             st[i].groups[k].id, st[i].groups[k].commit, st[i].groups[k].applied);
-                fprintf(stderr, ";");
+                buf_printf(&report, ";");
             } else
-                fprintf(stderr, " %s unreachable;", addrs[i]);
-        fprintf(stderr, "\n");
+                buf_printf(&report, " %s unreachable;", addrs[i]);
+        buf_printf(&report, "\n");
         anomalies++;
     }
     size_t compared = 0;
@@ -1378,7 +1387,7 @@ static int cmd_compare(const struct opts *o)
         }
         for (int i = 1; i < n && ok; i++)
             if (fp[i].len != fp[0].len || memcmp(fp[i].data, fp[0].data, fp[0].len) != 0) {
-                fprintf(stderr, "ANOMALY replicas differ on %s %s/%s: %s has %.*s, %s has %.*s\n",
+                buf_printf(&report, "ANOMALY replicas differ on %s %s/%s: %s has %.*s, %s has %.*s\n",
                         s.v[k].log ? "log" : "register", s.v[k].branch, s.v[k].key, addrs[0],
                         (int)fp[0].len, (const char *)fp[0].data, addrs[i], (int)fp[i].len,
                         (const char *)fp[i].data);
@@ -1395,10 +1404,28 @@ static int cmd_compare(const struct opts *o)
     for (int i = 0; rc == 0 && converged && i < n; i++)
         if (node_status(dbs[i], false, &after[i]) || after[i].node_id != st[i].node_id ||
             !statuses_converged((const struct status[]){st[i], after[i]}, 2)) {
+            if (attempt < 5 && now_ms() < deadline) {
+                fprintf(stderr, "workload: node %s moved during comparison %d; again\n",
+                        addrs[i], attempt);
+                /* Fresh handles: one may have followed a redirect to another node. */
+                for (int j = 0; j < n && rc == 0; j++) {
+                    char uri[160];
+                    snprintf(uri, sizeof uri, "strata://%.127s", addrs[j]);
+                    strata_close(dbs[j]);
+                    dbs[j] = NULL;
+                    rc = open_db(uri, 2000, &dbs[j]);
+                }
+                if (rc == 0)
+                    goto again;
+            }
             fprintf(stderr, "workload: node %s changed under the comparison; not conclusive\n",
                     addrs[i]);
             rc = EXIT_ANOMALY;
+            break;
         }
+    if (report.len)
+        fprintf(stderr, "%.*s", (int)report.len, (const char *)report.data);
+    buf_close(&report);
     for (int i = 0; i < n; i++)
         strata_close(dbs[i]);
     if (rc == 0)
