@@ -22,6 +22,10 @@
 # on any exit path; the inner shell is PID 1 of the PID namespace, so if it dies every pod
 # dies with it, and the outer shell's death kills it (pdeathsig). The temp dir is removed
 # (kept with STRATA_DEPLOY_KEEP=1).
+#
+# STRATA_POD_IMAGE_ROOT=DIR runs the pods on a built image's filesystem instead (e.g. the
+# path `podman image mount IMAGE` prints), under a private overlay: the image's binaries,
+# libraries and user (the CLI argument is still the test's own client).
 set -euo pipefail
 
 NS=strata-test            # the Kubernetes namespace the pods believe they are in
@@ -37,33 +41,50 @@ die() { printf 'pods: ERROR: %s\n' "$*" >&2; exit 1; }
 if [[ ${1:-} == --pod ]]; then
     spec=$2 root=$3 server=$4 cli=$5 podtmp=$6 real=${7:-} # real: the binary behind a wrapper
     j() { jq -r "$1" "$spec"; }
-    mount -t tmpfs -o mode=0755 tmpfs "$root"
-    # Debian's merged /usr: /bin, /lib... are links into /usr, as in the image.
-    for d in bin sbin lib lib64 lib32 libx32; do
-        if [[ -L /$d ]]; then ln -s "$(readlink "/$d")" "$root/$d"
-        elif [[ -d /$d ]]; then mkdir "$root/$d"; mount --rbind "/$d" "$root/$d"; mount -o remount,bind,ro "$root/$d"; fi
-    done
-    mkdir -p "$root/usr" "$root/etc" "$root/proc" "$root/dev" "$root/tmp" "$root/var/lib" "$root/run"
-    mount --rbind /usr "$root/usr"
-    mount -o remount,bind,ro "$root/usr"
-    # The image's /usr/local/bin: just the server and the CLI.
-    mount -t tmpfs -o mode=0755 tmpfs "$root/usr/local/bin"
-    touch "$root/usr/local/bin/stratadb-server" "$root/usr/local/bin/strata"
-    mount --bind "$server" "$root/usr/local/bin/stratadb-server"
-    mount --bind "$cli" "$root/usr/local/bin/strata"
-    if [[ -n $real ]]; then
-        touch "$root/usr/local/bin/.stratadb-server-real"
-        mount --bind "$real" "$root/usr/local/bin/.stratadb-server-real"
+    image=${STRATA_POD_IMAGE_ROOT:-}
+    if [[ -n $image ]]; then
+        # The image's own filesystem (e.g. `podman image mount`), under a private overlay so
+        # that mount points and the test-only wrapper never touch the image.
+        ovl="$podtmp/overlay-$(j .pod)"
+        rm -rf "$ovl"
+        mkdir -p "$ovl/upper" "$ovl/work"
+        mount -t overlay overlay -o "lowerdir=$image,upperdir=$ovl/upper,workdir=$ovl/work" "$root"
+        if [[ -n $real ]]; then
+            mv "$root/usr/local/bin/stratadb-server" "$root/usr/local/bin/.stratadb-server-real"
+            cp "$server" "$root/usr/local/bin/stratadb-server"
+        fi
+        mount -t tmpfs -o mode=0755 tmpfs "$root/dev"
+    else
+        mount -t tmpfs -o mode=0755 tmpfs "$root"
+        # Debian's merged /usr: /bin, /lib... are links into /usr, as in the image.
+        for d in bin sbin lib lib64 lib32 libx32; do
+            if [[ -L /$d ]]; then ln -s "$(readlink "/$d")" "$root/$d"
+            elif [[ -d /$d ]]; then mkdir "$root/$d"; mount --rbind "/$d" "$root/$d"; mount -o remount,bind,ro "$root/$d"; fi
+        done
+        mkdir -p "$root/usr" "$root/etc" "$root/proc" "$root/dev" "$root/tmp" "$root/var/lib" "$root/run"
+        mount --rbind /usr "$root/usr"
+        mount -o remount,bind,ro "$root/usr"
+        # The image's /usr/local/bin: just the server and the CLI.
+        mount -t tmpfs -o mode=0755 tmpfs "$root/usr/local/bin"
+        touch "$root/usr/local/bin/stratadb-server" "$root/usr/local/bin/strata"
+        mount --bind "$server" "$root/usr/local/bin/stratadb-server"
+        mount --bind "$cli" "$root/usr/local/bin/strata"
+        if [[ -n $real ]]; then
+            touch "$root/usr/local/bin/.stratadb-server-real"
+            mount --bind "$real" "$root/usr/local/bin/.stratadb-server-real"
+        fi
+        mount -o remount,ro "$root/usr/local/bin"
+        for f in nsswitch.conf host.conf gai.conf ld.so.cache; do
+            [[ -f /etc/$f ]] && cp "/etc/$f" "$root/etc/$f"
+        done
+        touch "$root/etc/hosts"
     fi
-    mount -o remount,ro "$root/usr/local/bin"
-    for f in nsswitch.conf host.conf gai.conf ld.so.cache; do
-        [[ -f /etc/$f ]] && cp "/etc/$f" "$root/etc/$f"
-    done
-    touch "$root/etc/hosts"
     mount --bind /etc/hosts "$root/etc/hosts" # the private hosts file (cluster DNS)
     uid=$(j '.runAsUser // 0') gid=$(j '.runAsGroup // 0') fsg=$(j '.fsGroup // empty')
-    printf 'root:x:0:0:root:/root:/bin/sh\nstratadb:x:%s:%s::/var/lib/stratadb:/usr/sbin/nologin\n' "$uid" "$gid" >"$root/etc/passwd"
-    printf 'root:x:0:\nstratadb:x:%s:\n' "$gid" >"$root/etc/group"
+    if [[ -z $image ]]; then # the image's user, as deploy/docker/Dockerfile creates it
+        printf 'root:x:0:0:root:/root:/bin/sh\nstratadb:x:%s:%s::/var/lib/stratadb:/usr/sbin/nologin\n' "$uid" "$gid" >"$root/etc/passwd"
+        printf 'root:x:0:\nstratadb:x:%s:\n' "$gid" >"$root/etc/group"
+    fi
     for d in null zero random urandom; do
         touch "$root/dev/$d"
         mount --bind "/dev/$d" "$root/dev/$d"
@@ -220,8 +241,13 @@ key=$(jq -r '.mounts[] | select(.kind == "files") | .files["api-keys"]' "$tmp/po
 
 # A server without --http (the HTTP endpoint not merged yet): the pods run it through a
 # wrapper that drops that one flag, and the probe checks are skipped, loudly.
+server_help=("$server" --help)
+if [[ -n ${STRATA_POD_IMAGE_ROOT:-} ]]; then
+    log "pods run on the image filesystem $STRATA_POD_IMAGE_ROOT"
+    server_help=(chroot "$STRATA_POD_IMAGE_ROOT" /usr/local/bin/stratadb-server --help)
+fi
 http=1
-if ! "$server" --help 2>&1 | grep -q -- '--http'; then
+if ! "${server_help[@]}" 2>&1 | grep -q -- '--http'; then
     http=0
     log "SKIP probe checks: this stratadb-server has no --http flag; the pods run it without --http"
     cat >"$tmp/no-http" <<'EOF'
