@@ -415,7 +415,35 @@ stop_pod 3
 check "pod 3 exits 0 after removal" test "$stop_rc" = 0
 check "kv get after scale-in" test "$(cli_at 2 kv get from-pod-3)" = '"4"'
 
-# ---- 6. Every pod stops cleanly. -----------------------------------------------------
+# ---- 6. Lost volume (README.md): pod 2 refuses, is removed, and joins again. -----------
+stop_pod 2
+check "pod 2 exits 0 before its volume is lost" test "$stop_rc" = 0
+rm -rf "$tmp/volumes/data-$STS-2" # the claim is gone; a new, empty one is provisioned
+start_pod 2
+wait_exit() { # wait_exit ORDINAL SECONDS: the pod ends by itself; sets exit_rc
+    local o=$1 p=${pid[$1]}
+    for _ in $(seq 1 $(($2 * 10))); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$p" 2>/dev/null && return 1
+    set +e
+    wait "$p"
+    exit_rc=$?
+    set -e
+    unset "pid[$o]"
+}
+require "pod 2 on an empty volume stops by itself (safe bootstrap)" wait_exit 2 30
+check "... with exit 2 (CrashLoopBackOff on Kubernetes)" test "$exit_rc" = 2
+check "... and says to remove node 3" grep -q 'remove-node 3' "$tmp/$STS-2.log"
+check "strata cluster remove-node 3" cli_at 0 cluster remove-node 3
+require "voters 1,2" wait_members 0 1,2
+# kubectl patch configmap stratadb-config ... STRATA_INITIAL_CLUSTER_STATE=existing
+node "$here/podspec.mjs" "$k8s" "$STS" 2 "$(ip_of 2)" "$NS" \
+    stratadb-config STRATA_INITIAL_CLUSTER_STATE=existing >"$tmp/pod-2.json"
+start_pod 2
+require "pod 2 joins again as node 3: voters 1,2,3" wait_members 0 1,2,3
+check "pod 2 joined (log)" grep -q 'joined the cluster as node 3' "$tmp/$STS-2.log"
+check "kv get through re-added pod 2" test "$(cli_at 2 kv get during-restart)" = '"kept"'
+
+# ---- 7. Every pod stops cleanly. -----------------------------------------------------
 for o in 0 1 2; do
     stop_pod "$o"
     check "pod $o exits 0 on preStop + SIGTERM" test "$stop_rc" = 0
