@@ -1,7 +1,9 @@
 /* Client connections: handshake, requests in and responses out (any order), the
  * session's default branch/space, authentication, and node-level commands. */
 #include "node.h"
+#include "observe.h"
 
+#include <openssl/evp.h>
 #include <raft.h>
 
 #include <stdio.h>
@@ -66,6 +68,8 @@ void conn_close(struct conn *c)
 struct pending {
     struct conn *c;
     uint64_t id;
+    int op;         /* metrics: the op label (observe_op) */
+    uint64_t t0_ns; /* metrics: when the request was decoded */
 };
 
 static void respond(void *arg, int code, const uint8_t *result, size_t len, const char *message,
@@ -83,18 +87,19 @@ static void respond(void *arg, int code, const uint8_t *result, size_t len, cons
     else
         conn_close(c); /* never leave a request unanswered on an open connection */
     buf_close(&b);
+    observe_command(c->node, p->op, code, uv_hrtime() - p->t0_ns);
     sm_free(p);
     conn_unref(c);
 }
 
-static void respond_now(struct conn *c, uint64_t id, int code, const char *message)
+static void respond_now(struct conn *c, uint64_t id, int op, int code, const char *message)
 {
     struct pending *p = sm_malloc(sizeof *p);
     if (p == NULL) {
         conn_close(c);
         return;
     }
-    *p = (struct pending){c, id};
+    *p = (struct pending){c, id, op, uv_hrtime()};
     c->refs++;
     respond(p, code, NULL, 0, message, NULL);
 }
@@ -125,8 +130,27 @@ static void pack_str(msgpack_packer *pk, const char *s)
     msgpack_pack_str_body(pk, s, strlen(s));
 }
 
-/* cluster.status: this node's view of the group. */
-static void cluster_status(struct conn *c, uint64_t id)
+static int digest_w(void *arg, const void *p, size_t n)
+{
+    return EVP_DigestUpdate(arg, p, n) == 1 ? 0 : STRATA_INTERNAL;
+}
+
+static void engine_digest(struct storage *e, char hex[65])
+{
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    struct err err;
+    if (ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
+        storage_snapshot(e, digest_w, ctx, &err) == 0 && EVP_DigestFinal_ex(ctx, md, &mdlen) == 1)
+        for (unsigned k = 0; k < mdlen && k < 32; k++)
+            snprintf(hex + 2 * k, 3, "%02x", md[k]);
+    EVP_MD_CTX_free(ctx);
+}
+
+/* cluster.status {digest?}: this node's view of the meta group (top level, as before
+ * sharding) and of every group it hosts. */
+static void cluster_status(struct conn *c, uint64_t id, int op, bool digest)
 {
     struct node *n = c->node;
     struct repl_status st;
@@ -136,7 +160,7 @@ static void cluster_status(struct conn *c, uint64_t id)
     buf_init(&b);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &b, buf_w);
-    msgpack_pack_map(&pk, 12);
+    msgpack_pack_map(&pk, 14);
     pack_str(&pk, "node_id");
     msgpack_pack_uint64(&pk, n->cfg.node_id);
     pack_str(&pk, "address");
@@ -178,9 +202,61 @@ static void cluster_status(struct conn *c, uint64_t id)
         else
             msgpack_pack_false(&pk);
     }
+    /* Every group this node hosts (0 = meta), and the placement epoch it knows. */
+    pack_str(&pk, "epoch");
+    msgpack_pack_uint64(&pk, n->have_pl ? n->pl.epoch : 0);
+    pack_str(&pk, "groups");
+    uint32_t ng = 0;
+    for (uint32_t gid = 0; gid <= PL_MAX_SHARDS; gid++)
+        ng += node_group(n, gid) != NULL;
+    msgpack_pack_array(&pk, ng);
+    for (uint32_t gid = 0; gid <= PL_MAX_SHARDS; gid++) {
+        if (node_group(n, gid) == NULL)
+            continue;
+        struct repl_status gs;
+        node_group_status(n, gid, &gs);
+        msgpack_pack_map(&pk, 10);
+        pack_str(&pk, "id");
+        msgpack_pack_uint32(&pk, gid);
+        pack_str(&pk, "leader_id");
+        msgpack_pack_uint64(&pk, gs.leader_id);
+        pack_str(&pk, "role");
+        pack_str(&pk, roles[gs.role < 5 ? gs.role : 4]);
+        pack_str(&pk, "leader");
+        pack_str(&pk, gs.leader_address);
+        pack_str(&pk, "term");
+        msgpack_pack_uint64(&pk, gs.term);
+        pack_str(&pk, "commit_index");
+        msgpack_pack_uint64(&pk, gs.commit_index);
+        pack_str(&pk, "applied_index");
+        msgpack_pack_uint64(&pk, gs.applied_index);
+        pack_str(&pk, "last_index");
+        msgpack_pack_uint64(&pk, gs.last_index);
+        pack_str(&pk, "digest");
+        {
+            /* SHA-256 of the engine's snapshot (deterministic): equal on replicas that
+             * applied the same entries. Costs a full encode, so only on request. */
+            char hex[65] = "";
+            if (digest)
+                engine_digest(node_group(n, gid)->engine, hex);
+            pack_str(&pk, hex);
+        }
+        pack_str(&pk, "members");
+        msgpack_pack_array(&pk, (uint32_t)gs.nmembers);
+        for (size_t k = 0; k < gs.nmembers; k++) {
+            msgpack_pack_map(&pk, 2);
+            pack_str(&pk, "id");
+            msgpack_pack_uint64(&pk, gs.members[k].id);
+            pack_str(&pk, "voter");
+            if (gs.members[k].voter)
+                msgpack_pack_true(&pk);
+            else
+                msgpack_pack_false(&pk);
+        }
+    }
     struct pending *p = sm_malloc(sizeof *p);
     if (p && b.len > 0) {
-        *p = (struct pending){c, id};
+        *p = (struct pending){c, id, op, uv_hrtime()};
         c->refs++;
         respond(p, 0, b.data, b.len, NULL, NULL);
     } else {
@@ -237,47 +313,6 @@ static int apply_session(struct conn *c, const msgpack_object *cmd, const char *
     return 1;
 }
 
-/* The branches a command touches, for authorization: fills up to `cap` and returns how
- * many there are (the caller retries with room for all when that is more). */
-static size_t cmd_branches(const msgpack_object *cmd, const char *op, const char **names,
-                           size_t *lens, size_t cap)
-{
-    static const char *const args[] = {"branch", "name", "source", "target", "a", "b"};
-    size_t n = 0;
-    bool branch_op = strncmp(op, "branch.", 7) == 0;
-    for (size_t i = 0; i < sizeof args / sizeof args[0]; i++) {
-        if (branch_op != (i > 0))
-            continue;
-        const msgpack_object *o = map_get(cmd, args[i]);
-        if (o && o->type == MSGPACK_OBJECT_STR) {
-            if (n < cap) {
-                names[n] = o->via.str.ptr;
-                lens[n] = o->via.str.size;
-            }
-            n++;
-        }
-    }
-    const msgpack_object *many = map_get(cmd, "names");
-    for (uint32_t i = 0; branch_op && many && many->type == MSGPACK_OBJECT_ARRAY &&
-                         i < many->via.array.size;
-         i++)
-        if (many->via.array.ptr[i].type == MSGPACK_OBJECT_STR) {
-            if (n < cap) {
-                names[n] = many->via.array.ptr[i].via.str.ptr;
-                lens[n] = many->via.array.ptr[i].via.str.size;
-            }
-            n++;
-        }
-    if (!branch_op && n == 0) {
-        if (cap > 0) {
-            names[0] = "default";
-            lens[0] = 7;
-        }
-        n = 1;
-    }
-    return n;
-}
-
 static void handle_request(struct conn *c, const struct proto_frame *f)
 {
     struct err err;
@@ -296,37 +331,86 @@ static void handle_request(struct conn *c, const struct proto_frame *f)
     buf_init(&rewritten);
     const uint8_t *bytes = req.cmd;
     size_t blen = req.cmd_len;
+    int opi = OBSERVE_OP_UNKNOWN;
     if (msgpack_unpack((const char *)req.cmd, req.cmd_len, &off, &z, &cmd) !=
         MSGPACK_UNPACK_SUCCESS) {
-        respond_now(c, req.id, STRATA_INVALID_ARGUMENT, "command cannot be decoded");
+        respond_now(c, req.id, opi, STRATA_INVALID_ARGUMENT, "command cannot be decoded");
         goto out;
     }
     const msgpack_object *opo = map_get(&cmd, "op");
     char op[64] = "";
     if (opo && opo->type == MSGPACK_OBJECT_STR && opo->via.str.size >= sizeof op) {
-        respond_now(c, req.id, STRATA_INVALID_ARGUMENT, "'op' is longer than any command name");
+        respond_now(c, req.id, opi, STRATA_INVALID_ARGUMENT,
+                    "'op' is longer than any command name");
         goto out;
     }
     if (opo && opo->type == MSGPACK_OBJECT_STR)
         snprintf(op, sizeof op, "%.*s", (int)opo->via.str.size, opo->via.str.ptr);
+    opi = observe_op(c->node, op);
     if (strcmp(op, "cluster.status") == 0) {
-        cluster_status(c, req.id);
+        const msgpack_object *dg = map_get(&cmd, "digest");
+        cluster_status(c, req.id, opi, dg && dg->type == MSGPACK_OBJECT_BOOLEAN && dg->via.boolean);
+        goto out;
+    }
+    if (strcmp(op, "cluster.placement") == 0 || strcmp(op, "cluster.assign") == 0) {
+        bool assign = op[8] == 'a';
+        if (assign && c->key) {
+            /* Assigning names is part of creating them: a write on those branches. */
+            const msgpack_object *nm = map_get(&cmd, "names");
+            uint32_t cnt = nm && nm->type == MSGPACK_OBJECT_ARRAY ? nm->via.array.size : 0;
+            const char **names = sm_calloc(cnt + 1, sizeof *names);
+            size_t *lens = sm_calloc(cnt + 1, sizeof *lens), k = 0;
+            for (uint32_t i = 0; names && lens && i < cnt; i++)
+                if (nm->via.array.ptr[i].type == MSGPACK_OBJECT_STR) {
+                    names[k] = nm->via.array.ptr[i].via.str.ptr;
+                    lens[k++] = nm->via.array.ptr[i].via.str.size;
+                }
+            rc = names && lens ? auth_check(c->key, true, names, lens, k, &err)
+                               : err_set(&err, STRATA_OUT_OF_MEMORY, "out of memory");
+            sm_free(names);
+            sm_free(lens);
+            if (rc) {
+                respond_now(c, req.id, opi, rc, err.msg);
+                goto out;
+            }
+        }
+        struct pending *p = sm_malloc(sizeof *p);
+        if (p == NULL) {
+            respond_now(c, req.id, opi, STRATA_OUT_OF_MEMORY, "out of memory");
+            goto out;
+        }
+        *p = (struct pending){c, req.id, opi, uv_hrtime()};
+        c->refs++;
+        if (assign) {
+            node_assign(c->node, req.cmd, req.cmd_len, req.flags, c->key, respond, p);
+        } else {
+            const msgpack_object *fr = map_get(&cmd, "fresh");
+            bool fresh = fr && fr->type == MSGPACK_OBJECT_BOOLEAN && fr->via.boolean;
+            struct repl_status st;
+            node_status(c->node, &st);
+            if (fresh && (req.flags & PROTO_REQ_FORWARDED) && st.role != REPL_LEADER)
+                /* A node asked us for the truth: only the meta leader has it. */
+                respond(p, st.leader_address[0] ? STRATA_NOT_LEADER : STRATA_UNAVAILABLE, NULL,
+                        0, "this node does not lead the meta group", st.leader_address);
+            else
+                node_placement(c->node, fresh, respond, p);
+        }
         goto out;
     }
     if (strncmp(op, "cluster.", 8) == 0) {
         struct pending *p = sm_malloc(sizeof *p);
         if (p == NULL) {
-            respond_now(c, req.id, STRATA_OUT_OF_MEMORY, "out of memory");
+            respond_now(c, req.id, opi, STRATA_OUT_OF_MEMORY, "out of memory");
             goto out;
         }
-        *p = (struct pending){c, req.id};
+        *p = (struct pending){c, req.id, opi, uv_hrtime()};
         c->refs++;
         node_admin(c->node, op, &cmd, req.cmd, req.cmd_len, req.flags, c->key, respond, p);
         goto out;
     }
     if (strcmp(op, "session.use") == 0) {
         rc = session_use(c, &cmd, &err);
-        respond_now(c, req.id, rc, rc ? err.msg : NULL);
+        respond_now(c, req.id, opi, rc, rc ? err.msg : NULL);
         goto out;
     }
     if (apply_session(c, &cmd, op, &rewritten) == 1) {
@@ -343,14 +427,14 @@ static void handle_request(struct conn *c, const struct proto_frame *f)
         const char **names = small_names;
         size_t *lens = small_lens;
         rc = storage_cmd_kind(bytes, blen, &kind, &err);
-        size_t nb = rc ? 0 : cmd_branches(&cmd, op, names, lens, 64);
+        size_t nb = rc ? 0 : node_cmd_branches(&cmd, op, names, lens, 64);
         if (nb > 64) { /* e.g. branch.fork_many with many names: check every one */
             names = sm_malloc(nb * sizeof *names);
             lens = sm_malloc(nb * sizeof *lens);
             if (names == NULL || lens == NULL)
                 rc = err_set(&err, STRATA_OUT_OF_MEMORY, "out of memory");
             else
-                cmd_branches(&cmd, op, names, lens, nb);
+                node_cmd_branches(&cmd, op, names, lens, nb);
         }
         if (rc == 0)
             rc = auth_check(c->key, kind == STORAGE_CMD_WRITE, names, lens, nb, &err);
@@ -359,18 +443,18 @@ static void handle_request(struct conn *c, const struct proto_frame *f)
             sm_free(lens);
         }
         if (rc) {
-            respond_now(c, req.id, rc, err.msg);
+            respond_now(c, req.id, opi, rc, err.msg);
             goto out;
         }
     }
     struct pending *p = sm_malloc(sizeof *p);
     if (p == NULL) {
-        respond_now(c, req.id, STRATA_OUT_OF_MEMORY, "out of memory");
+        respond_now(c, req.id, opi, STRATA_OUT_OF_MEMORY, "out of memory");
         goto out;
     }
-    *p = (struct pending){c, req.id};
+    *p = (struct pending){c, req.id, opi, uv_hrtime()};
     c->refs++;
-    node_submit(c->node, bytes, blen, req.flags, c->key, respond, p);
+    node_submit(c->node, bytes, blen, req.flags, &req.route, c->key, respond, p);
 out:
     buf_close(&rewritten);
     msgpack_zone_destroy(&z);

@@ -265,6 +265,13 @@ static struct fwd_link *link_get(struct node *n, const char *address, const char
 void fwd_request(struct node *n, const char *leader, const char *api_key, const uint8_t *cmd,
                  size_t len, uint32_t flags, fwd_done_cb cb, void *arg)
 {
+    fwd_request_routed(n, leader, api_key, cmd, len, flags, NULL, cb, arg);
+}
+
+void fwd_request_routed(struct node *n, const char *leader, const char *api_key,
+                        const uint8_t *cmd, size_t len, uint32_t flags,
+                        const struct proto_route *route, fwd_done_cb cb, void *arg)
+{
     struct err err;
     err_clear(&err);
     if (n->stopping) {
@@ -289,7 +296,8 @@ void fwd_request(struct node *n, const char *leader, const char *api_key, const 
     r->cb = cb;
     r->arg = arg;
     buf_init(&r->frame);
-    if (proto_request_append(&r->frame, r->id, flags | PROTO_REQ_FORWARDED, cmd, len)) {
+    if (proto_request_append_routed(&r->frame, r->id, flags | PROTO_REQ_FORWARDED, cmd, len,
+                                    route)) {
         buf_close(&r->frame);
         sm_free(r);
         cb(arg, STRATA_OUT_OF_MEMORY, NULL, 0, "out of memory", NULL);

@@ -14,8 +14,11 @@ static void usage(FILE *f)
             "                       [--api-keys FILE] [--election-timeout-ms MS]\n"
             "                       [--heartbeat-timeout-ms MS] [--snapshot-threshold N]\n"
             "                       [--snapshot-trailing N] [--max-frame-bytes N]\n"
-            "                       [--idle-timeout-ms MS] [--log-level debug|info|warn|error]\n"
-            "Defaults: --listen 127.0.0.1:9876, --advertise = --listen. See docs/server.md.\n");
+            "                       [--idle-timeout-ms MS] [--shards N] [--replication-factor N]\n"
+            "                       [--log-level debug|info|warn|error] [--http HOST:PORT]\n"
+            "Defaults: --listen 127.0.0.1:9876, --advertise = --listen, no --http.\n"
+            "--http serves /metrics (Prometheus), /healthz and /readyz over HTTP/1.1\n"
+            "(docs/operations.md). See docs/server.md.\n");
 }
 
 static int parse_members(const char *list, struct node_config *c)
@@ -65,6 +68,8 @@ int main(int argc, char **argv)
     repl_options_default(&c->repl);
     c->max_frame = PROTO_MAX_FRAME_DEFAULT;
     c->idle_timeout_ms = 600000;
+    c->shards = 3;
+    c->rf = 3;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -104,7 +109,19 @@ int main(int argc, char **argv)
             c->max_frame = num(a, v);
         else if (strcmp(a, "--idle-timeout-ms") == 0)
             c->idle_timeout_ms = (unsigned)num(a, v);
-        else if (strcmp(a, "--log-level") == 0) {
+        else if (strcmp(a, "--shards") == 0)
+            c->shards = (uint32_t)num(a, v);
+        else if (strcmp(a, "--replication-factor") == 0)
+            c->rf = (uint32_t)num(a, v);
+        else if (strcmp(a, "--http") == 0) {
+            char host[sizeof c->http];
+            int port;
+            if (strlen(v) >= sizeof c->http || parse_hostport(v, host, sizeof host, &port)) {
+                fprintf(stderr, "stratadb-server: --http must be HOST:PORT, got '%s'\n", v);
+                return 2;
+            }
+            snprintf(c->http, sizeof c->http, "%s", v);
+        } else if (strcmp(a, "--log-level") == 0) {
             static const char *const lv[] = {"debug", "info", "warn", "error"};
             int found = -1;
             for (int j = 0; j < 4; j++)
@@ -120,6 +137,11 @@ int main(int argc, char **argv)
             usage(stderr);
             return 2;
         }
+    }
+    if (c->shards < 1 || c->shards > PL_MAX_SHARDS || c->rf < 1 || c->rf > PL_MAX_REPLICAS) {
+        fprintf(stderr, "stratadb-server: --shards must be 1-%d and --replication-factor 1-%d\n",
+                PL_MAX_SHARDS, PL_MAX_REPLICAS);
+        return 2;
     }
     if (c->data_dir == NULL) {
         fprintf(stderr, "stratadb-server: --data-dir is required\n");
@@ -160,7 +182,7 @@ int main(int argc, char **argv)
     }
     uv_run(node.loop, UV_RUN_DEFAULT);
     auth_free(&node.auth);
-    storage_free(node.engine);
+    placement_free(&node.pl);
     log_info("stopped");
     return node.exit_code;
 }

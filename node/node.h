@@ -4,6 +4,7 @@
 #define STRATA_NODE_H
 
 #include "common.h"
+#include "placement.h"
 #include "proto.h"
 #include "replication.h"
 #include "storage.h"
@@ -25,7 +26,10 @@ struct node_config {
     const char *api_keys_file;
     size_t max_frame;
     unsigned idle_timeout_ms; /* session idle timeout (closes the connection) */
-    struct repl_options repl;
+    uint32_t shards;          /* --shards: shard groups of a new cluster (default 3) */
+    uint32_t rf;              /* --replication-factor of a new cluster (default 3) */
+    char http[REPL_ADDRESS_MAX + 1]; /* --http HOST:PORT for /metrics etc., "" = none */
+    struct repl_options repl; /* template for every group (group_id, data_dir set per group) */
 };
 
 /* ---- Authentication (auth.c) ------------------------------------------------------
@@ -88,16 +92,107 @@ typedef void (*fwd_done_cb)(void *arg, int code, const uint8_t *result, size_t l
                             const char *message, const char *leader);
 void fwd_request(struct node *n, const char *leader, const char *api_key, const uint8_t *cmd,
                  size_t len, uint32_t flags, fwd_done_cb cb, void *arg);
+/* The same, carrying the shard the command is meant for (the receiver runs a forwarded
+ * fan-out part on that shard instead of fanning out again). */
+void fwd_request_routed(struct node *n, const char *leader, const char *api_key,
+                        const uint8_t *cmd, size_t len, uint32_t flags,
+                        const struct proto_route *route, fwd_done_cb cb, void *arg);
 void fwd_close_all(struct node *n);
 struct fwd_link;
 struct sniff;
+struct observe; /* metrics and the HTTP endpoints (observe.h) */
+
+/* ---- Groups and placement (shards.c) ----------------------------------------------
+ * A node hosts replicas of several Raft groups: group 0 (meta: the placement table) and
+ * the shards the table gives it. Each has its own engine and raft directory DIR/raft-G.
+ * docs/sharding.md. */
+struct node_group {
+    uint32_t id;
+    struct node *node;
+    struct storage *engine;
+    struct repl_group *group; /* NULL once stopped */
+};
+struct pl_waiter;
+struct assign_req;
+
+/* The hosted group `id`, or NULL. */
+struct node_group *node_group(struct node *n, uint32_t id);
+/* Open (and with `members` bootstrap) and start group `id` on this node. */
+int node_group_start(struct node *n, uint32_t id, const struct repl_member *members, size_t nm,
+                     struct err *err);
+/* Groups present in the data dir (raft-G directories), ascending; returns how many. */
+size_t node_groups_on_disk(struct node *n, uint32_t *ids, size_t cap);
+/* Start the placement machinery (timer: cache refresh, meta duties, reconcile). */
+void shards_start(struct node *n);
+/* Stop every group (leadership handed away first), then call cb. */
+void shards_stop(struct node *n, void (*cb)(struct node *n));
+/* Call cb once the cached table has epoch >= `epoch` (0: any table), refreshing it from
+ * the meta leader first when `fresh`. cb gets 0 or an error (UNAVAILABLE, TIMEOUT). */
+void placement_wait(struct node *n, uint64_t epoch, bool fresh, void (*cb)(void *arg, int code),
+                    void *arg);
+/* cluster.assign on the meta leader: assign names (absent ones) to `shard` (0 = least
+ * loaded); the result is {epoch, shards: [shard per name]}. */
+void meta_assign(struct node *n, const char *const *names, const size_t *lens, size_t cnt,
+                 uint32_t shard, bool unassign, fwd_done_cb cb, void *arg);
+/* A general table change on the meta leader: `mutate` runs on a fresh copy of the table
+ * (it may run several times if another writer interferes; it must be idempotent) and
+ * the result is written with a CAS. cb gets {epoch, shards: []} or an error. */
+void meta_change(struct node *n, int (*mutate)(struct placement *p, void *ctx, struct err *err),
+                 void *ctx, fwd_done_cb cb, void *arg);
+/* The leader address of group `id` as this node knows it ("" if unknown). */
+const char *node_group_leader(struct node *n, uint32_t id);
+/* Remember a leader address learned from a reply. */
+void node_group_hint(struct node *n, uint32_t id, const char *leader, size_t len);
+
+/* ---- The router (router.c) ------------------------------------------------------------ */
+/* A REQUEST's optional routing expectation (client's [shard, epoch]). */
+#define route_expect proto_route
+/* Something only group `gid`'s leader may do (a meta or membership operation). */
+typedef void (*node_local_fn)(struct node *n, const uint8_t *cmd, size_t len,
+                              const struct auth_key *key, fwd_done_cb cb, void *arg);
+/* Run `local` on this node if it leads group gid, else forward `cmd` to the leader (whose
+ * connection handler maps the command back to the same function). */
+void route_local(struct node *n, node_local_fn local, uint32_t gid, const uint8_t *cmd,
+                 size_t len, uint32_t flags, const struct auth_key *key, fwd_done_cb cb, void *arg);
+/* Run a command on group `gid`: locally if this node leads it (or a stale read on a local
+ * replica), else forwarded to its leader. */
+void route_to_group(struct node *n, uint32_t gid, const uint8_t *cmd, size_t len, uint32_t flags,
+                    const struct auth_key *key, fwd_done_cb cb, void *arg);
+/* cluster.placement {fresh?}: the table, its epoch and the shard leaders this node knows. */
+void node_placement(struct node *n, bool fresh, fwd_done_cb cb, void *arg);
+/* cluster.assign {names, shard?, unassign?}: run on the meta leader (forwarded there). */
+void node_assign(struct node *n, const uint8_t *cmd, size_t len, uint32_t flags,
+                 const struct auth_key *key, fwd_done_cb cb, void *arg);
+/* The branches a command names (for routing and authorization): fills up to `cap` and
+ * returns how many there are; a data command naming none names "default". */
+size_t node_cmd_branches(const msgpack_object *cmd, const char *op, const char **names,
+                         size_t *lens, size_t cap);
 
 /* ---- The node (server.c) ---------------------------------------------------------- */
 struct node {
     uv_loop_t *loop;
     struct node_config cfg;
-    struct storage *engine;
-    struct repl_group *group;
+    struct node_group *groups[PL_MAX_SHARDS + 1]; /* by group id; NULL = not hosted */
+    unsigned groups_stopping;
+    void (*groups_stopped_cb)(struct node *n);
+    /* Placement cache (shards.c). */
+    struct placement pl;
+    bool have_pl;
+    uint64_t pl_applied;   /* meta applied index the cache was read at */
+    bool pl_reading;       /* a refresh is in flight */
+    bool pl_fresh_wanted;  /* a waiter wants a linearizable refresh */
+    uint64_t pl_last_remote_ms;
+    bool pl_initing;       /* this meta leader is writing the initial table */
+    bool pl_absent;        /* the meta group answered: no table written yet */
+    uint64_t pl_fresh_started, pl_fresh_ok; /* linearizable refreshes: started, last ok */
+    struct pl_waiter *pl_waiters;
+    struct assign_req *assign_q;
+    bool assign_busy;
+    char hints[PL_MAX_SHARDS + 1][REPL_ADDRESS_MAX + 1]; /* leader hints per group */
+    uint64_t transfer_at[PL_MAX_SHARDS + 1];             /* leader spreading cool-down */
+    uint64_t last_spread_ms;
+    uv_timer_t shard_timer;
+    bool shard_timer_on;
     struct auth auth;
     bool open_mode;
     char cluster_id[64];
@@ -108,6 +203,7 @@ struct node {
     struct sniff *sniffs; /* accepted, kind not known yet */
     struct fwd_link *links;
     uint64_t forwarded; /* requests relayed to the leader (metric) */
+    struct observe *obs; /* NULL without --http */
     bool stopping;
     int exit_code;
     /* A fresh data dir given --bootstrap waits for the other initial members before it
@@ -121,12 +217,15 @@ struct node {
 };
 
 int node_start(struct node *n, struct err *err);
-/* The group's status, or an "unavailable" one while the node has no group yet. */
+/* The meta group's status, or an "unavailable" one while the node has no meta group. */
 void node_status(struct node *n, struct repl_status *st);
+/* Group `gid`'s status (unavailable when not hosted). */
+void node_group_status(struct node *n, uint32_t gid, struct repl_status *st);
 void node_stop(struct node *n);
-/* Run a command for a connection or a forwarded request: decides local vs forward. */
+/* Run a command for a connection or a forwarded request: the router (router.c). */
 void node_submit(struct node *n, const uint8_t *cmd, size_t len, uint32_t flags,
-                 const struct auth_key *key, fwd_done_cb cb, void *arg);
+                 const struct route_expect *expect, const struct auth_key *key, fwd_done_cb cb,
+                 void *arg);
 /* cluster.add_member / remove_member / transfer_leader. */
 int node_admin(struct node *n, const char *op, const msgpack_object *cmd, const uint8_t *bytes,
                size_t len, uint32_t flags, const struct auth_key *key, fwd_done_cb cb,

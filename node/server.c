@@ -1,6 +1,7 @@
 /* The node: one listening port shared by clients and raft peers, routing of commands
  * (local on the leader, forwarded from followers), joining, signals and shutdown. */
 #include "node.h"
+#include "observe.h"
 
 #include <errno.h>
 #include <openssl/evp.h>
@@ -67,141 +68,11 @@ int stream_write(uv_stream_t *s, struct buf *data)
     return rc;
 }
 
-/* ---- Routing ---------------------------------------------------------------------------- */
+/* ---- Status --------------------------------------------------------------------------- */
 
 void node_status(struct node *n, struct repl_status *st)
 {
-    if (n->group) {
-        repl_group_status(n->group, st);
-        return;
-    }
-    memset(st, 0, sizeof *st);
-    st->role = REPL_UNAVAILABLE;
-}
-
-void node_submit(struct node *n, const uint8_t *cmd, size_t len, uint32_t flags,
-                 const struct auth_key *key, fwd_done_cb cb, void *arg)
-{
-    struct err err;
-    err_clear(&err);
-    enum storage_cmd_kind kind;
-    int rc = storage_cmd_kind(cmd, len, &kind, &err);
-    if (rc) {
-        cb(arg, rc, NULL, 0, err.msg, NULL);
-        return;
-    }
-    if (n->stopping || n->group == NULL) {
-        cb(arg, STRATA_UNAVAILABLE, NULL, 0,
-           n->stopping ? "the node is shutting down"
-                       : "the node is starting: waiting for the other initial members",
-           NULL);
-        return;
-    }
-    if (kind == STORAGE_CMD_READ && (flags & PROTO_REQ_STALE)) {
-        repl_read(n->group, cmd, len, true, cb, arg);
-        return;
-    }
-    struct repl_status st;
-    node_status(n, &st);
-    if (st.role == REPL_LEADER) {
-        if (kind == STORAGE_CMD_WRITE)
-            repl_write(n->group, cmd, len, cb, arg);
-        else
-            repl_read(n->group, cmd, len, false, cb, arg);
-        return;
-    }
-    if ((flags & PROTO_REQ_FORWARDED) || st.leader_address[0] == '\0' ||
-        strcmp(st.leader_address, n->cfg.advertise) == 0) {
-        cb(arg, st.leader_address[0] ? STRATA_NOT_LEADER : STRATA_UNAVAILABLE, NULL, 0,
-           st.leader_address[0] ? "this node is not the leader" : "no leader is known yet",
-           st.leader_address);
-        return;
-    }
-    n->forwarded++;
-    fwd_request(n, st.leader_address, key ? key->key : NULL, cmd, len, flags, cb, arg);
-}
-
-/* Admin commands (cluster.add_member {id, address}, cluster.remove_member {id},
- * cluster.transfer_leader {id?}) run on the leader like writes. */
-int node_admin(struct node *n, const char *op, const msgpack_object *cmd, const uint8_t *bytes,
-               size_t len, uint32_t flags, const struct auth_key *key, fwd_done_cb cb,
-               void *arg)
-{
-    if (key && (!key->write || key->npatterns == 0 || strcmp(key->patterns[0], "*") != 0)) {
-        cb(arg, STRATA_PERMISSION_DENIED, NULL, 0,
-           "cluster commands need a read-write key for all branches ('*')", NULL);
-        return 0;
-    }
-    struct repl_status st;
-    node_status(n, &st);
-    if (n->group == NULL) {
-        cb(arg, STRATA_UNAVAILABLE, NULL, 0, "the node is starting", NULL);
-        return 0;
-    }
-    if (st.role != REPL_LEADER) {
-        if ((flags & PROTO_REQ_FORWARDED) || st.leader_address[0] == '\0')
-            cb(arg, st.leader_address[0] ? STRATA_NOT_LEADER : STRATA_UNAVAILABLE, NULL, 0,
-               "this node is not the leader", st.leader_address);
-        else {
-            n->forwarded++;
-            fwd_request(n, st.leader_address, key ? key->key : NULL, bytes, len, flags, cb, arg);
-        }
-        return 0;
-    }
-    uint64_t id = 0;
-    const char *addr = NULL;
-    size_t alen = 0;
-    for (uint32_t i = 0; i < cmd->via.map.size; i++) {
-        const msgpack_object *k = &cmd->via.map.ptr[i].key, *v = &cmd->via.map.ptr[i].val;
-        if (k->type != MSGPACK_OBJECT_STR)
-            continue;
-        if (k->via.str.size == 2 && memcmp(k->via.str.ptr, "id", 2) == 0 &&
-            v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
-            id = v->via.u64;
-        if (k->via.str.size == 7 && memcmp(k->via.str.ptr, "address", 7) == 0 &&
-            v->type == MSGPACK_OBJECT_STR) {
-            addr = v->via.str.ptr;
-            alen = v->via.str.size;
-        }
-    }
-    if (strcmp(op, "cluster.add_member") == 0) {
-        char host[REPL_ADDRESS_MAX + 1], tmp[REPL_ADDRESS_MAX + 1];
-        int port;
-        bool printable = addr && alen > 0 && alen <= REPL_ADDRESS_MAX;
-        for (size_t i = 0; printable && i < alen; i++)
-            printable = addr[i] > 0x20 && addr[i] < 0x7f;
-        if (printable) {
-            memcpy(tmp, addr, alen);
-            tmp[alen] = '\0';
-        }
-        if (id == 0 || !printable || parse_hostport(tmp, host, sizeof host, &port) != 0) {
-            cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0,
-               "cluster.add_member needs 'id' (> 0) and 'address' (host:port)", NULL);
-            return 0;
-        }
-        for (size_t i = 0; i < st.nmembers; i++)
-            if (st.members[i].id == id) {
-                cb(arg, STRATA_ALREADY_EXISTS, NULL, 0, "node id is already a member", NULL);
-                return 0;
-            }
-        struct repl_member m = {.id = id};
-        memcpy(m.address, addr, alen);
-        m.address[alen] = '\0';
-        log_info("adding member %llu at %s", (unsigned long long)id, m.address);
-        repl_member_add(n->group, &m, cb, arg);
-    } else if (strcmp(op, "cluster.remove_member") == 0) {
-        if (id == 0) {
-            cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0, "cluster.remove_member needs 'id'", NULL);
-            return 0;
-        }
-        log_info("removing member %llu", (unsigned long long)id);
-        repl_member_remove(n->group, id, cb, arg);
-    } else if (strcmp(op, "cluster.transfer_leader") == 0) {
-        repl_transfer(n->group, id, cb, arg);
-    } else {
-        cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0, "unknown cluster command", NULL);
-    }
-    return 0;
+    node_group_status(n, 0, st);
 }
 
 /* ---- Accepting: a connection's first byte decides client or raft peer ------------------ */
@@ -269,13 +140,16 @@ static void sniff_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
         return;
     }
     uv_read_stop(st);
-    if (rc != 1 || peer.group != s->node->cfg.repl.group_id || s->node->group == NULL) {
-        log_warn("rejected a raft peer connection: %s",
-                 rc != 1 ? err.msg : s->node->group ? "unknown group" : "the node is starting");
+    struct node_group *g = rc == 1 ? node_group(s->node, peer.group) : NULL;
+    if (g == NULL || g->group == NULL) {
+        /* Not (yet) hosted here: the peer retries, and a replica the placement gives us
+         * is opened by the next reconcile. */
+        log_debug("rejected a raft peer connection: %s",
+                  rc != 1 ? err.msg : "group not hosted on this node");
         uv_close((uv_handle_t *)s->tcp, free_tcp);
     } else {
         s->tcp->data = NULL;
-        repl_group_accept(s->node->group, peer.node_id, peer.address, (uv_stream_t *)s->tcp);
+        repl_group_accept(g->group, peer.node_id, peer.address, (uv_stream_t *)s->tcp);
     }
     sniff_unlink(s);
 }
@@ -315,25 +189,6 @@ static void on_connection(uv_stream_t *server, int status)
 }
 
 /* ---- Events, idle sessions, joining --------------------------------------------------- */
-
-static void on_repl_event(void *arg, enum repl_event ev, const char *detail)
-{
-    (void)arg;
-    static const char *const names[] = {"",
-                                        "elected leader",
-                                        "lost leadership",
-                                        "leader changed",
-                                        "snapshot taken",
-                                        "snapshot installed",
-                                        "peer down",
-                                        "peer up",
-                                        "disk error"};
-    const char *name = (int)ev >= 1 && (int)ev <= 8 ? names[ev] : "event";
-    if (ev == REPL_EV_DISK_ERROR)
-        log_error("%s: %s", name, detail ? detail : "");
-    else
-        log_info("%s%s%s", name, detail && *detail ? ": " : "", detail ? detail : "");
-}
 
 /* Has the peer sent bytes the loop has not read yet? Timers run before I/O in a loop
  * iteration, so an "idle" connection may hold a request that just arrived: closing it
@@ -375,6 +230,7 @@ struct join_state {
     uv_timer_t timer;
     int attempts;
     size_t next;
+    char hint[REPL_ADDRESS_MAX + 1]; /* the meta leader, when a member named it */
 };
 
 static void join_try(uv_timer_t *t);
@@ -389,7 +245,6 @@ static void join_done(void *arg, int code, const uint8_t *result, size_t len,
 {
     (void)result;
     (void)len;
-    (void)leader;
     struct join_state *js = arg;
     if (code == STRATA_ALREADY_EXISTS && js->node->fresh) {
         /* Our data dir is empty but the cluster already counts this id: this node lost
@@ -412,6 +267,9 @@ static void join_done(void *arg, int code, const uint8_t *result, size_t len,
     }
     log_warn("join attempt %d failed: %s: %s", js->attempts, err_name(code),
              message ? message : "");
+    /* Membership changes run on the meta leader: go there next. */
+    snprintf(js->hint, sizeof js->hint, "%s",
+             code == STRATA_NOT_LEADER && leader && *leader ? leader : "");
     if (js->node->stopping || js->attempts >= 60) {
         uv_close((uv_handle_t *)&js->timer, join_closed);
         return;
@@ -442,6 +300,8 @@ static void join_try(uv_timer_t *t)
     }
     size_t l = strcspn(p, ",");
     snprintf(addr, sizeof addr, "%.*s", (int)l, p);
+    if (js->hint[0])
+        snprintf(addr, sizeof addr, "%s", js->hint);
     struct buf b;
     buf_init(&b);
     char cmd[REPL_ADDRESS_MAX + 128];
@@ -524,21 +384,58 @@ static int load_identity(struct node *n, struct err *err)
     return 0;
 }
 
-/* Open and start the Raft group (bootstrapping it first when asked). */
-static int start_group(struct node *n, bool bootstrap, struct err *err)
+/* Open and start this node's groups.
+ * - bootstrap (a new cluster, fresh data dir): the initial layout (placement_initial over
+ *   the --bootstrap list) says which groups this node hosts and with which members;
+ *   group 0 (meta) goes on the first PL_META_MAX_VOTERS members; every node opens group
+ *   0 (a node outside the meta group keeps an empty one, ready to be added).
+ * - restart: every group found on disk.
+ * - join: group 0 only; the placement table brings the rest (shards.c reconcile). */
+static int start_groups(struct node *n, bool bootstrap, struct err *err)
 {
-    static char raft_dir[4096];
-    snprintf(raft_dir, sizeof raft_dir, "%s/raft-%u", n->cfg.data_dir, n->cfg.repl.group_id);
-    n->cfg.repl.node_id = n->cfg.node_id;
-    n->cfg.repl.address = n->cfg.advertise;
-    n->cfg.repl.bind_host = n->cfg.listen_host;
-    n->cfg.repl.data_dir = raft_dir;
-    int rc = repl_group_open(n->loop, &n->cfg.repl, n->engine, on_repl_event, n, &n->group, err);
-    if (rc)
-        return rc;
-    if (bootstrap && (rc = repl_group_bootstrap(n->group, n->cfg.members, n->cfg.nmembers, err)))
-        return rc;
-    return repl_group_start(n->group, err);
+    int rc;
+    if (bootstrap) {
+        struct pl_node members[NODE_MAX_MEMBERS];
+        for (size_t i = 0; i < n->cfg.nmembers; i++) {
+            members[i].id = n->cfg.members[i].id;
+            snprintf(members[i].address, sizeof members[i].address, "%s",
+                     n->cfg.members[i].address);
+            members[i].state = PL_NODE_ACTIVE;
+        }
+        struct placement p;
+        placement_init(&p);
+        if ((rc = placement_initial(&p, members, n->cfg.nmembers, n->cfg.shards, n->cfg.rf, err)))
+            return rc;
+        size_t meta = n->cfg.nmembers < PL_META_MAX_VOTERS ? n->cfg.nmembers : PL_META_MAX_VOTERS;
+        bool in_meta = false;
+        for (size_t i = 0; i < meta; i++)
+            in_meta = in_meta || n->cfg.members[i].id == n->cfg.node_id;
+        rc = node_group_start(n, 0, n->cfg.members, in_meta ? meta : 0, err);
+        for (size_t i = 0; rc == 0 && i < p.nshards; i++) {
+            const struct pl_shard *s = &p.shards[i];
+            if (!placement_shard_has(s, n->cfg.node_id))
+                continue;
+            struct repl_member ms[PL_MAX_REPLICAS];
+            for (uint32_t k = 0; k < s->nreplicas; k++) {
+                const struct pl_node *nd = placement_node(&p, s->replicas[k]);
+                ms[k].id = nd->id;
+                snprintf(ms[k].address, sizeof ms[k].address, "%s", nd->address);
+            }
+            rc = node_group_start(n, s->id, ms, s->nreplicas, err);
+        }
+        placement_free(&p);
+    } else {
+        uint32_t ids[PL_MAX_SHARDS + 1];
+        size_t cnt = node_groups_on_disk(n, ids, PL_MAX_SHARDS + 1);
+        if (cnt > 0 && n->cfg.nmembers > 0)
+            log_info("the data dir already holds raft state; bootstrap skipped");
+        rc = node_group(n, 0) || (cnt > 0 && ids[0] == 0) ? 0 : node_group_start(n, 0, NULL, 0, err);
+        for (size_t i = 0; rc == 0 && i < cnt; i++)
+            rc = node_group_start(n, ids[i], NULL, 0, err);
+    }
+    if (rc == 0)
+        shards_start(n);
+    return rc;
 }
 
 /* ---- Safe bootstrap ------------------------------------------------------------------------
@@ -623,7 +520,7 @@ static void probe_tick(uv_timer_t *t)
         err_clear(&err);
         log_info("%u of %zu other initial members answered, none has data: bootstrapping",
                  n->probe_answered, others);
-        if (start_group(n, true, &err)) {
+        if (start_groups(n, true, &err)) {
             log_error("cannot start: %s: %s", err_name(err.code), err.msg);
             n->exit_code = 1;
             node_stop(n);
@@ -656,29 +553,18 @@ int node_start(struct node *n, struct err *err)
         return rc;
     /* Fresh = no Raft state yet (not "no identity file": a node that refused to start
      * still has one, and must keep refusing). */
-    char raft_dir[4096];
-    snprintf(raft_dir, sizeof raft_dir, "%s/raft-%u", n->cfg.data_dir, n->cfg.repl.group_id);
-    n->fresh = true;
-    DIR *d = opendir(raft_dir);
-    if (d) {
-        struct dirent *de;
-        while ((de = readdir(d)) != NULL)
-            if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
-                n->fresh = false;
-        closedir(d);
-    }
+    uint32_t on_disk[1];
+    n->fresh = node_groups_on_disk(n, on_disk, 1) == 0;
     if (n->cfg.api_keys_file) {
         if ((rc = auth_load(n->cfg.api_keys_file, &n->auth, err)))
             return rc;
     } else {
         n->open_mode = true;
     }
-    if ((rc = storage_new(NULL, &n->engine)))
-        return err_set(err, rc, "cannot create the storage engine");
     bool probe = n->fresh && n->cfg.nmembers > 1;
     /* The group starts before the port opens (a node that accepts connections has its
      * state loaded), except when it must first ask the other members (safe bootstrap). */
-    if (!probe && (rc = start_group(n, n->cfg.nmembers > 0, err)))
+    if (!probe && (rc = start_groups(n, n->fresh && n->cfg.nmembers > 0, err)))
         return rc;
     struct sockaddr_in sa;
     if (uv_ip4_addr(n->cfg.listen_host, n->cfg.listen_port, &sa))
@@ -698,6 +584,8 @@ int node_start(struct node *n, struct err *err)
         log_info("new data dir: waiting for a majority of the initial members before "
                  "bootstrapping");
     }
+    if ((rc = observe_start(n, err)))
+        return rc;
     uv_timer_init(n->loop, &n->idle_timer);
     n->idle_timer.data = n;
     uv_timer_start(&n->idle_timer, on_idle_check, 1000, 1000);
@@ -716,15 +604,14 @@ int node_start(struct node *n, struct err *err)
     return 0;
 }
 
-static void group_stopped(void *arg)
+static void groups_stopped(struct node *n)
 {
-    struct node *n = arg;
-    n->group = NULL;
     log_info("replication stopped");
     /* Close every remaining handle; uv_run returns when none is left. */
     uv_close((uv_handle_t *)&n->idle_timer, NULL);
     uv_close((uv_handle_t *)&n->sigterm, NULL);
     uv_close((uv_handle_t *)&n->sigint, NULL);
+    observe_stop(n); /* kept open until here: /readyz says "stopping" meanwhile */
     if (n->fresh && n->cfg.nmembers > 1)
         uv_close((uv_handle_t *)&n->probe_timer, NULL);
 }
@@ -744,8 +631,5 @@ void node_stop(struct node *n)
         conn_close(c);
     fwd_close_all(n);
     n->probing = false;
-    if (n->group)
-        repl_group_stop(n->group, group_stopped, n);
-    else
-        group_stopped(n);
+    shards_stop(n, groups_stopped);
 }

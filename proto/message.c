@@ -411,6 +411,12 @@ int proto_welcome_decode(const struct proto_frame *f, msgpack_zone *z, struct pr
 int proto_request_append(struct buf *out, uint64_t id, uint32_t flags, const uint8_t *cmd,
                          size_t cmd_len)
 {
+    return proto_request_append_routed(out, id, flags, cmd, cmd_len, NULL);
+}
+
+int proto_request_append_routed(struct buf *out, uint64_t id, uint32_t flags, const uint8_t *cmd,
+                                size_t cmd_len, const struct proto_route *route)
+{
     if (cmd == NULL || cmd_len == 0)
         return STRATA_INVALID_ARGUMENT;
     struct enc e;
@@ -421,6 +427,11 @@ int proto_request_append(struct buf *out, uint64_t id, uint32_t flags, const uin
     msgpack_pack_uint32(&e.pk, flags);
     /* The command is already MessagePack (the client library packed it): copied as is. */
     enc_raw(&e, cmd, cmd_len);
+    if (route && route->set) {
+        msgpack_pack_array(&e.pk, 2);
+        msgpack_pack_uint32(&e.pk, route->shard);
+        msgpack_pack_uint64(&e.pk, route->epoch);
+    }
     return enc_end(&e);
 }
 
@@ -443,17 +454,35 @@ int proto_request_decode(const struct proto_frame *f, struct proto_request *r, s
         (rc = decode_uint(f, &o, UINT32_MAX, "flags", &flags, err)))
         goto done;
     size_t cmd_start = off;
-    if ((rc = unpack_value(f, &off, &z, &o, true, "command", err)))
+    if ((rc = unpack_value(f, &off, &z, &o, false, "command", err)))
         goto done;
     if (o.type != MSGPACK_OBJECT_MAP) {
         rc = err_set(err, STRATA_PROTOCOL_ERROR, "REQUEST: command must be a map (got %s)",
                      type_name(&o));
         goto done;
     }
+    size_t cmd_end = off;
+    memset(&r->route, 0, sizeof r->route);
+    if (off < f->len) {
+        /* Optional 4th value: the client's routing expectation [shard, epoch]. */
+        if ((rc = unpack_value(f, &off, &z, &o, true, "route", err)))
+            goto done;
+        if (o.type != MSGPACK_OBJECT_ARRAY || o.via.array.size != 2 ||
+            o.via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+            o.via.array.ptr[0].via.u64 > UINT32_MAX ||
+            o.via.array.ptr[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
+            rc = err_set(err, STRATA_PROTOCOL_ERROR,
+                         "REQUEST: route must be [shard, epoch] (two unsigned integers)");
+            goto done;
+        }
+        r->route.set = true;
+        r->route.shard = (uint32_t)o.via.array.ptr[0].via.u64;
+        r->route.epoch = o.via.array.ptr[1].via.u64;
+    }
     r->id = id;
     r->flags = (uint32_t)flags;
     r->cmd = f->body + cmd_start;
-    r->cmd_len = f->len - cmd_start;
+    r->cmd_len = cmd_end - cmd_start;
 done:
     msgpack_zone_destroy(&z);
     return rc;

@@ -97,15 +97,24 @@ int proto_welcome_decode(const struct proto_frame *f, msgpack_zone *z, struct pr
 
 /* REQUEST body: three MessagePack values in sequence — id (uint), flags (uint), and
  * the command (a map, passed through as bytes: the same bytes go to the engine and the
- * Raft log). */
+ * Raft log) — and optionally a fourth, the route [shard, epoch] a cluster-aware client
+ * expects its branch to be on (a server that places it elsewhere answers MOVED). */
+struct proto_route {
+    bool set;
+    uint32_t shard;
+    uint64_t epoch;
+};
 struct proto_request {
     uint64_t id;
     uint32_t flags;
     const uint8_t *cmd; /* exactly one msgpack map */
     size_t cmd_len;
+    struct proto_route route;
 };
 int proto_request_append(struct buf *out, uint64_t id, uint32_t flags, const uint8_t *cmd,
                          size_t cmd_len);
+int proto_request_append_routed(struct buf *out, uint64_t id, uint32_t flags, const uint8_t *cmd,
+                                size_t cmd_len, const struct proto_route *route);
 int proto_request_decode(const struct proto_frame *f, struct proto_request *r, struct err *err);
 
 /* RESPONSE body: id (uint), code (uint, 0 = ok), then the result value (code 0) or an

@@ -7,7 +7,7 @@
 
 #define BRANCH_NAME_MAX 128
 
-static int name_check(struct exec *x, const char *n, size_t len)
+int storage_branch_name_check(const char *n, size_t len, struct err *err)
 {
     bool ok = len >= 1 && len <= BRANCH_NAME_MAX && n[0] != '.' && n[0] != '/' && n[0] != '-';
     for (size_t i = 0; ok && i < len; i++) {
@@ -16,11 +16,16 @@ static int name_check(struct exec *x, const char *n, size_t len)
              c == '_' || c == '-' || c == '.' || c == '/';
     }
     if (!ok)
-        return err_set(x->err, STRATA_INVALID_ARGUMENT,
+        return err_set(err, STRATA_INVALID_ARGUMENT,
                        "invalid branch name '%.*s': 1-%d characters of [A-Za-z0-9_./-], not "
                        "starting with '.', '/' or '-'",
                        (int)(len > 80 ? 80 : len), n, BRANCH_NAME_MAX);
     return 0;
+}
+
+static int name_check(struct exec *x, const char *n, size_t len)
+{
+    return storage_branch_name_check(n, len, x->err);
 }
 
 static int new_name(struct exec *x, const char *n, size_t len)

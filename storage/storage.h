@@ -42,6 +42,9 @@ enum storage_cmd_kind { STORAGE_CMD_READ = 1, STORAGE_CMD_WRITE = 2 };
  * STRATA_PROTOCOL_ERROR / STRATA_INVALID_ARGUMENT for undecodable or unknown commands. */
 int storage_cmd_kind(const uint8_t *cmd, size_t len, enum storage_cmd_kind *kind,
                      struct err *err);
+/* Is `n` (len bytes) a valid name for a new branch? 0 or INVALID_ARGUMENT naming the rule
+ * (1-128 characters of [A-Za-z0-9_./-], not starting with '.', '/' or '-'). */
+int storage_branch_name_check(const char *n, size_t len, struct err *err);
 
 /* Execute one command. `ts_us` stamps a write (the engine uses max(ts_us, last_ts + 1));
  * reads ignore it except as "now" for relative reads. On success returns 0 and appends

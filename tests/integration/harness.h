@@ -155,6 +155,9 @@ struct h_status {
 };
 /* The API key h_status (and so h_wait_leader) presents; NULL (default) for open mode. */
 void h_set_status_key(const char *key);
+/* The group whose role/leader/indexes h_status reports (default 1: the shard that owns
+ * the default branch; 0 = the meta group). Node-level fields are the node's. */
+extern uint32_t h_status_group;
 /* Ask node i (one connection, answered locally). 0 or an error code. */
 int h_status(const struct h_cluster *c, int i, struct h_status *st);
 /* Wait up to `ms` for a leader every running node agrees on (excluding node `exclude`,

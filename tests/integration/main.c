@@ -30,6 +30,8 @@ static const struct {
     {"auth", test_auth, 90},
     {"file_durability", test_file_durability, 60},
     {"file_crash", test_file_crash, 60},
+    {"http", test_http, 120},
+    {"shards", test_shards, 120},
 };
 
 int main(int argc, char **argv)

@@ -338,7 +338,7 @@ void test_sigterm_handoff(void)
           "the old leader exited with status 0 (wait status 0x%x)", st);
     CHECK(h_log_count(&c, L, "received SIGTERM") == 1, "its log records the SIGTERM");
     CHECK(h_log_count(&c, L, "lost leadership") >= 1, "its log records losing leadership");
-    CHECK(h_log_count(&c, L, "leadership handed to") == 1,
+    CHECK(h_log_count(&c, L, "group 1: leadership handed to") == 1,
           "its log says it transferred leadership");
     CHECK(h_log_count(&c, L, "hand-off did not finish") == 0 &&
               h_log_count(&c, L, "no leadership hand-off") == 0 &&

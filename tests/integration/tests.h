@@ -12,5 +12,7 @@ void test_bad_input(void);        /* test_bad_input.c */
 void test_auth(void);             /* test_auth.c */
 void test_file_durability(void);  /* test_file.c */
 void test_file_crash(void);       /* test_file.c */
+void test_http(void);             /* test_http.c */
+void test_shards(void);           /* test_shards.c */
 
 #endif

@@ -883,10 +883,41 @@ static void test_request_decode_trailing_bytes(void **state)
 {
     (void)state;
     struct err e;
+    /* After the command only a route [shard, epoch] may follow. */
     expect_error(decode_request_parts(V_UINT, 7, V_UINT, 0, V_MAP, "\x80", 1, &e), &e,
-                 STRATA_PROTOCOL_ERROR, "1 trailing bytes after the command");
+                 STRATA_PROTOCOL_ERROR, "route must be [shard, epoch]");
     expect_error(decode_request_parts(V_UINT, 7, V_UINT, 0, V_MAP, "\x00\x00\x00", 3, &e), &e,
-                 STRATA_PROTOCOL_ERROR, "3 trailing bytes");
+                 STRATA_PROTOCOL_ERROR, "2 trailing bytes after the route");
+    expect_error(decode_request_parts(V_UINT, 7, V_UINT, 0, V_MAP, "\x92\x03\x09\x00", 4, &e),
+                 &e, STRATA_PROTOCOL_ERROR, "1 trailing bytes after the route");
+    expect_error(decode_request_parts(V_UINT, 7, V_UINT, 0, V_MAP, "\x92\x03\xff", 3, &e), &e,
+                 STRATA_PROTOCOL_ERROR, "route must be [shard, epoch]");
+}
+
+static void test_request_route_roundtrip(void **state)
+{
+    (void)state;
+    struct buf wire;
+    buf_init(&wire);
+    struct proto_route rt = {true, 3, 9};
+    assert_int_equal(proto_request_append_routed(&wire, 5, 0, (const uint8_t *)"\x81\xa2op\xa1x",
+                                                 6, &rt),
+                     0);
+    struct proto_reader rd;
+    proto_reader_init(&rd, PROTO_MAX_FRAME_DEFAULT);
+    assert_int_equal(proto_reader_feed(&rd, wire.data, wire.len), 0);
+    struct proto_frame f;
+    struct err e;
+    assert_int_equal(proto_reader_next(&rd, &f, &e), 1);
+    struct proto_request q;
+    assert_int_equal(proto_request_decode(&f, &q, &e), 0);
+    assert_true(q.route.set);
+    assert_int_equal(q.route.shard, 3);
+    assert_int_equal(q.route.epoch, 9);
+    assert_int_equal(q.cmd_len, 6); /* the command alone, not the route */
+    assert_memory_equal(q.cmd, "\x81\xa2op\xa1x", 6);
+    proto_reader_close(&rd);
+    buf_close(&wire);
 }
 
 static void test_request_decode_missing_parts(void **state)
@@ -1460,6 +1491,7 @@ int main(void)
         cmocka_unit_test(test_request_roundtrip),
         cmocka_unit_test(test_request_decode_wrong_types),
         cmocka_unit_test(test_request_decode_trailing_bytes),
+        cmocka_unit_test(test_request_route_roundtrip),
         cmocka_unit_test(test_request_decode_missing_parts),
         cmocka_unit_test(test_request_decode_truncated),
         cmocka_unit_test(test_request_decode_deep_nesting),

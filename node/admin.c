@@ -1,0 +1,377 @@
+/* Cluster administration: adding and removing nodes (the placement table, the meta
+ * group and every shard the node replicates), leadership transfer, and the per-group
+ * membership step each of those runs on a group's leader. docs/sharding.md
+ * "Membership". */
+#include "node.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int buf_w(void *d, const char *p, size_t n)
+{
+    return buf_append(d, p, n) ? -1 : 0;
+}
+
+static void pack_str(msgpack_packer *pk, const char *s)
+{
+    msgpack_pack_str(pk, strlen(s));
+    msgpack_pack_str_body(pk, s, strlen(s));
+}
+
+/* The arguments every cluster.* command may carry. */
+struct admin_args {
+    uint64_t id;
+    char address[REPL_ADDRESS_MAX + 1];
+    bool has_address, address_ok;
+    uint32_t group;
+    bool has_group;
+    bool add; /* cluster.group_member: "add" (else "remove") */
+};
+
+static void admin_args(const msgpack_object *cmd, struct admin_args *a)
+{
+    memset(a, 0, sizeof *a);
+    for (uint32_t i = 0; cmd->type == MSGPACK_OBJECT_MAP && i < cmd->via.map.size; i++) {
+        const msgpack_object *k = &cmd->via.map.ptr[i].key, *v = &cmd->via.map.ptr[i].val;
+        if (k->type != MSGPACK_OBJECT_STR)
+            continue;
+        size_t kl = k->via.str.size;
+        const char *kp = k->via.str.ptr;
+        if (kl == 2 && memcmp(kp, "id", 2) == 0 && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+            a->id = v->via.u64;
+        if (kl == 5 && memcmp(kp, "group", 5) == 0 && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+            v->via.u64 <= PL_MAX_SHARDS) {
+            a->group = (uint32_t)v->via.u64;
+            a->has_group = true;
+        }
+        if (kl == 6 && memcmp(kp, "change", 6) == 0 && v->type == MSGPACK_OBJECT_STR)
+            a->add = v->via.str.size == 3 && memcmp(v->via.str.ptr, "add", 3) == 0;
+        if (kl == 7 && memcmp(kp, "address", 7) == 0 && v->type == MSGPACK_OBJECT_STR) {
+            a->has_address = true;
+            size_t al = v->via.str.size;
+            bool printable = al > 0 && al <= REPL_ADDRESS_MAX;
+            for (size_t j = 0; printable && j < al; j++)
+                printable = v->via.str.ptr[j] > 0x20 && v->via.str.ptr[j] < 0x7f;
+            if (printable) {
+                memcpy(a->address, v->via.str.ptr, al);
+                a->address[al] = '\0';
+                char host[REPL_ADDRESS_MAX + 1];
+                int port;
+                a->address_ok = parse_hostport(a->address, host, sizeof host, &port) == 0;
+            }
+        }
+    }
+}
+
+static bool is_member(const struct repl_status *st, uint64_t id)
+{
+    for (size_t i = 0; i < st->nmembers; i++)
+        if (st->members[i].id == id)
+            return true;
+    return false;
+}
+
+/* ---- cluster.group_member {group, change: add|remove, id, address?}: on the group leader - */
+
+static void group_member_local(struct node *n, const uint8_t *cmd, size_t len,
+                               const struct auth_key *key, fwd_done_cb cb, void *arg)
+{
+    (void)key;
+    msgpack_zone z;
+    msgpack_zone_init(&z, 512);
+    msgpack_object o;
+    size_t off = 0;
+    struct admin_args a;
+    memset(&a, 0, sizeof a);
+    if (msgpack_unpack((const char *)cmd, len, &off, &z, &o) == MSGPACK_UNPACK_SUCCESS)
+        admin_args(&o, &a);
+    msgpack_zone_destroy(&z);
+    struct node_group *g = node_group(n, a.group);
+    if (g == NULL || a.id == 0 || (a.add && !a.address_ok)) {
+        cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0,
+           "cluster.group_member needs 'group', 'change', 'id' and for add 'address'", NULL);
+        return;
+    }
+    struct repl_status st;
+    repl_group_status(g->group, &st);
+    if (a.add == is_member(&st, a.id)) { /* already done: idempotent */
+        cb(arg, 0, NULL, 0, NULL, NULL);
+        return;
+    }
+    log_info("group %u: %s member %llu%s%s", a.group, a.add ? "adding" : "removing",
+             (unsigned long long)a.id, a.add ? " at " : "", a.add ? a.address : "");
+    if (a.add) {
+        struct repl_member m = {.id = a.id};
+        snprintf(m.address, sizeof m.address, "%s", a.address);
+        repl_member_add(g->group, &m, cb, arg);
+    } else {
+        repl_member_remove(g->group, a.id, cb, arg);
+    }
+}
+
+static void group_member_send(struct node *n, uint32_t gid, bool add, uint64_t id, const char *address,
+                         const struct auth_key *key, fwd_done_cb cb, void *arg)
+{
+    struct buf b;
+    buf_init(&b);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, buf_w);
+    msgpack_pack_map(&pk, add ? 5 : 4);
+    pack_str(&pk, "op");
+    pack_str(&pk, "cluster.group_member");
+    pack_str(&pk, "group");
+    msgpack_pack_uint32(&pk, gid);
+    pack_str(&pk, "change");
+    pack_str(&pk, add ? "add" : "remove");
+    pack_str(&pk, "id");
+    msgpack_pack_uint64(&pk, id);
+    if (add) {
+        pack_str(&pk, "address");
+        pack_str(&pk, address);
+    }
+    route_local(n, group_member_local, gid, b.data, b.len, 0, key, cb, arg);
+    buf_close(&b);
+}
+
+/* ---- cluster.add_member / remove_member: on the meta leader ------------------------------ */
+
+struct member_op {
+    struct node *n;
+    bool add;
+    uint64_t id;
+    char address[REPL_ADDRESS_MAX + 1];
+    const struct auth_key *key;
+    uint32_t shards[PL_MAX_SHARDS]; /* the shards the node is (was) a replica of */
+    size_t nshards, pending;
+    int code;
+    char msg[256];
+    fwd_done_cb cb;
+    void *arg;
+};
+
+static int mutate_add(struct placement *p, void *ctx, struct err *err)
+{
+    struct member_op *m = ctx;
+    m->nshards = 0;
+    const struct pl_node *nd = placement_node(p, m->id);
+    if (nd && strcmp(nd->address, m->address) != 0)
+        return err_set(err, STRATA_ALREADY_EXISTS, "node %llu is already a member at %s",
+                       (unsigned long long)m->id, nd->address);
+    int rc;
+    if (nd == NULL && (rc = placement_add_node(p, m->id, m->address, err)))
+        return rc;
+    uint32_t rf = p->rf;
+    for (size_t i = 0; i < p->nshards; i++) {
+        struct pl_shard *s = &p->shards[i];
+        if (!placement_shard_has(s, m->id)) {
+            if (s->nreplicas >= rf || s->nreplicas >= PL_MAX_REPLICAS)
+                continue;
+            uint64_t ids[PL_MAX_REPLICAS];
+            memcpy(ids, s->replicas, s->nreplicas * sizeof *ids);
+            ids[s->nreplicas] = m->id;
+            if ((rc = placement_set_replicas(p, s->id, ids, s->nreplicas + 1, err)))
+                return rc;
+        }
+        m->shards[m->nshards++] = s->id;
+    }
+    return 0;
+}
+
+static int mutate_remove(struct placement *p, void *ctx, struct err *err)
+{
+    struct member_op *m = ctx;
+    m->nshards = 0;
+    if (placement_node(p, m->id) == NULL)
+        return 0; /* already gone: a retry */
+    int rc;
+    for (size_t i = 0; i < p->nshards; i++) {
+        struct pl_shard *s = &p->shards[i];
+        if (!placement_shard_has(s, m->id))
+            continue;
+        if (s->nreplicas == 1)
+            return err_set(err, STRATA_INVALID_ARGUMENT,
+                           "node %llu holds the last replica of shard %u",
+                           (unsigned long long)m->id, s->id);
+        uint64_t ids[PL_MAX_REPLICAS];
+        size_t k = 0;
+        for (uint32_t j = 0; j < s->nreplicas; j++)
+            if (s->replicas[j] != m->id)
+                ids[k++] = s->replicas[j];
+        m->shards[m->nshards++] = s->id;
+        if ((rc = placement_set_replicas(p, s->id, ids, k, err)))
+            return rc;
+    }
+    return placement_remove_node(p, m->id, err);
+}
+
+static void member_finish(struct member_op *m)
+{
+    if (m->code)
+        m->cb(m->arg, m->code, NULL, 0, m->msg, NULL);
+    else
+        m->cb(m->arg, 0, NULL, 0, NULL, NULL);
+    sm_free(m);
+}
+
+static void member_step_done(void *arg, int code, const uint8_t *result, size_t len,
+                             const char *message, const char *leader)
+{
+    (void)result, (void)len, (void)leader;
+    struct member_op *m = arg;
+    if (code && code != STRATA_ALREADY_EXISTS && m->code == 0) {
+        m->code = code;
+        snprintf(m->msg, sizeof m->msg, "%s", message ? message : err_name(code));
+    }
+    if (--m->pending == 0)
+        member_finish(m);
+}
+
+/* The table is written: change the meta group and every shard group. */
+static void member_table_done(void *arg, int code, const uint8_t *result, size_t len,
+                              const char *message, const char *leader)
+{
+    (void)result, (void)len, (void)leader;
+    struct member_op *m = arg;
+    struct node *n = m->n;
+    if (code) {
+        m->code = code;
+        snprintf(m->msg, sizeof m->msg, "%s", message ? message : err_name(code));
+        member_finish(m);
+        return;
+    }
+    m->pending = 1; /* held while issuing */
+    struct node_group *g0 = node_group(n, 0);
+    struct repl_status st;
+    node_group_status(n, 0, &st);
+    size_t voters = 0;
+    for (size_t i = 0; i < st.nmembers; i++)
+        voters += st.members[i].voter;
+    if (g0 && m->add && !is_member(&st, m->id) && voters < PL_META_MAX_VOTERS) {
+        struct repl_member rm = {.id = m->id};
+        snprintf(rm.address, sizeof rm.address, "%s", m->address);
+        m->pending++;
+        repl_member_add(g0->group, &rm, member_step_done, m);
+    } else if (g0 && !m->add && is_member(&st, m->id)) {
+        m->pending++;
+        repl_member_remove(g0->group, m->id, member_step_done, m);
+    }
+    for (size_t i = 0; i < m->nshards; i++) {
+        m->pending++;
+        group_member_send(n, m->shards[i], m->add, m->id, m->address, m->key, member_step_done, m);
+    }
+    if (--m->pending == 0)
+        member_finish(m);
+}
+
+static void member_local(struct node *n, const uint8_t *cmd, size_t len,
+                         const struct auth_key *key, fwd_done_cb cb, void *arg)
+{
+    msgpack_zone z;
+    msgpack_zone_init(&z, 512);
+    msgpack_object o;
+    size_t off = 0;
+    struct admin_args a;
+    memset(&a, 0, sizeof a);
+    char op[32] = "";
+    if (msgpack_unpack((const char *)cmd, len, &off, &z, &o) == MSGPACK_UNPACK_SUCCESS) {
+        admin_args(&o, &a);
+        for (uint32_t i = 0; o.type == MSGPACK_OBJECT_MAP && i < o.via.map.size; i++)
+            if (o.via.map.ptr[i].key.type == MSGPACK_OBJECT_STR &&
+                o.via.map.ptr[i].key.via.str.size == 2 &&
+                memcmp(o.via.map.ptr[i].key.via.str.ptr, "op", 2) == 0 &&
+                o.via.map.ptr[i].val.type == MSGPACK_OBJECT_STR &&
+                o.via.map.ptr[i].val.via.str.size < sizeof op)
+                memcpy(op, o.via.map.ptr[i].val.via.str.ptr, o.via.map.ptr[i].val.via.str.size);
+    }
+    msgpack_zone_destroy(&z);
+    bool add = strcmp(op, "cluster.add_member") == 0;
+    struct member_op *m = sm_calloc(1, sizeof *m);
+    if (m == NULL) {
+        cb(arg, STRATA_OUT_OF_MEMORY, NULL, 0, "out of memory", NULL);
+        return;
+    }
+    *m = (struct member_op){.n = n, .add = add, .id = a.id, .key = key, .cb = cb, .arg = arg};
+    snprintf(m->address, sizeof m->address, "%s", a.address);
+    struct repl_status st;
+    node_group_status(n, 0, &st);
+    if (add && is_member(&st, a.id) && n->have_pl && placement_node(&n->pl, a.id)) {
+        /* Known in the table and to the meta group: a node that lost its data and would
+         * join again under its old id (the caller decides; see join_done). */
+        sm_free(m);
+        cb(arg, STRATA_ALREADY_EXISTS, NULL, 0, "node id is already a member", NULL);
+        return;
+    }
+    log_info("%s node %llu%s%s", add ? "adding" : "removing", (unsigned long long)a.id,
+             add ? " at " : "", add ? a.address : "");
+    meta_change(n, add ? mutate_add : mutate_remove, m, member_table_done, m);
+}
+
+/* ---- cluster.transfer_leader {id?, group?} on the group's leader ------------------------ */
+
+static void transfer_local(struct node *n, const uint8_t *cmd, size_t len,
+                           const struct auth_key *key, fwd_done_cb cb, void *arg)
+{
+    (void)key;
+    msgpack_zone z;
+    msgpack_zone_init(&z, 512);
+    msgpack_object o;
+    size_t off = 0;
+    struct admin_args a;
+    memset(&a, 0, sizeof a);
+    if (msgpack_unpack((const char *)cmd, len, &off, &z, &o) == MSGPACK_UNPACK_SUCCESS)
+        admin_args(&o, &a);
+    msgpack_zone_destroy(&z);
+    struct node_group *g = node_group(n, a.group);
+    if (g == NULL) {
+        cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0, "no such group here", NULL);
+        return;
+    }
+    repl_transfer(g->group, a.id, cb, arg);
+}
+
+/* ---- Entry ------------------------------------------------------------------------------- */
+
+int node_admin(struct node *n, const char *op, const msgpack_object *cmd, const uint8_t *bytes,
+               size_t len, uint32_t flags, const struct auth_key *key, fwd_done_cb cb,
+               void *arg)
+{
+    if (key && (!key->write || key->npatterns == 0 || strcmp(key->patterns[0], "*") != 0)) {
+        cb(arg, STRATA_PERMISSION_DENIED, NULL, 0,
+           "cluster commands need a read-write key for all branches ('*')", NULL);
+        return 0;
+    }
+    if (n->stopping) {
+        cb(arg, STRATA_UNAVAILABLE, NULL, 0, "the node is shutting down", NULL);
+        return 0;
+    }
+    struct admin_args a;
+    admin_args(cmd, &a);
+    if (strcmp(op, "cluster.add_member") == 0) {
+        if (a.id == 0 || !a.address_ok) {
+            cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0,
+               "cluster.add_member needs 'id' (> 0) and 'address' (host:port)", NULL);
+            return 0;
+        }
+        route_local(n, member_local, 0, bytes, len, flags, key, cb, arg);
+    } else if (strcmp(op, "cluster.remove_member") == 0) {
+        if (a.id == 0) {
+            cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0, "cluster.remove_member needs 'id'", NULL);
+            return 0;
+        }
+        route_local(n, member_local, 0, bytes, len, flags, key, cb, arg);
+    } else if (strcmp(op, "cluster.transfer_leader") == 0) {
+        /* Without 'group': the meta group. */
+        route_local(n, transfer_local, a.has_group ? a.group : 0, bytes, len, flags, key, cb,
+                    arg);
+    } else if (strcmp(op, "cluster.group_member") == 0) {
+        if (!a.has_group) {
+            cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0, "cluster.group_member needs 'group'", NULL);
+            return 0;
+        }
+        route_local(n, group_member_local, a.group, bytes, len, flags, key, cb, arg);
+    } else {
+        cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0, "unknown cluster command", NULL);
+    }
+    return 0;
+}
