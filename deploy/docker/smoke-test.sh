@@ -51,20 +51,9 @@ probe() { # probe CID PATH: HTTP status code of 127.0.0.1:9877/PATH, via bash's 
         head -n 1 <&3 | cut -d" " -f2' "$2"
 }
 
-# The default command has --http; a server built before the HTTP endpoint existed gets the
-# same command without it (and the probe checks are skipped).
-http=1
-cmd=()
-if ! "$engine" run --rm --network none "${run_flags[@]}" "$image" --help 2>&1 | grep -q -- --http; then
-    http=0
-    cmd=(--data-dir /var/lib/stratadb/data --listen 0.0.0.0:9876 --advertise 127.0.0.1:9876
-        --bootstrap 127.0.0.1:9876)
-    echo "skip /healthz and /readyz: this image's server has no --http (default command run without it)"
-fi
-
 start() { # start: a container from the image's default command; prints its id
     "$engine" run -d --network none --read-only -v "$vol:/var/lib/stratadb" \
-        "${run_flags[@]}" "$image" "${cmd[@]}"
+        "${run_flags[@]}" "$image"
 }
 
 "$engine" volume create "$vol" >/dev/null
@@ -74,10 +63,8 @@ check "server starts and elects itself (single node)" wait_leader "$c1"
 check "runs as uid 10001" test "$(in_c "$c1" id -u)" = 10001
 check "kv put with the image's CLI" cli "$c1" kv put smoke '"yes"'
 check "kv get" test "$(cli "$c1" kv get smoke)" = '"yes"'
-if ((http)); then
-    check "/healthz 200" test "$(probe "$c1" /healthz)" = 200
-    check "/readyz 200" test "$(probe "$c1" /readyz)" = 200
-fi
+check "/healthz 200" test "$(probe "$c1" /healthz)" = 200
+check "/readyz 200" test "$(probe "$c1" /readyz)" = 200
 "$engine" stop -t 30 "$c1" >/dev/null
 check "SIGTERM: exit 0" test "$("$engine" inspect -f '{{.State.ExitCode}}' "$c1")" = 0
 

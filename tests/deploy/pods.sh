@@ -39,20 +39,16 @@ die() { printf 'pods: ERROR: %s\n' "$*" >&2; exit 1; }
 
 # ---- Pod mode: inside a pod's own mount namespace, build its root and exec the container.
 if [[ ${1:-} == --pod ]]; then
-    spec=$2 root=$3 server=$4 cli=$5 podtmp=$6 real=${7:-} # real: the binary behind a wrapper
+    spec=$2 root=$3 server=$4 cli=$5 podtmp=$6
     j() { jq -r "$1" "$spec"; }
     image=${STRATA_POD_IMAGE_ROOT:-}
     if [[ -n $image ]]; then
         # The image's own filesystem (e.g. `podman image mount`), under a private overlay so
-        # that mount points and the test-only wrapper never touch the image.
+        # that mount points never touch the image.
         ovl="$podtmp/overlay-$(j .pod)"
         rm -rf "$ovl"
         mkdir -p "$ovl/upper" "$ovl/work"
         mount -t overlay overlay -o "lowerdir=$image,upperdir=$ovl/upper,workdir=$ovl/work" "$root"
-        if [[ -n $real ]]; then
-            mv "$root/usr/local/bin/stratadb-server" "$root/usr/local/bin/.stratadb-server-real"
-            cp "$server" "$root/usr/local/bin/stratadb-server"
-        fi
         mount -t tmpfs -o mode=0755 tmpfs "$root/dev"
     else
         mount -t tmpfs -o mode=0755 tmpfs "$root"
@@ -69,10 +65,6 @@ if [[ ${1:-} == --pod ]]; then
         touch "$root/usr/local/bin/stratadb-server" "$root/usr/local/bin/strata"
         mount --bind "$server" "$root/usr/local/bin/stratadb-server"
         mount --bind "$cli" "$root/usr/local/bin/strata"
-        if [[ -n $real ]]; then
-            touch "$root/usr/local/bin/.stratadb-server-real"
-            mount --bind "$real" "$root/usr/local/bin/.stratadb-server-real"
-        fi
         mount -o remount,ro "$root/usr/local/bin"
         for f in nsswitch.conf host.conf gai.conf ld.so.cache; do
             [[ -f /etc/$f ]] && cp "/etc/$f" "$root/etc/$f"
@@ -246,35 +238,14 @@ if [[ -n ${STRATA_POD_IMAGE_ROOT:-} ]]; then
     log "pods run on the image filesystem $STRATA_POD_IMAGE_ROOT"
     server_help=(chroot "$STRATA_POD_IMAGE_ROOT" /usr/local/bin/stratadb-server --help)
 fi
-http=1
-if ! "${server_help[@]}" 2>&1 | grep -q -- '--http'; then
-    http=0
-    log "SKIP probe checks: this stratadb-server has no --http flag; the pods run it without --http"
-    cat >"$tmp/no-http" <<'EOF'
-#!/bin/sh
-# Test only: drops "--http ADDR" for a server built without the HTTP endpoint.
-skip=0
-for a do
-    shift
-    if [ "$skip" = 1 ]; then skip=0; continue; fi
-    if [ "$a" = --http ]; then skip=1; continue; fi
-    set -- "$@" "$a"
-done
-exec /usr/local/bin/.stratadb-server-real "$@"
-EOF
-    chmod 0755 "$tmp/no-http"
-fi
+"${server_help[@]}" 2>&1 | grep -q -- '--http' ||
+    die "this stratadb-server has no --http, which the StatefulSet's command passes"
 
 start_pod() { # start_pod ORDINAL
     local o=$1 root="$tmp/root-$1"
     mkdir -p "$root"
-    if ((http)); then
-        unshare --mount --propagation private -- bash "$self" --pod "$tmp/pod-$o.json" "$root" \
-            "$server" "$cli" "$tmp" >>"$tmp/$STS-$o.log" 2>&1 &
-    else
-        unshare --mount --propagation private -- bash "$self" --pod "$tmp/pod-$o.json" "$root" \
-            "$tmp/no-http" "$cli" "$tmp" "$server" >>"$tmp/$STS-$o.log" 2>&1 &
-    fi
+    unshare --mount --propagation private -- bash "$self" --pod "$tmp/pod-$o.json" "$root" \
+        "$server" "$cli" "$tmp" >>"$tmp/$STS-$o.log" 2>&1 &
     pid[$o]=$!
     log "started pod $STS-$o (pid ${pid[$o]}, $(ip_of "$o"))"
 }
@@ -344,24 +315,20 @@ wait_http() { # wait_http ORDINAL PROBE CODE
 
 # ---- 1. A new cluster: pod 0 alone cannot form it (safe bootstrap) and is not ready. -----
 start_pod 0
-if ((http)); then
-    check "pod 0 alone: /healthz answers 200 (live)" wait_http 0 liveness 200
-    code=$(http_code 0 readiness)
-    check "pod 0 alone: /readyz is not 200 while no majority of initial members answered (got $code)" \
-        test "$code" != 200 -a "$code" != 000
-fi
+check "pod 0 alone: /healthz answers 200 (live)" wait_http 0 liveness 200
+code=$(http_code 0 readiness)
+check "pod 0 alone: /readyz is not 200 while no majority of initial members answered (got $code)" \
+    test "$code" != 200 -a "$code" != 000
 start_pod 1
 start_pod 2
 require "pods 0-2 form a cluster of voters 1,2,3" wait_members 0 1,2,3
 check "pod 2 sees the same members" wait_members 2 1,2,3
 check "pod 0 advertises its stable DNS name" \
     test "$(status_of 0 | jq -r .address)" = "$(fqdn 0):$strata_port"
-if ((http)); then
-    for o in 0 1 2; do
-        check "pod $o: /readyz 200 once the cluster formed" wait_http "$o" readiness 200
-        check "pod $o: /healthz 200" wait_http "$o" liveness 200
-    done
-fi
+for o in 0 1 2; do
+    check "pod $o: /readyz 200 once the cluster formed" wait_http "$o" readiness 200
+    check "pod $o: /healthz 200" wait_http "$o" liveness 200
+done
 
 # ---- 2. It serves: writes through every pod (followers forward by DNS name), reads back. -
 for o in 0 1 2; do
@@ -394,7 +361,7 @@ caught_up() {
 require "restarted pod 1 applies the write it missed (index $target)" caught_up
 check "cluster still 1,2,3 after the restart" wait_members 1 1,2,3
 check "kv get through restarted pod 1" test "$(cli_at 1 kv get during-restart)" = '"kept"'
-((http)) && check "restarted pod 1: /readyz 200" wait_http 1 readiness 200
+check "restarted pod 1: /readyz 200" wait_http 1 readiness 200
 
 # ---- 4. Scale-out: pod 3 (ordinal >= initial members) joins. -------------------------
 start_pod 3
@@ -403,10 +370,8 @@ check "pod 3 sees the 4 voters" wait_members 3 1,2,3,4
 check "pod 3 joined (log)" grep -q 'joined the cluster as node 4' "$tmp/$STS-3.log"
 check "kv get through pod 3" test "$(cli_at 3 kv get k8s-0)" = '"v0"'
 check "kv put through pod 3" cli_at 3 kv put from-pod-3 '"4"'
-if ((http)); then
-    check "pod 3: /readyz 200 after joining" wait_http 3 readiness 200
-    check "pod 3: /healthz 200" wait_http 3 liveness 200
-fi
+check "pod 3: /readyz 200 after joining" wait_http 3 readiness 200
+check "pod 3: /healthz 200" wait_http 3 liveness 200
 
 # ---- 5. Scale-in as documented: remove the member, then stop the pod. -----------------
 check "strata cluster remove-node 4" cli_at 0 cluster remove-node 4
