@@ -302,6 +302,14 @@ http_code() { # http_code ORDINAL PROBE: the probe's HTTP status, 000 for no ans
     path=$(jq -r ".probes.$2.path" "$spec") port=$(jq -r ".probes.$2.port" "$spec")
     curl -s -o /dev/null -m 3 -w '%{http_code}' "http://$(ip_of "$1"):$port$path" || true
 }
+wait_log() { # wait_log ORDINAL TEXT: the joiner logs after the leader already shows it
+    local deadline=$((SECONDS + FORM_TIMEOUT))
+    while ((SECONDS < deadline)); do
+        grep -q "$2" "$tmp/$STS-$1.log" && return 0
+        sleep 0.2
+    done
+    return 1
+}
 wait_http() { # wait_http ORDINAL PROBE CODE
     local deadline=$((SECONDS + FORM_TIMEOUT)) c=""
     while ((SECONDS < deadline)); do
@@ -367,7 +375,7 @@ check "restarted pod 1: /readyz 200" wait_http 1 readiness 200
 start_pod 3
 require "pod 3 joins: voters 1,2,3,4" wait_members 0 1,2,3,4
 check "pod 3 sees the 4 voters" wait_members 3 1,2,3,4
-check "pod 3 joined (log)" grep -q 'joined the cluster as node 4' "$tmp/$STS-3.log"
+check "pod 3 joined (log)" wait_log 3 'joined the cluster as node 4'
 check "kv get through pod 3" test "$(cli_at 3 kv get k8s-0)" = '"v0"'
 check "kv put through pod 3" cli_at 3 kv put from-pod-3 '"4"'
 check "pod 3: /readyz 200 after joining" wait_http 3 readiness 200
@@ -405,7 +413,7 @@ node "$here/podspec.mjs" "$k8s" "$STS" 2 "$(ip_of 2)" "$NS" \
     stratadb-config STRATA_INITIAL_CLUSTER_STATE=existing >"$tmp/pod-2.json"
 start_pod 2
 require "pod 2 joins again as node 3: voters 1,2,3" wait_members 0 1,2,3
-check "pod 2 joined (log)" grep -q 'joined the cluster as node 3' "$tmp/$STS-2.log"
+check "pod 2 joined (log)" wait_log 2 'joined the cluster as node 3'
 check "kv get through re-added pod 2" test "$(cli_at 2 kv get during-restart)" = '"kept"'
 
 # ---- 7. Every pod stops cleanly. -----------------------------------------------------
