@@ -723,8 +723,11 @@ static void on_response(struct net *n, int i, const struct proto_response *r, st
         bool named = r->leader && r->leader_len && r->leader_len < NET_ADDR_MAX &&
                      !is_addr(&n->conns[i], r->leader, r->leader_len);
         if (r->code == STRATA_MOVED || r->code == STRATA_BRANCH_NOT_FOUND) {
+            /* The first time in a call, re-read and go again at once; after that the
+             * table we get may lag the answering node's: back off between tries. */
             n->stale = true;
-            *redirect = true;
+            *redirect = *redirect || !n->moved;
+            n->moved = true;
         } else if (sl->routed) {
             if (named && routing_set_leader(n->rt, sl->pick.shard, r->leader, r->leader_len)) {
                 *redirect = true;
@@ -932,6 +935,7 @@ int net_exec_many(struct net *n, const uint8_t *const *cmds, const size_t *lens,
     struct err cerr;
     err_clear(&cerr);
     n->refused = false;
+    n->moved = false;
     /* One deadline for the whole call, retries included. */
     uint64_t deadline = now_ms() + (uint64_t)n->timeout_ms;
     n->call_deadline = deadline;

@@ -54,6 +54,7 @@ struct net {
     int timeout_ms, connect_timeout_ms;
     uint64_t call_deadline; /* monotonic ms: the current call gives up then */
     bool refused;           /* the last handshake was refused for good (key, version) */
+    bool moved;             /* the current call met MOVED (or a stale BRANCH_NOT_FOUND) */
 };
 
 void net_set_timeouts(struct net *n, int op_ms, int connect_ms);
