@@ -34,6 +34,7 @@ static const struct {
     {"shards", test_shards, 120},
     {"client_route", test_client_route, 120},
     {"client_route_unit", test_client_route_unit, 30},
+    {"client_route_fallback", test_client_route_fallback, 30},
 };
 
 int main(int argc, char **argv)

@@ -10,15 +10,23 @@
  * commands succeed, read the right values and still cause no forward.
  *
  * client_route_unit: the routing table alone (no servers): cluster.placement answers
- * decoded or refused, the per-command decision, candidates, and URI options. */
+ * decoded or refused, the per-command decision, candidates, and URI options; and the
+ * fallback against a test double that has no placement (one connection, no routes) or
+ * no table yet (asked again a second later). */
 #include "harness.h"
 #include "placement.h"
 #include "route.h"
 #include "storage.h"
 #include "tests.h"
 
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #define NBR 6
 #define STEADY_PUTS 150
@@ -470,4 +478,161 @@ void test_client_route_unit(void)
         if (rc == 0)
             strata_close(db);
     }
+}
+
+/* ---- A server without placement: a test double on 127.0.0.1 ------------------------------- */
+
+struct fake {
+    int lfd, port;
+    int placement_code; /* the answer to cluster.placement */
+    atomic_bool stop;
+    atomic_int conns, placements, requests, routed, flagged;
+    pthread_t th;
+};
+
+/* One client connection: HELLO -> WELCOME, then every REQUEST answered (ok nil, or
+ * placement_code for cluster.placement), until the client closes or stop. */
+static void fake_serve(struct fake *fk, int fd)
+{
+    struct proto_reader rd;
+    proto_reader_init(&rd, PROTO_MAX_FRAME_DEFAULT);
+    while (!atomic_load(&fk->stop)) {
+        struct proto_frame f;
+        int r = h_raw_next_frame(fd, &rd, &f, 100);
+        if (r < 0)
+            break;
+        if (r == 0) {
+            uint8_t b;
+            ssize_t p = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+            if (p == 0)
+                break; /* closed */
+            continue;
+        }
+        struct buf out;
+        buf_init(&out);
+        if (f.kind == PROTO_HELLO) {
+            struct proto_welcome w = {PROTO_VERSION, 1, "fake", 4, 0, NULL, 0};
+            proto_welcome_append(&out, &w);
+        } else if (f.kind == PROTO_REQUEST) {
+            struct proto_request q;
+            struct err e;
+            if (proto_request_decode(&f, &q, &e) == 0) {
+                atomic_fetch_add(&fk->requests, 1);
+                atomic_fetch_add(&fk->routed, q.route.set);
+                atomic_fetch_add(&fk->flagged, (q.flags & PROTO_REQ_FORWARDED) != 0);
+                if (memmem(q.cmd, q.cmd_len, "cluster.placement", 17)) {
+                    atomic_fetch_add(&fk->placements, 1);
+                    proto_response_err_append(&out, q.id, fk->placement_code,
+                                              fk->placement_code == STRATA_UNAVAILABLE
+                                                  ? "the placement table is not known yet"
+                                                  : "unknown cluster command",
+                                              NULL);
+                } else {
+                    static const uint8_t nil = 0xc0;
+                    proto_response_ok_append(&out, q.id, &nil, 1);
+                }
+            }
+        }
+        int rc = out.len ? h_raw_send(fd, out.data, out.len) : 0;
+        buf_close(&out);
+        if (rc)
+            break;
+    }
+    proto_reader_close(&rd);
+    close(fd);
+}
+
+static void *fake_main(void *arg)
+{
+    struct fake *fk = arg;
+    while (!atomic_load(&fk->stop)) {
+        struct pollfd p = {fk->lfd, POLLIN, 0};
+        if (poll(&p, 1, 100) != 1)
+            continue;
+        int fd = accept(fk->lfd, NULL, NULL);
+        if (fd < 0)
+            continue;
+        atomic_fetch_add(&fk->conns, 1);
+        fake_serve(fk, fd);
+    }
+    return NULL;
+}
+
+static int fake_start(struct fake *fk, int placement_code)
+{
+    memset(fk, 0, sizeof *fk);
+    fk->placement_code = placement_code;
+    fk->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t sl = sizeof sa;
+    if (fk->lfd < 0 || bind(fk->lfd, (struct sockaddr *)&sa, sizeof sa) ||
+        listen(fk->lfd, 8) || getsockname(fk->lfd, (struct sockaddr *)&sa, &sl)) {
+        if (fk->lfd >= 0)
+            close(fk->lfd);
+        return -1;
+    }
+    fk->port = ntohs(sa.sin_port);
+    if (pthread_create(&fk->th, NULL, fake_main, fk)) {
+        close(fk->lfd);
+        return -1;
+    }
+    return 0;
+}
+
+static void fake_stop(struct fake *fk)
+{
+    atomic_store(&fk->stop, true);
+    pthread_join(fk->th, NULL);
+    close(fk->lfd);
+}
+
+/* Five puts on branches that would be on different shards, single and pipelined. */
+static int five_puts(struct strata *db)
+{
+    int ok = 0;
+    for (int k = 0; k < 2; k++)
+        ok += h_exec(db, 0, NULL, NULL,
+                     "{\"op\":\"kv.put\",\"branch\":\"b%d\",\"key\":\"k\",\"value\":1}", k) == 0;
+    static char names[3][16] = {"b2", "b3", "b4"};
+    return ok + put_batch(db, names, 3, 0, 3);
+}
+
+void test_client_route_fallback(void)
+{
+    struct fake fk;
+    REQUIRE(fake_start(&fk, STRATA_INVALID_ARGUMENT) == 0, "test double listening");
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", fk.port);
+    struct strata *db = h_open_nodes(NULL, addr);
+    REQUIRE(db != NULL, "client on the test double");
+    int ok = five_puts(db);
+    ok += five_puts(db);
+    strata_close(db);
+    fake_stop(&fk);
+    CHECK(ok == 10, "a server without cluster.placement serves every command (%d of 10)", ok);
+    CHECK(atomic_load(&fk.placements) == 1, "the placement was asked once (%d)",
+          atomic_load(&fk.placements));
+    CHECK(atomic_load(&fk.conns) == 1, "over one connection (%d)", atomic_load(&fk.conns));
+    CHECK(atomic_load(&fk.routed) == 0 && atomic_load(&fk.flagged) == 0,
+          "no request carried a route or the FORWARDED flag (%d, %d)", atomic_load(&fk.routed),
+          atomic_load(&fk.flagged));
+
+    /* No table yet (a starting cluster): commands still run, the table is asked again
+     * only after a second. */
+    REQUIRE(fake_start(&fk, STRATA_UNAVAILABLE) == 0, "test double listening again");
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", fk.port);
+    db = h_open_nodes(NULL, addr);
+    REQUIRE(db != NULL, "client on the test double");
+    ok = five_puts(db);
+    int asked = atomic_load(&fk.placements);
+    h_sleep_ms(1100);
+    ok += five_puts(db);
+    strata_close(db);
+    fake_stop(&fk);
+    CHECK(ok == 10, "with no table yet every command is still served (%d of 10)", ok);
+    CHECK(asked == 1 && atomic_load(&fk.placements) == 2,
+          "the placement was asked once at first and once more after a second (%d, %d)", asked,
+          atomic_load(&fk.placements));
+    CHECK(atomic_load(&fk.routed) == 0, "and nothing was routed (%d)", atomic_load(&fk.routed));
 }

@@ -16,5 +16,6 @@ void test_http(void);             /* test_http.c */
 void test_shards(void);           /* test_shards.c */
 void test_client_route(void);      /* test_client_route.c */
 void test_client_route_unit(void); /* test_client_route.c */
+void test_client_route_fallback(void); /* test_client_route.c */
 
 #endif
