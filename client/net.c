@@ -27,10 +27,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#define RETRIES 24 /* with the 200 ms cap: ~4.4 s, more than an election; the call deadline bounds it too */
+#define RETRIES                                                                                    \
+    24 /* with the 200 ms cap: ~4.4 s, more than an election; the call deadline bounds it too */
 #define BACKOFF_MIN_MS 25
-#define BACKOFF_MAX_MS 200 /* a new leader is usually known within an election: poll it often */
-#define DOWN_MS 1000       /* a node that refused a connect is tried after the others this long */
+#define BACKOFF_MAX_MS 200  /* a new leader is usually known within an election: poll it often */
+#define DOWN_MS 1000        /* a node that refused a connect is tried after the others this long */
 #define PROBE_RETRY_MS 1000 /* no table yet (cluster starting): ask again after this long */
 #define UNKNOWN_REFRESH_MS 100 /* a branch the table lacks re-reads it at most this often */
 #define MAX_CONNS (PL_MAX_NODES + NET_MAX_SEEDS)
@@ -224,8 +225,8 @@ static int dial(const char *addr, int timeout_ms, struct err *err)
         struct pollfd pfd = {fd, POLLOUT, 0};
         int soerr = 0;
         socklen_t sl = sizeof soerr;
-        if (poll(&pfd, 1, timeout_ms) != 1 ||
-            getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) || soerr) {
+        if (poll(&pfd, 1, timeout_ms) != 1 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) ||
+            soerr) {
             close(fd);
             fd = -1;
         }
@@ -317,13 +318,13 @@ static int error_frame(struct net *n, struct net_conn *c, const struct proto_fra
     size_t ml;
     int rc = proto_error_decode(f, &z, &code, &m, &ml, err);
     if (rc == 0) {
-        rc = err_set(err, code, handshake ? "%s refused the connection: %.*s" : "%s: %.*s",
-                     c->addr, (int)ml, m);
-        n->refused = handshake ? code == STRATA_UNAUTHENTICATED ||
-                                     code == STRATA_PERMISSION_DENIED ||
-                                     code == STRATA_PROTOCOL_ERROR
-                               : code == STRATA_TOO_LARGE || code == STRATA_PROTOCOL_ERROR ||
-                                     code == STRATA_UNAUTHENTICATED;
+        rc = err_set(err, code, handshake ? "%s refused the connection: %.*s" : "%s: %.*s", c->addr,
+                     (int)ml, m);
+        n->refused = handshake
+                         ? code == STRATA_UNAUTHENTICATED || code == STRATA_PERMISSION_DENIED ||
+                               code == STRATA_PROTOCOL_ERROR
+                         : code == STRATA_TOO_LARGE || code == STRATA_PROTOCOL_ERROR ||
+                               code == STRATA_UNAUTHENTICATED;
     }
     msgpack_zone_destroy(&z);
     return rc;
@@ -415,8 +416,12 @@ static int conn_open(struct net *n, int i, struct err *err)
     proto_reader_init(&c->rd, PROTO_MAX_FRAME_DEFAULT);
     struct buf b;
     buf_init(&b);
-    struct proto_hello h = {PROTO_VERSION, PROTO_VERSION, "libstrata", 9,
-                            n->has_key ? n->api_key : NULL, n->has_key ? strlen(n->api_key) : 0};
+    struct proto_hello h = {PROTO_VERSION,
+                            PROTO_VERSION,
+                            "libstrata",
+                            9,
+                            n->has_key ? n->api_key : NULL,
+                            n->has_key ? strlen(n->api_key) : 0};
     int rc = proto_hello_append(&b, &h);
     if (rc == 0)
         rc = send_all(n, c, b.data, b.len, err);
@@ -556,9 +561,9 @@ static int home_conn(struct net *n, struct err *err)
 
 /* {"op":"cluster.placement","fresh":true|false} */
 static const uint8_t placement_cmd[2][29] = {
-    {0x82, 0xa2, 'o', 'p', 0xb1, 'c', 'l', 'u', 's', 't', 'e', 'r', '.', 'p', 'l',
+    {0x82, 0xa2, 'o', 'p', 0xb1, 'c', 'l', 'u',  's', 't', 'e', 'r', '.', 'p', 'l',
      'a',  'c',  'e', 'm', 'e',  'n', 't', 0xa5, 'f', 'r', 'e', 's', 'h', 0xc2},
-    {0x82, 0xa2, 'o', 'p', 0xb1, 'c', 'l', 'u', 's', 't', 'e', 'r', '.', 'p', 'l',
+    {0x82, 0xa2, 'o', 'p', 0xb1, 'c', 'l', 'u',  's', 't', 'e', 'r', '.', 'p', 'l',
      'a',  'c',  'e', 'm', 'e',  'n', 't', 0xa5, 'f', 'r', 'e', 's', 'h', 0xc3},
 };
 
@@ -579,8 +584,7 @@ static int fetch_placement(struct net *n, bool fresh, bool *no_conn, struct err 
     struct buf res;
     buf_init(&res);
     bool broken;
-    int rc = call_one(n, h, placement_cmd[fresh], sizeof placement_cmd[fresh], &res, &broken,
-                      err);
+    int rc = call_one(n, h, placement_cmd[fresh], sizeof placement_cmd[fresh], &res, &broken, err);
     if (rc == 0 && n->rt == NULL && (n->rt = routing_new()) == NULL)
         rc = err_set(err, STRATA_OUT_OF_MEMORY, "out of memory");
     if (rc == 0)
@@ -603,9 +607,8 @@ static int prepare(struct net *n, struct err *err)
         if (rc == 0) {
             n->mode = NET_MODE_ROUTED;
             n->leader[0] = '\0';
-        } else if (no_conn || n->refused || rc == STRATA_UNAVAILABLE ||
-                   rc == STRATA_NOT_LEADER || rc == STRATA_TIMEOUT ||
-                   rc == STRATA_OUT_OF_MEMORY) {
+        } else if (no_conn || n->refused || rc == STRATA_UNAVAILABLE || rc == STRATA_NOT_LEADER ||
+                   rc == STRATA_TIMEOUT || rc == STRATA_OUT_OF_MEMORY) {
             /* Not known yet (a starting cluster, a lost connection): the servers route
              * meanwhile, and the next call after PROBE_RETRY_MS asks again. */
             n->probe_after = now_ms() + PROBE_RETRY_MS;
@@ -628,9 +631,9 @@ struct slot {
     size_t len;
     bool write;
     bool done;
-    bool sent;        /* on a connection in this round, not answered yet */
-    bool routed;      /* sent with [shard, epoch] to a node chosen by the table */
-    bool nf_retried;  /* BRANCH_NOT_FOUND from a routed send was retried once already */
+    bool sent;       /* on a connection in this round, not answered yet */
+    bool routed;     /* sent with [shard, epoch] to a node chosen by the table */
+    bool nf_retried; /* BRANCH_NOT_FOUND from a routed send was retried once already */
     struct route_pick pick;
     int conn;
     int code;
@@ -647,7 +650,8 @@ static int slot_target(struct net *n, struct slot *s, unsigned flags, struct err
     uint64_t ids[PL_MAX_REPLICAS + 2];
     uint64_t near = n->home >= 0 ? n->conns[n->home].node_id : 0;
     bool stale = !s->write && (flags & PROTO_REQ_STALE);
-    size_t k = routing_candidates(n->rt, s->pick.shard, stale, near, ids, sizeof ids / sizeof ids[0]);
+    size_t k =
+        routing_candidates(n->rt, s->pick.shard, stale, near, ids, sizeof ids / sizeof ids[0]);
     uint64_t now = now_ms();
     /* Nodes that failed a connect a moment ago go last: in a second pass, so a shard
      * whose every replica looks down still gets its best try. */
@@ -757,8 +761,8 @@ static void on_response(struct net *n, int i, const struct proto_response *r, st
     if (sl->pick.names_change)
         n->dirty = true;
     if (sl->pick.session_use) {
-        routing_session_args(sl->cmd, sl->len, n->sess_branch, sizeof n->sess_branch,
-                             n->sess_space, sizeof n->sess_space);
+        routing_session_args(sl->cmd, sl->len, n->sess_branch, sizeof n->sess_branch, n->sess_space,
+                             sizeof n->sess_space);
         *session_changed = true;
     }
 }
@@ -848,8 +852,7 @@ static void round_trip(struct net *n, struct slot *s, size_t cnt, unsigned flags
          * answers NOT_LEADER with the leader, instead of relaying it: that is how the
          * client learns where leadership went. */
         uint32_t f = (uint32_t)flags | (s[i].routed ? PROTO_REQ_FORWARDED : 0);
-        if (proto_request_append_routed(&n->conns[ci].out, base + i, f, s[i].cmd, s[i].len,
-                                        &rt)) {
+        if (proto_request_append_routed(&n->conns[ci].out, base + i, f, s[i].cmd, s[i].len, &rt)) {
             s[i].code = err_set(s[i].err, STRATA_OUT_OF_MEMORY, "out of memory");
             continue;
         }
@@ -887,8 +890,8 @@ static void round_trip(struct net *n, struct slot *s, size_t cnt, unsigned flags
         if (pr <= 0) {
             for (nfds_t j = 0; j < k; j++) {
                 struct err e;
-                err_set(&e, STRATA_TIMEOUT, "no answer from %s within %d ms",
-                        n->conns[idx[j]].addr, n->timeout_ms);
+                err_set(&e, STRATA_TIMEOUT, "no answer from %s within %d ms", n->conns[idx[j]].addr,
+                        n->timeout_ms);
                 *cerr = e;
                 conn_fail(n, idx[j], s, cnt, &e);
             }
@@ -925,8 +928,8 @@ int net_exec_many(struct net *n, const uint8_t *const *cmds, const size_t *lens,
     for (size_t i = 0; i < cnt; i++) {
         enum storage_cmd_kind kind = STORAGE_CMD_READ;
         struct err tmp;
-        s[i] = (struct slot){.cmd = cmds[i], .len = lens[i], .conn = -1, .result = &results[i],
-                             .err = &errs[i]};
+        s[i] = (struct slot){
+            .cmd = cmds[i], .len = lens[i], .conn = -1, .result = &results[i], .err = &errs[i]};
         if (storage_cmd_kind(cmds[i], lens[i], &kind, &tmp) == 0)
             s[i].write = kind == STORAGE_CMD_WRITE;
         err_clear(&errs[i]);

@@ -48,7 +48,7 @@ struct net {
     struct routing *rt; /* owned; NET_MODE_ROUTED */
     bool stale;         /* the cached table may be behind: re-read before the next round */
     bool dirty;         /* a branch was made or removed through this handle since the read */
-    uint64_t probe_after, refreshed_ms; /* monotonic ms */
+    uint64_t probe_after, refreshed_ms;    /* monotonic ms */
     char sess_branch[129], sess_space[65]; /* session.use defaults, "" = none */
     uint64_t next_id;
     int timeout_ms, connect_timeout_ms;

@@ -14,8 +14,8 @@
 
 /* The cached view of the cluster. Owned by one struct net; not thread-safe. */
 struct routing {
-    struct placement pl;                  /* the table; pl.epoch is the table epoch */
-    uint64_t leader[PL_MAX_SHARDS + 1];   /* node id leading each group, 0 = not known */
+    struct placement pl;                /* the table; pl.epoch is the table epoch */
+    uint64_t leader[PL_MAX_SHARDS + 1]; /* node id leading each group, 0 = not known */
 };
 
 /* Where a command goes. */

@@ -187,8 +187,7 @@ void test_client_route(void)
         right += h_get_str(db, 0, names[k % NBR], key, got, sizeof got, NULL) == 0 &&
                  strcmp(got, want) == 0;
     }
-    CHECK(right == STEADY_PUTS, "%d of %d values read back, one get at a time", right,
-          STEADY_PUTS);
+    CHECK(right == STEADY_PUTS, "%d of %d values read back, one get at a time", right, STEADY_PUTS);
     char dv[16] = "";
     CHECK(h_get_str(db, 0, NULL, "d", dv, sizeof dv, NULL) == 0 && strcmp(dv, "dv") == 0,
           "a command naming no branch goes to \"default\" ('%s')", dv);
@@ -222,7 +221,8 @@ void test_client_route(void)
     REQUIRE(other != NULL, "a second client (seed node 4)");
     int rc = h_exec(db, 0, NULL, NULL, "{\"op\":\"branch.create\",\"name\":\"mv\"}");
     REQUIRE(rc == 0, "branch mv created (%s)", err_name(rc));
-    rc = h_exec(db, 0, NULL, NULL, "{\"op\":\"kv.put\",\"branch\":\"mv\",\"key\":\"x\",\"value\":\"old\"}");
+    rc = h_exec(db, 0, NULL, NULL,
+                "{\"op\":\"kv.put\",\"branch\":\"mv\",\"key\":\"x\",\"value\":\"old\"}");
     CHECK(rc == 0, "the first client wrote to mv, so its table has it (%s)", err_name(rc));
     uint32_t s_old = shard_of(&c, 1, "mv");
     /* Forks stay on their parent's shard: load mv's shard, so a new mv goes elsewhere. */
@@ -249,8 +249,8 @@ void test_client_route(void)
     uint32_t s_new = 0;
     for (uint64_t until = h_now_ms() + 5000; s_new == 0 && h_now_ms() < until; h_sleep_ms(50))
         s_new = shard_of(&c, 1, "mv");
-    REQUIRE(s_old != 0 && s_new != 0 && s_old != s_new, "mv moved from shard %u to shard %u",
-            s_old, s_new);
+    REQUIRE(s_old != 0 && s_new != 0 && s_old != s_new, "mv moved from shard %u to shard %u", s_old,
+            s_new);
     long long f3 = forwarded_sum(&c);
     char got[32] = "";
     struct err e;
@@ -258,14 +258,14 @@ void test_client_route(void)
     CHECK(rc == 0 && strcmp(got, "new") == 0,
           "the client with the old table reads the new mv: x='%s' (%s %s)", got, err_name(rc),
           e.msg);
-    rc = h_exec(db, 0, NULL, &e, "{\"op\":\"kv.put\",\"branch\":\"mv\",\"key\":\"y\",\"value\":\"a\"}");
+    rc = h_exec(db, 0, NULL, &e,
+                "{\"op\":\"kv.put\",\"branch\":\"mv\",\"key\":\"y\",\"value\":\"a\"}");
     CHECK(rc == 0, "and writes to it (%s %s)", err_name(rc), e.msg);
     got[0] = '\0';
     CHECK(h_get_str(other, 0, "mv", "y", got, sizeof got, NULL) == 0 && strcmp(got, "a") == 0,
           "the other client reads that write ('%s')", got);
     long long f4 = forwarded_sum(&c);
-    CHECK(f4 == f3, "recovering from MOVED forwarded nothing (forwarded sum %lld -> %lld)", f3,
-          f4);
+    CHECK(f4 == f3, "recovering from MOVED forwarded nothing (forwarded sum %lld -> %lld)", f3, f4);
 
     /* ---- A stale leader: leadership of mv's shard moves ------------------------------- */
     uint64_t before = group_leader(&c, 2, s_new);
@@ -274,8 +274,8 @@ void test_client_route(void)
     rc = h_exec(other, 0, NULL, &e, "%s", tl);
     CHECK(rc == 0, "leadership of shard %u transferred (%s %s)", s_new, err_name(rc), e.msg);
     uint64_t after = before;
-    for (uint64_t until = h_now_ms() + 10000;
-         (after == before || after == 0) && h_now_ms() < until; h_sleep_ms(50))
+    for (uint64_t until = h_now_ms() + 10000; (after == before || after == 0) && h_now_ms() < until;
+         h_sleep_ms(50))
         after = group_leader(&c, 2, s_new);
     REQUIRE(after != 0 && after != before, "shard %u leader: node %llu -> node %llu", s_new,
             (unsigned long long)before, (unsigned long long)after);
@@ -379,7 +379,8 @@ void test_client_route_unit(void)
     CHECK(pk.kind == ROUTE_SHARD && pk.shard == 2, "kv.get on a -> shard 2 (%d, %u)", pk.kind,
           pk.shard);
     decide(r, "{\"op\":\"kv.put\",\"key\":\"k\",\"value\":1}", "", &pk);
-    CHECK(pk.kind == ROUTE_SHARD && pk.shard == 1, "no branch -> default -> shard 1 (%u)", pk.shard);
+    CHECK(pk.kind == ROUTE_SHARD && pk.shard == 1, "no branch -> default -> shard 1 (%u)",
+          pk.shard);
     decide(r, "{\"op\":\"kv.put\",\"key\":\"k\",\"value\":1}", "b", &pk);
     CHECK(pk.kind == ROUTE_SHARD && pk.shard == 3, "no branch, session branch b -> shard 3 (%u)",
           pk.shard);
@@ -462,7 +463,8 @@ void test_client_route_unit(void)
     placement_free(&p);
 
     /* URI options. */
-    static const char *const good[] = {"strata://h:1?routing=server", "strata://h:1/?routing=client",
+    static const char *const good[] = {"strata://h:1?routing=server",
+                                       "strata://h:1/?routing=client",
                                        "strata://k@h:1,h:2?routing=server&routing=client"};
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
         struct strata *db = NULL;
@@ -566,8 +568,8 @@ static int fake_start(struct fake *fk, int placement_code)
     struct sockaddr_in sa = {.sin_family = AF_INET};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     socklen_t sl = sizeof sa;
-    if (fk->lfd < 0 || bind(fk->lfd, (struct sockaddr *)&sa, sizeof sa) ||
-        listen(fk->lfd, 8) || getsockname(fk->lfd, (struct sockaddr *)&sa, &sl)) {
+    if (fk->lfd < 0 || bind(fk->lfd, (struct sockaddr *)&sa, sizeof sa) || listen(fk->lfd, 8) ||
+        getsockname(fk->lfd, (struct sockaddr *)&sa, &sl)) {
         if (fk->lfd >= 0)
             close(fk->lfd);
         return -1;
