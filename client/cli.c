@@ -244,11 +244,14 @@ static const struct verb_def verbs[] = {
     {"cluster", "add-node", "cluster.add_member", V_WRITE,
      {{"id", "ID", K_U64, 0}, STRV("address", "HOST:PORT")}, 0, FMT_AUTO, SP_NONE,
      "add node ID at HOST:PORT (it joins as a non-voter, then votes)"},
-    {"cluster", "remove-node", "cluster.remove_member", V_WRITE, {{"id", "ID", K_U64, 0}}, 0,
-     FMT_AUTO, SP_NONE, "remove node ID from the cluster"},
+    {"cluster", "remove-node", "cluster.remove_member", V_WRITE,
+     {{"id", "ID", K_U64, 0}, {"timeout_ms", "WAIT_MS", K_U64, P_OPT}}, 0, FMT_AUTO, SP_NONE,
+     "drain node ID (its replicas move first), then remove it; waits up to WAIT_MS "
+     "(default 8000; TIMEOUT: the drain goes on)"},
     {"cluster", "transfer-leader", "cluster.transfer_leader", V_WRITE,
-     {{"id", "ID", K_U64, P_OPT}}, 0, FMT_AUTO, SP_NONE,
-     "hand leadership to node ID (default: the most up-to-date voter)"},
+     {{"id", "ID", K_U64, P_OPT}, {"group", "GROUP", K_U64, P_OPT}}, 0, FMT_AUTO, SP_NONE,
+     "hand leadership of GROUP (default 0, the meta group) to node ID (default: the most "
+     "up-to-date voter)"},
 
     {"txn", "begin", "txn.begin", V_REPL, {{0}}, 0, FMT_WRITE, SP_TXN_BEGIN,
      "start a transaction (REPL)"},
