@@ -14,5 +14,6 @@ void test_file_durability(void);  /* test_file.c */
 void test_file_crash(void);       /* test_file.c */
 void test_http(void);             /* test_http.c */
 void test_shards(void);           /* test_shards.c */
+void test_backup(void);           /* test_backup.c */
 
 #endif
