@@ -1896,12 +1896,12 @@ static int bk_load(const char *dir, struct bk_set *set)
         goto out;
     }
     if (!json_is_integer(ver) || json_integer_value(ver) != BK_FORMAT_VERSION) {
-        rc = report("INVALID_ARGUMENT",
-                    "%s: unsupported backup format version %s (this strata reads %d)", path,
-                    json_is_integer(ver) ? "other" : "(missing)", BK_FORMAT_VERSION);
         if (json_is_integer(ver))
-            fprintf(stderr, "       the manifest says format_version %lld\n",
-                    (long long)json_integer_value(ver));
+            rc = report("INVALID_ARGUMENT",
+                        "%s: unsupported backup format version %lld (this strata reads %d)", path,
+                        (long long)json_integer_value(ver), BK_FORMAT_VERSION);
+        else
+            rc = report("INVALID_ARGUMENT", "%s: 'format_version' is missing", path);
         goto out;
     }
     if (!json_is_array(groups) || !json_is_array(branches) || !json_is_integer(shards) ||
