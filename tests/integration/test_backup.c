@@ -478,6 +478,61 @@ void test_backup(void)
           out);
     CHECK(cluster_empty(&b, 3), "the target is still empty");
 
+    /* A restore interrupted half-way (begin and one chunk staged on the replicas, no
+     * install) is discarded by the next run's begin. Chunks out of order and installs of
+     * incomplete data are refused. */
+    {
+        struct strata *dbt = h_open_cluster(&b, NULL);
+        REQUIRE(dbt != NULL, "client on the target");
+        struct err e1;
+        int r1 = h_exec(dbt, 0, NULL, &e1,
+                        "{\"op\":\"cluster.restore_begin\",\"group\":%u,\"size\":100,"
+                        "\"sha256\":\"%064d\"}",
+                        live_shard, 0);
+        CHECK(r1 == 0, "a restore begun by hand (%s %s)", err_name(r1), e1.msg);
+        int r2 = h_exec(dbt, 0, NULL, &e1,
+                        "{\"op\":\"cluster.restore_chunk\",\"group\":%u,\"offset\":0,"
+                        "\"data\":{\"$bytes\":\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"}}",
+                        live_shard);
+        CHECK(r2 == 0, "one chunk staged (%s %s)", err_name(r2), e1.msg);
+        int r3 = h_exec(dbt, 0, NULL, &e1,
+                        "{\"op\":\"cluster.restore_chunk\",\"group\":%u,\"offset\":60,"
+                        "\"data\":{\"$bytes\":\"AAAA\"}}",
+                        live_shard);
+        CHECK(r3 == STRATA_INVALID_ARGUMENT, "a chunk past a gap is refused (%s %s)", err_name(r3),
+              e1.msg);
+        struct buf sres;
+        buf_init(&sres);
+        int r4 = h_exec(dbt, 0, &sres, &e1, "{\"op\":\"cluster.restore_status\",\"group\":%u}",
+                        live_shard);
+        struct h_obj so;
+        bool staged = r4 == 0 && h_obj_parse(&so, &sres) == 0;
+        if (staged) {
+            staged = h_map_u64(so.o, "staged") == 24;
+            h_obj_free(&so);
+        }
+        buf_close(&sres);
+        CHECK(staged, "the leader reports 24 bytes staged");
+        int r5 = h_exec(dbt, 0, NULL, &e1, "{\"op\":\"cluster.restore_install\",\"group\":%u}",
+                        live_shard);
+        CHECK(r5 == STRATA_INVALID_ARGUMENT && strstr(e1.msg, "incomplete") != NULL,
+              "installing an incomplete restore is refused (%s %s)", err_name(r5), e1.msg);
+        int r6 = h_exec(dbt, 0, NULL, &e1,
+                        "{\"op\":\"cluster.restore_begin\",\"group\":%u,\"size\":100,"
+                        "\"sha256\":\"%064d\"}",
+                        live_shard, 0);
+        int r7 = h_exec(dbt, 0, NULL, &e1,
+                        "{\"op\":\"cluster.restore_chunk\",\"group\":%u,\"offset\":0,"
+                        "\"data\":{\"$bytes\":\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"}}",
+                        live_shard);
+        CHECK(r6 == 0 && r7 == 0, "staged again, then abandoned (the CLI's run must discard it)");
+        CHECK(h_exec(dbt, 0, NULL, &e1, "{\"op\":\"cluster.restore_bogus\",\"group\":1}") ==
+                  STRATA_INVALID_ARGUMENT,
+              "an unknown restore command is refused");
+        strata_close(dbt);
+        CHECK(cluster_empty(&b, 3), "nothing was installed");
+    }
+
     /* The restore. */
     const char *restore[] = {"backup", "restore", dir, NULL};
     t0 = h_now_ms();
