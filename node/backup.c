@@ -623,9 +623,18 @@ static void file_op(struct node *n, bool read, const msgpack_object *cmd, const 
             cb(arg, STRATA_NOT_FOUND, NULL, 0, "the backup file is on another node", NULL);
             return;
         }
-        /* The file lives on the node that took the snapshot: relay there. */
+        /* The file lives on the node that took the snapshot: relay there, but only to a
+         * node of the cluster (a client must not make us connect anywhere else). */
         char to[REPL_ADDRESS_MAX + 1];
         snprintf(to, sizeof to, "%.*s", (int)node->via.str.size, node->via.str.ptr);
+        bool member = false;
+        for (size_t i = 0; n->have_pl && i < n->pl.nnodes && !member; i++)
+            member = strcmp(n->pl.nodes[i].address, to) == 0;
+        if (!member) {
+            cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0, "'node' is not a node of this cluster",
+               NULL);
+            return;
+        }
         n->forwarded++;
         fwd_request(n, to, key ? key->key : NULL, bytes, len, flags | PROTO_REQ_FORWARDED, cb,
                     arg);

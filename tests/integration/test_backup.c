@@ -529,6 +529,12 @@ void test_backup(void)
         CHECK(h_exec(dbt, 0, NULL, &e1, "{\"op\":\"cluster.restore_bogus\",\"group\":1}") ==
                   STRATA_INVALID_ARGUMENT,
               "an unknown restore command is refused");
+        int r8 = h_exec(dbt, 0, NULL, &e1,
+                        "{\"op\":\"cluster.backup_read\",\"node\":\"127.0.0.1:1\",\"id\":1,"
+                        "\"offset\":0,\"len\":10}");
+        CHECK(r8 == STRATA_INVALID_ARGUMENT, "a read relayed to a non-member address is refused "
+                                             "(%s %s)",
+              err_name(r8), e1.msg);
         strata_close(dbt);
         CHECK(cluster_empty(&b, 3), "nothing was installed");
     }
