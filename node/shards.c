@@ -5,6 +5,8 @@
 #include "observe.h"
 
 #include <dirent.h>
+#include <errno.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -151,10 +153,15 @@ const char *node_group_leader(struct node *n, uint32_t id)
     if (g && g->group) {
         struct repl_status st;
         repl_group_status(g->group, &st);
+        bool member = false;
+        for (size_t i = 0; i < st.nmembers; i++)
+            member = member || st.members[i].id == n->cfg.node_id;
         if (st.leader_address[0])
             snprintf(n->hints[id], sizeof n->hints[id], "%s", st.leader_address);
-        else if (st.role != REPL_UNAVAILABLE)
+        else if (member && st.role != REPL_UNAVAILABLE)
             return ""; /* we are a replica and know of no leader: nobody else is better */
+        /* Not (yet) in the group's configuration (a node that joined, a replica being
+         * added): our raft knows nothing, the hints learned from replies do. */
     }
     return n->hints[id];
 }
@@ -175,6 +182,42 @@ static void group_stopped(void *arg)
     sm_free(g);
     if (--n->groups_stopping == 0 && n->groups_stopped_cb)
         n->groups_stopped_cb(n);
+}
+
+/* ---- Retiring a replica ------------------------------------------------------------------ */
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static void group_retired(void *arg)
+{
+    struct node_group *g = arg;
+    struct node *n = g->node;
+    char dir[4096], old[4200];
+    snprintf(dir, sizeof dir, "%s/raft-%u", n->cfg.data_dir, g->id);
+    snprintf(old, sizeof old, "%s.retired", dir);
+    /* Kept (the last one only) for an operator who wants it; never opened again. */
+    nftw(old, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    if (rename(dir, old) != 0)
+        log_error("shard %u: cannot rename %s: %s", g->id, dir, strerror(errno));
+    log_info("shard %u: retired (data kept in %s)", g->id, old);
+    n->retiring[g->id] = false;
+    storage_free(g->engine);
+    sm_free(g);
+}
+
+void node_group_retire(struct node *n, uint32_t id)
+{
+    struct node_group *g = node_group(n, id);
+    if (g == NULL || id == 0)
+        return;
+    n->groups[id] = NULL;
+    n->retiring[id] = true; /* not opened again before its directory is moved away */
+    n->hints[id][0] = '\0';
+    repl_group_stop(g->group, group_retired, g);
 }
 
 static void tick(uv_timer_t *t);
@@ -896,7 +939,7 @@ static void reconcile(struct node *n)
 {
     for (size_t i = 0; i < n->pl.nshards; i++) {
         const struct pl_shard *s = &n->pl.shards[i];
-        if (n->groups[s->id] || !placement_shard_has(s, n->cfg.node_id))
+        if (n->groups[s->id] || n->retiring[s->id] || !placement_shard_has(s, n->cfg.node_id))
             continue;
         struct err err;
         err_clear(&err);
@@ -952,7 +995,11 @@ static void tick(uv_timer_t *t)
         member = member || st.members[i].id == n->cfg.node_id;
     if (!n->pl_reading) {
         struct node_group *g0 = node_group(n, 0);
-        if (n->pl_fresh_wanted || (!member && now - n->pl_last_remote_ms >= REMOTE_REFRESH_MS)) {
+        /* A replica that knows no leader may have been removed from the meta group
+         * without hearing of it (the leader stops sending to removed members): its own
+         * copy would stay old, so it asks the others too. */
+        bool remote = !member || st.leader_id == 0;
+        if (n->pl_fresh_wanted || (remote && now - n->pl_last_remote_ms >= REMOTE_REFRESH_MS)) {
             start_fresh_read(n);
         } else if (member && g0 && st.applied_index != n->pl_applied) {
             /* Our own replica moved on: read the table from it (no network). */
@@ -968,6 +1015,7 @@ static void tick(uv_timer_t *t)
         write_initial(n);
     if (n->have_pl) {
         reconcile(n);
+        rebalance_tick(n, now);
         if (now - n->last_spread_ms >= SPREAD_EVERY_MS) {
             n->last_spread_ms = now;
             spread_leaders(n, now);
@@ -997,6 +1045,7 @@ void shards_stop(struct node *n, void (*cb)(struct node *n))
         n->shard_timer_on = false;
         uv_close((uv_handle_t *)&n->shard_timer, shard_timer_closed);
     }
+    rebalance_stop(n);
     /* Fail everyone still waiting for the table or an assignment. */
     while (n->pl_waiters) {
         struct pl_waiter *w = n->pl_waiters;

@@ -27,7 +27,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define H_MAX_NODES 5
+#define H_MAX_NODES 7
 #define H_PATH_MAX 1024
 
 /* Election/heartbeat timeouts every test cluster uses (fast failover on loopback). */

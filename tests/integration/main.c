@@ -32,6 +32,7 @@ static const struct {
     {"file_crash", test_file_crash, 60},
     {"http", test_http, 120},
     {"shards", test_shards, 120},
+    {"rebalance", test_rebalance, 240},
     {"backup", test_backup, 300},
 };
 

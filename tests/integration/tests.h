@@ -14,6 +14,7 @@ void test_file_durability(void);  /* test_file.c */
 void test_file_crash(void);       /* test_file.c */
 void test_http(void);             /* test_http.c */
 void test_shards(void);           /* test_shards.c */
+void test_rebalance(void);        /* test_rebalance.c */
 void test_backup(void);           /* test_backup.c */
 
 #endif
