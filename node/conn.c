@@ -379,7 +379,8 @@ static void handle_request(struct conn *c, const struct proto_frame *f)
         }
         *p = (struct pending){c, req.id, opi, uv_hrtime()};
         c->refs++;
-        node_admin(c->node, op, &cmd, req.cmd, req.cmd_len, req.flags, c->key, respond, p);
+        (backup_owns(op) ? backup_command : node_admin)(c->node, op, &cmd, req.cmd, req.cmd_len,
+                                                        req.flags, c->key, respond, p);
         goto out;
     }
     if (strcmp(op, "session.use") == 0) {
