@@ -253,7 +253,7 @@ static const struct verb_def verbs[] = {
     {"cluster", "remove-node", "cluster.remove_member", V_WRITE,
      {{"id", "ID", K_U64, 0}, {"timeout_ms", "WAIT_MS", K_U64, P_OPT}}, 0, FMT_AUTO, SP_NONE,
      "drain node ID (its replicas move first), then remove it; waits up to WAIT_MS "
-     "(default 8000; TIMEOUT: the drain goes on)"},
+     "(default 60000; TIMEOUT: the drain goes on)"},
     {"cluster", "transfer-leader", "cluster.transfer_leader", V_WRITE,
      {{"id", "ID", K_U64, P_OPT}, {"group", "GROUP", K_U64, P_OPT}}, 0, FMT_AUTO, SP_NONE,
      "hand leadership of GROUP (default 0, the meta group) to node ID (default: the most "
@@ -744,6 +744,27 @@ static bool cmd_has(const struct cmd *c, const char *name)
     return false;
 }
 
+/* Field `name` as an unsigned integer (0 when absent or not one). */
+static uint64_t cmd_get_u64(const struct cmd *c, const char *name)
+{
+    for (int i = 0; i < c->n; i++) {
+        if (strcmp(c->f[i].name, name) != 0)
+            continue;
+        msgpack_zone z;
+        msgpack_zone_init(&z, 64);
+        msgpack_object o;
+        size_t off = 0;
+        uint64_t v = 0;
+        if (msgpack_unpack((const char *)c->f[i].val.data, c->f[i].val.len, &off, &z, &o) ==
+                MSGPACK_UNPACK_SUCCESS &&
+            o.type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+            v = o.via.u64;
+        msgpack_zone_destroy(&z);
+        return v;
+    }
+    return 0;
+}
+
 /* Append the command as one msgpack map to out. */
 static int cmd_encode(const struct cmd *c, struct buf *out)
 {
@@ -934,6 +955,9 @@ out:
     sm_free(rest);
     return rc;
 }
+
+/* cluster remove-node waits this long for the drain unless WAIT_MS is given. */
+#define REMOVE_WAIT_MS 60000
 
 /* ---- Executing -------------------------------------------------------------------------- */
 
@@ -1162,10 +1186,20 @@ static int run_verb(struct session *s, const struct verb_def *v, const struct li
         }
         goto out;
     }
+    bool drain = v->op && strcmp(v->op, "cluster.remove_member") == 0;
+    if (drain && !cmd_has(&c, "timeout_ms") && cmd_u64(&c, "timeout_ms", REMOVE_WAIT_MS)) {
+        rc = oom();
+        goto out;
+    }
     if (cmd_encode(&c, &enc)) {
         rc = oom();
         goto out;
     }
+    if (drain) /* the server answers when the drain is over: wait a little longer */
+        strata_set_timeouts(s->db, (int)(cmd_get_u64(&c, "timeout_ms") > 600000
+                                             ? 610000
+                                             : cmd_get_u64(&c, "timeout_ms") + 10000),
+                            0);
     rc = send_cmd(s, &enc, v->fmt, json, false, NULL);
 out:
     cmd_close(&c);

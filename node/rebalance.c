@@ -25,6 +25,7 @@
 #define RB_STEP_GAP_MS 500  /* between two table changes */
 #define RB_BUSY_MAX_MS 30000 /* an action whose callback never came is given up */
 #define RB_RETIRE_GRACE_MS 10000
+#define RB_RETRY_MS 500 /* after a failed action (a leader just died, a node is down) */
 
 struct rb_waiter {
     struct rb_waiter *next;
@@ -46,8 +47,10 @@ static void action_done(void *arg, int code, const uint8_t *result, size_t len,
     (void)result, (void)len, (void)leader;
     struct node *n = arg;
     n->rb_busy = false;
-    if (code && code != STRATA_ALREADY_EXISTS)
+    if (code && code != STRATA_ALREADY_EXISTS) {
         log_info("rebalance: %s: %s", err_name(code), message ? message : "");
+        n->rb_retry_at = uv_now(n->loop) + RB_RETRY_MS;
+    }
 }
 
 static void begin(struct node *n)
@@ -136,6 +139,7 @@ static void shard_status_done(void *arg, int code, const uint8_t *result, size_t
     if (code) {
         log_info("rebalance: shard %u: members not known: %s: %s", sid, err_name(code),
                  message ? message : "");
+        n->rb_retry_at = uv_now(n->loop) + RB_RETRY_MS;
         return;
     }
     const struct pl_shard *s = placement_shard(&n->pl, sid);
@@ -338,7 +342,7 @@ void rebalance_tick(struct node *n, uint64_t now)
                  n->pl_reading ? ", a read in flight" : "");
         n->rb_stale_since = now;
     }
-    if (n->rb_busy || !current)
+    if (n->rb_busy || !current || now < n->rb_retry_at)
         return;
     if (meta_converge(n, &st))
         return;

@@ -280,6 +280,9 @@ cli_at() { # cli_at ORDINAL ARGS... : the CLI against one pod's advertised addre
     timeout 20 "$cli" --uri "strata://$key@$(fqdn "$o"):$strata_port" "$@"
 }
 status_of() { cli_at "$1" --json cluster status 2>/dev/null; }
+remove_node() { # remove_node ORDINAL ID: drains first (replicas are copied): give it time
+    timeout 90 "$cli" --uri "strata://$key@$(fqdn "$1"):$strata_port" cluster remove-node "$2"
+}
 
 # Wait until pod ORDINAL sees a leader and exactly the voters VOTERS (e.g. "1,2,3").
 wait_members() { # wait_members ORDINAL VOTERS
@@ -382,7 +385,7 @@ check "pod 3: /readyz 200 after joining" wait_http 3 readiness 200
 check "pod 3: /healthz 200" wait_http 3 liveness 200
 
 # ---- 5. Scale-in as documented: remove the member, then stop the pod. -----------------
-check "strata cluster remove-node 4" cli_at 0 cluster remove-node 4
+check "strata cluster remove-node 4" remove_node 0 4
 require "voters back to 1,2,3" wait_members 0 1,2,3
 stop_pod 3
 check "pod 3 exits 0 after removal" test "$stop_rc" = 0
@@ -406,7 +409,7 @@ wait_exit() { # wait_exit ORDINAL SECONDS: the pod ends by itself; sets exit_rc
 require "pod 2 on an empty volume stops by itself (safe bootstrap)" wait_exit 2 30
 check "... with exit 2 (CrashLoopBackOff on Kubernetes)" test "$exit_rc" = 2
 check "... and says to remove node 3" grep -q 'remove-node 3' "$tmp/$STS-2.log"
-check "strata cluster remove-node 3" cli_at 0 cluster remove-node 3
+check "strata cluster remove-node 3" remove_node 0 3
 require "voters 1,2" wait_members 0 1,2
 # kubectl patch configmap stratadb-config ... STRATA_INITIAL_CLUSTER_STATE=existing
 node "$here/podspec.mjs" "$k8s" "$STS" 2 "$(ip_of 2)" "$NS" \
