@@ -9,6 +9,9 @@
 #include <stdio.h>
 #include <string.h>
 
+/* Branch names are shorter (storage: 1-128 characters); longer ones get no rights. */
+#define AUTHZ_BRANCH_MAX 512
+
 /* ---- Names, permissions, patterns --------------------------------------------------------- */
 
 static const char *const perm_names[] = {"none", "read", "write", "admin"};
@@ -324,9 +327,13 @@ const struct authz_entry *authz_table_named(const struct authz_table *t, const c
 
 enum authz_perm authz_entry_right(const struct authz_entry *e, const char *branch, size_t len)
 {
-    char name[AUTHZ_PATTERN_MAX + 2];
-    snprintf(name, sizeof name, "%.*s", (int)(len <= AUTHZ_PATTERN_MAX ? len : AUTHZ_PATTERN_MAX + 1),
-             branch);
+    /* Longer than any branch name, or with a NUL inside: no valid branch, no rights (a
+     * cut copy could match a pattern the whole name does not). */
+    char name[AUTHZ_BRANCH_MAX + 1];
+    if (len > AUTHZ_BRANCH_MAX || memchr(branch, '\0', len))
+        return AUTHZ_NONE;
+    memcpy(name, branch, len);
+    name[len] = '\0';
     /* Grants are ascending: the strongest match is the last one found. */
     for (size_t i = e->ngrants; i-- > 0;)
         for (size_t j = 0; j < e->grants[i].npatterns; j++)
@@ -495,9 +502,8 @@ int authz_table_decode(struct authz_table *t, const uint8_t *p, size_t len, stru
     size_t off = 0;
     int rc = 0;
     msgpack_unpack_return ur = msgpack_unpack((const char *)p, len, &off, &z, &o);
-    if (ur == MSGPACK_UNPACK_NOMEM_ERROR)
-        rc = err_set(err, STRATA_OUT_OF_MEMORY, "auth table: out of memory");
-    else if (ur != MSGPACK_UNPACK_SUCCESS || off != len)
+    /* NOMEM here is a declared container size the input cannot back: bad input. */
+    if (ur != MSGPACK_UNPACK_SUCCESS || off != len)
         rc = BAD("not exactly one MessagePack value");
     else if (o.type != MSGPACK_OBJECT_MAP)
         rc = BAD("not a map");

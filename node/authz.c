@@ -34,7 +34,8 @@
 static const char auth_cell[] = "auth";
 
 struct authz_waiter {
-    uint64_t want;        /* the fresh read that must have finished */
+    uint64_t want;        /* the fresh read that must have succeeded */
+    uint64_t version;     /* or, when set: the table version the cache must reach */
     uint64_t deadline_ms; /* answered from the cache as it is after this */
     void (*cb)(void *arg);
     void *arg;
@@ -163,6 +164,8 @@ static const uint8_t *get_cmd(size_t *len)
     return cmd;
 }
 
+static void waiters_check(struct node *n, uint64_t seq);
+
 /* Adopt a decoded table unless the cache already holds a newer one. */
 static void adopt(struct node *n, struct authz_table *t)
 {
@@ -178,6 +181,8 @@ static void adopt(struct node *n, struct authz_table *t)
     authz_table_init(t);
     a->have = true;
     a->absent = false;
+    if (a->waiters)
+        waiters_check(n, a->fresh_done);
 }
 
 /* Decode a cell value (a msgpack object) with its counter and adopt it. */
@@ -234,7 +239,8 @@ static void waiters_check(struct node *n, uint64_t seq)
     struct authz_waiter *ready = NULL, **tail = &ready;
     for (struct authz_waiter **pp = &a->waiters; *pp;) {
         struct authz_waiter *w = *pp;
-        if (w->want <= seq || now >= w->deadline_ms || n->stopping) {
+        bool ok = w->version ? a->have && a->table.version >= w->version : w->want <= seq;
+        if (ok || now >= w->deadline_ms || n->stopping) {
             *pp = w->next;
             w->next = NULL;
             *tail = w;
@@ -892,6 +898,61 @@ static void change_local(struct node *n, const uint8_t *cmd, size_t len,
     change_round(ch);
 }
 
+/* A change relayed through this node is answered once this node's cache holds it, so
+ * the node a client used sees its change at once (the others within the bound). */
+struct relay {
+    struct node *n;
+    fwd_done_cb cb;
+    void *arg;
+    struct buf result;
+};
+
+static void relay_release(void *arg)
+{
+    struct relay *r = arg;
+    r->cb(r->arg, 0, r->result.data, r->result.len, NULL, NULL);
+    buf_close(&r->result);
+    sm_free(r);
+}
+
+static void relay_done(void *arg, int code, const uint8_t *result, size_t len,
+                       const char *message, const char *leader)
+{
+    struct relay *r = arg;
+    struct node *n = r->n;
+    uint64_t version = 0;
+    if (code == 0) {
+        msgpack_zone z;
+        msgpack_zone_init(&z, 256);
+        msgpack_object o;
+        size_t off = 0;
+        if (msgpack_unpack((const char *)result, len, &off, &z, &o) == MSGPACK_UNPACK_SUCCESS) {
+            const msgpack_object *v = node_map_get(&o, "version");
+            version = v && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? v->via.u64 : 0;
+        }
+        msgpack_zone_destroy(&z);
+    }
+    struct authz_state *a = state(n);
+    struct authz_waiter *w = NULL;
+    if (code || version == 0 || n->stopping || (a->have && a->table.version >= version) ||
+        buf_append(&r->result, result, len) || (w = sm_calloc(1, sizeof *w)) == NULL) {
+        r->cb(r->arg, code, result, len, message, leader);
+        buf_close(&r->result);
+        sm_free(r);
+        return;
+    }
+    w->version = version;
+    w->deadline_ms = uv_now(n->loop) + CONFIRM_TIMEOUT_MS;
+    w->cb = relay_release;
+    w->arg = r;
+    w->next = a->waiters;
+    a->waiters = w;
+    if (a->reading)
+        a->fresh_wanted = true;
+    else
+        start_fresh(n);
+}
+
 void authz_command(struct node *n, const char *op, const msgpack_object *cmd,
                    const uint8_t *bytes, size_t len, uint32_t flags, const struct auth_key *key,
                    fwd_done_cb cb, void *arg)
@@ -927,5 +988,14 @@ void authz_command(struct node *n, const char *op, const msgpack_object *cmd,
         return;
     }
     authz_change_free(&c);
-    route_local(n, change_local, 0, bytes, len, flags, key, cb, arg);
+    struct relay *r = sm_calloc(1, sizeof *r);
+    if (r == NULL) {
+        cb(arg, STRATA_OUT_OF_MEMORY, NULL, 0, "out of memory", NULL);
+        return;
+    }
+    r->n = n;
+    r->cb = cb;
+    r->arg = arg;
+    buf_init(&r->result);
+    route_local(n, change_local, 0, bytes, len, flags, key, relay_done, r);
 }
