@@ -22,7 +22,7 @@
 #define OPS "ops-key-0123456789ab"
 #define TADMIN "tadmin-key-012345678"
 /* The bound a revocation must meet on every node (docs/auth.md gives the measured one). */
-#define REVOKE_BOUND_MS 1000
+#define REVOKE_BOUND_MS 500
 
 static const char keys_file[] = "# KEY MODE PATTERNS NAME\n" ROOT " admin * root\n"
                                 "file-reader-key-0123 r * reader\n";
@@ -112,12 +112,15 @@ static int cmp_long(const void *a, const void *b)
 }
 
 /* Grant alice write on team-* through node `via_grant`: every node allows her write at
- * once (a denial is confirmed by a fresh read). Then revoke it through node `via` and poll
- * a write on every node — through alice's connections opened before the revoke — until
- * each refuses. Fills delays[] (ms after the revoke's reply) and returns the largest, or
- * -1 if some node still allowed after 3 s. */
+ * once (a denial is confirmed by a fresh read). Then revoke it through node `via` and keep
+ * writing through every node — on alice's connections opened before the revoke — for
+ * POLL_MS. A request may pass several caches (the receiving node's, then the shard
+ * leader's), so while they catch up answers can differ; what counts is when the last one
+ * was allowed. Fills last_ok[] (ms after the revoke's reply, -1 = never allowed) and
+ * returns the largest; *via_never: node `via` allowed none. */
+#define POLL_MS 1000
 static long revoke_round(struct h_cluster *c, int via_grant, int via, struct strata **alice,
-                         long *delays)
+                         long *last_ok, bool *via_never)
 {
     struct err e;
     char json[256];
@@ -138,35 +141,26 @@ static long revoke_round(struct h_cluster *c, int via_grant, int via, struct str
              "{\"op\":\"auth.revoke\",\"name\":\"alice\",\"perm\":\"write\",\"patterns\":[\"team-*\"]}");
     uint64_t t0 = h_now_ms();
     CHECK(rc == 0, "revoke it through node %d (%s %s)", via + 1, err_name(rc), e.msg);
-    int left = NODES, polls = 0;
     for (int i = 0; i < NODES; i++)
-        delays[i] = -1;
-    while (left > 0 && h_now_ms() - t0 < 3000) {
-        for (int i = 0; i < NODES; i++) {
-            if (delays[i] >= 0)
-                continue;
+        last_ok[i] = -1;
+    int odd = 0;
+    while (h_now_ms() - t0 < POLL_MS) {
+        for (int k = 0; k < NODES; k++) {
+            int i = (via + k) % NODES; /* the node the revoke went through first */
+            uint64_t t = h_now_ms();
             rc = h_exec(alice[i], 0, NULL, &e,
                         "{\"op\":\"kv.put\",\"branch\":\"team-a\",\"key\":\"late\",\"value\":1}");
-            polls++;
-            if (rc == STRATA_PERMISSION_DENIED) {
-                delays[i] = (long)(h_now_ms() - t0);
-                left--;
-            } else if (rc != 0) {
+            if (rc == 0)
+                last_ok[i] = (long)(t - t0);
+            else if (rc != STRATA_PERMISSION_DENIED && odd++ < 3)
                 h_note("node %d: unexpected %s %s", i + 1, err_name(rc), e.msg);
-            }
         }
         h_sleep_ms(2);
     }
-    long worst = 0;
+    long worst = -1;
     for (int i = 0; i < NODES; i++)
-        worst = delays[i] < 0 || worst < 0 ? -1 : (delays[i] > worst ? delays[i] : worst);
-    /* Denied stays denied. */
-    for (int i = 0; i < NODES; i++) {
-        rc = h_exec(alice[i], 0, NULL, &e,
-                    "{\"op\":\"kv.put\",\"branch\":\"team-a\",\"key\":\"after\",\"value\":1}");
-        CHECK(rc == STRATA_PERMISSION_DENIED, "node %d still refuses afterwards (%s)", i + 1,
-              err_name(rc));
-    }
+        worst = last_ok[i] > worst ? last_ok[i] : worst;
+    *via_never = last_ok[via] < 0;
     return worst;
 }
 
@@ -418,24 +412,28 @@ void test_auth_meta(void)
     }
     long all[NODES * NODES];
     size_t nall = 0;
-    bool bounded = true, via_at_once = true;
+    bool bounded = true, via_never = true;
     for (int round = 0; round < NODES; round++) {
         int via = (round + 1) % NODES;
         long d[NODES];
-        long worst = revoke_round(&c, round, via, alice, d);
-        h_note("revoke through node %d: refused on nodes 1-5 after %ld %ld %ld %ld %ld ms",
+        bool never = false;
+        long worst = revoke_round(&c, round, via, alice, d, &never);
+        h_note("revoke through node %d: last write allowed through nodes 1-5 at %ld %ld %ld %ld "
+               "%ld ms (-1: none)",
                via + 1, d[0], d[1], d[2], d[3], d[4]);
-        bounded = bounded && worst >= 0 && worst <= REVOKE_BOUND_MS;
-        via_at_once = via_at_once && d[via] >= 0 && d[via] < 50;
+        bounded = bounded && worst <= REVOKE_BOUND_MS;
+        via_never = via_never && never;
         for (int i = 0; i < NODES; i++)
-            all[nall++] = d[i];
+            all[nall++] = d[i] < 0 ? 0 : d[i];
     }
     qsort(all, nall, sizeof all[0], cmp_long);
-    h_note("revocation reached a node after: median %ld ms, max %ld ms (%zu measurements)",
-           all[nall / 2], all[nall - 1], nall);
-    CHECK(bounded, "every revocation reached every node within %d ms (max %ld ms)",
+    h_note("a revoked write was last allowed through a node after: median %ld ms, max %ld ms "
+           "(%zu node-rounds, polled for %d ms each)",
+           all[nall / 2], all[nall - 1], nall, POLL_MS);
+    CHECK(bounded, "every node refused every write later than %d ms after the revocation "
+                   "(max %ld ms)",
           REVOKE_BOUND_MS, all[nall - 1]);
-    CHECK(via_at_once, "the node a revocation went through refuses at once");
+    CHECK(via_never, "the node a revocation went through allowed no write after it");
 
     /* Removal: rob's open connections are refused everywhere. cluster.status is answered
      * by the node itself, so this measures each node's own cache (a data command may be
