@@ -15,6 +15,7 @@ struct admin_args {
     bool has_address, address_ok;
     uint32_t group;
     bool has_group;
+    uint64_t timeout_ms; /* remove_member: how long to wait for the drain */
     bool add; /* cluster.group_member: "add" (else "remove") */
 };
 
@@ -34,6 +35,9 @@ static void admin_args(const msgpack_object *cmd, struct admin_args *a)
             a->group = (uint32_t)v->via.u64;
             a->has_group = true;
         }
+        if (kl == 10 && memcmp(kp, "timeout_ms", 10) == 0 &&
+            v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+            a->timeout_ms = v->via.u64;
         if (kl == 6 && memcmp(kp, "change", 6) == 0 && v->type == MSGPACK_OBJECT_STR)
             a->add = v->via.str.size == 3 && memcmp(v->via.str.ptr, "add", 3) == 0;
         if (kl == 7 && memcmp(kp, "address", 7) == 0 && v->type == MSGPACK_OBJECT_STR) {
@@ -61,6 +65,14 @@ static bool is_member(const struct repl_status *st, uint64_t id)
     return false;
 }
 
+static bool is_voter(const struct repl_status *st, uint64_t id)
+{
+    for (size_t i = 0; i < st->nmembers; i++)
+        if (st->members[i].id == id)
+            return st->members[i].voter;
+    return false;
+}
+
 /* ---- cluster.group_member {group, change: add|remove, id, address?}: on the group leader - */
 
 static void group_member_local(struct node *n, const uint8_t *cmd, size_t len,
@@ -84,7 +96,7 @@ static void group_member_local(struct node *n, const uint8_t *cmd, size_t len,
     }
     struct repl_status st;
     repl_group_status(g->group, &st);
-    if (a.add == is_member(&st, a.id)) { /* already done: idempotent */
+    if (a.add ? is_voter(&st, a.id) : !is_member(&st, a.id)) { /* already done: idempotent */
         cb(arg, 0, NULL, 0, NULL, NULL);
         return;
     }
@@ -99,8 +111,8 @@ static void group_member_local(struct node *n, const uint8_t *cmd, size_t len,
     }
 }
 
-static void group_member_send(struct node *n, uint32_t gid, bool add, uint64_t id, const char *address,
-                         const struct auth_key *key, fwd_done_cb cb, void *arg)
+void admin_group_member(struct node *n, uint32_t gid, bool add, uint64_t id, const char *address,
+                        const struct auth_key *key, fwd_done_cb cb, void *arg)
 {
     struct buf b;
     buf_init(&b);
@@ -123,6 +135,115 @@ static void group_member_send(struct node *n, uint32_t gid, bool add, uint64_t i
     buf_close(&b);
 }
 
+/* ---- cluster.group_members {group}: a group's members, on its leader ------------------ */
+
+static void group_members_local(struct node *n, const uint8_t *cmd, size_t len,
+                                const struct auth_key *key, fwd_done_cb cb, void *arg)
+{
+    (void)key;
+    msgpack_zone z;
+    msgpack_zone_init(&z, 512);
+    msgpack_object o;
+    size_t off = 0;
+    struct admin_args a;
+    memset(&a, 0, sizeof a);
+    if (msgpack_unpack((const char *)cmd, len, &off, &z, &o) == MSGPACK_UNPACK_SUCCESS)
+        admin_args(&o, &a);
+    msgpack_zone_destroy(&z);
+    struct node_group *g = node_group(n, a.group);
+    if (g == NULL) {
+        cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0, "no such group here", NULL);
+        return;
+    }
+    struct repl_status st;
+    repl_group_status(g->group, &st);
+    struct buf b;
+    buf_init(&b);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, node_buf_w);
+    msgpack_pack_map(&pk, 2);
+    node_pack_str(&pk, "leader");
+    msgpack_pack_uint64(&pk, st.leader_id);
+    node_pack_str(&pk, "members");
+    msgpack_pack_array(&pk, (uint32_t)st.nmembers);
+    for (size_t i = 0; i < st.nmembers; i++) {
+        msgpack_pack_array(&pk, 2);
+        msgpack_pack_uint64(&pk, st.members[i].id);
+        if (st.members[i].voter)
+            msgpack_pack_true(&pk);
+        else
+            msgpack_pack_false(&pk);
+    }
+    cb(arg, 0, b.data, b.len, NULL, NULL);
+    buf_close(&b);
+}
+
+int admin_members_decode(const uint8_t *data, size_t len, struct admin_members *m)
+{
+    memset(m, 0, sizeof *m);
+    msgpack_zone z;
+    msgpack_zone_init(&z, 512);
+    msgpack_object o;
+    size_t off = 0;
+    int rc = STRATA_PROTOCOL_ERROR;
+    if (data == NULL ||
+        msgpack_unpack((const char *)data, len, &off, &z, &o) != MSGPACK_UNPACK_SUCCESS)
+        goto out;
+    const msgpack_object *l = node_map_get(&o, "leader"), *ms = node_map_get(&o, "members");
+    if (l == NULL || l->type != MSGPACK_OBJECT_POSITIVE_INTEGER || ms == NULL ||
+        ms->type != MSGPACK_OBJECT_ARRAY || ms->via.array.size > ADMIN_MAX_MEMBERS)
+        goto out;
+    m->leader = l->via.u64;
+    for (uint32_t i = 0; i < ms->via.array.size; i++) {
+        const msgpack_object *e = &ms->via.array.ptr[i];
+        if (e->type != MSGPACK_OBJECT_ARRAY || e->via.array.size != 2 ||
+            e->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+            e->via.array.ptr[1].type != MSGPACK_OBJECT_BOOLEAN)
+            goto out;
+        m->ids[m->n] = e->via.array.ptr[0].via.u64;
+        m->voter[m->n++] = e->via.array.ptr[1].via.boolean;
+    }
+    rc = 0;
+out:
+    msgpack_zone_destroy(&z);
+    return rc;
+}
+
+static void send_group_cmd(struct node *n, node_local_fn local, const char *op, uint32_t gid,
+                           uint64_t id, const struct auth_key *key, fwd_done_cb cb, void *arg)
+{
+    struct buf b;
+    buf_init(&b);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, node_buf_w);
+    msgpack_pack_map(&pk, id ? 3 : 2);
+    node_pack_str(&pk, "op");
+    node_pack_str(&pk, op);
+    node_pack_str(&pk, "group");
+    msgpack_pack_uint32(&pk, gid);
+    if (id) {
+        node_pack_str(&pk, "id");
+        msgpack_pack_uint64(&pk, id);
+    }
+    route_local(n, local, gid, b.data, b.len, 0, key, cb, arg);
+    buf_close(&b);
+}
+
+void admin_group_members(struct node *n, uint32_t gid, const struct auth_key *key, fwd_done_cb cb,
+                         void *arg)
+{
+    send_group_cmd(n, group_members_local, "cluster.group_members", gid, 0, key, cb, arg);
+}
+
+static void transfer_local(struct node *n, const uint8_t *cmd, size_t len,
+                           const struct auth_key *key, fwd_done_cb cb, void *arg);
+
+void admin_transfer(struct node *n, uint32_t gid, uint64_t to, const struct auth_key *key,
+                    fwd_done_cb cb, void *arg)
+{
+    send_group_cmd(n, transfer_local, "cluster.transfer_leader", gid, to, key, cb, arg);
+}
+
 /* ---- cluster.add_member / remove_member: on the meta leader ------------------------------ */
 
 struct member_op {
@@ -135,6 +256,7 @@ struct member_op {
     size_t nshards, pending;
     int code;
     char msg[256];
+    uint64_t wait_ms;
     fwd_done_cb cb;
     void *arg;
 };
@@ -167,31 +289,22 @@ static int mutate_add(struct placement *p, void *ctx, struct err *err)
     return 0;
 }
 
+/* Removal drains: the node is marked DRAINING and the rebalancer moves its replicas and
+ * meta membership away, then takes it out of the table (rebalance.c). */
 static int mutate_remove(struct placement *p, void *ctx, struct err *err)
 {
     struct member_op *m = ctx;
     m->nshards = 0;
     if (placement_node(p, m->id) == NULL)
         return 0; /* already gone: a retry */
-    int rc;
-    for (size_t i = 0; i < p->nshards; i++) {
-        struct pl_shard *s = &p->shards[i];
-        if (!placement_shard_has(s, m->id))
-            continue;
-        if (s->nreplicas == 1)
-            return err_set(err, STRATA_INVALID_ARGUMENT,
-                           "node %llu holds the last replica of shard %u",
-                           (unsigned long long)m->id, s->id);
-        uint64_t ids[PL_MAX_REPLICAS];
-        size_t k = 0;
-        for (uint32_t j = 0; j < s->nreplicas; j++)
-            if (s->replicas[j] != m->id)
-                ids[k++] = s->replicas[j];
-        m->shards[m->nshards++] = s->id;
-        if ((rc = placement_set_replicas(p, s->id, ids, k, err)))
-            return rc;
-    }
-    return placement_remove_node(p, m->id, err);
+    size_t others = 0;
+    for (size_t i = 0; i < p->nnodes; i++)
+        others += p->nodes[i].id != m->id && p->nodes[i].state == PL_NODE_ACTIVE;
+    if (others == 0)
+        return err_set(err, STRATA_INVALID_ARGUMENT,
+                       "node %llu is the last active node: nothing could take its replicas",
+                       (unsigned long long)m->id);
+    return placement_drain_node(p, m->id, err);
 }
 
 static void member_finish(struct member_op *m)
@@ -229,6 +342,13 @@ static void member_table_done(void *arg, int code, const uint8_t *result, size_t
         member_finish(m);
         return;
     }
+    if (!m->add) {
+        /* Drained and removed by the rebalancer: answer when the node leaves the table. */
+        log_info("node %llu is draining", (unsigned long long)m->id);
+        rebalance_wait_removed(n, m->id, m->wait_ms, m->cb, m->arg);
+        sm_free(m);
+        return;
+    }
     m->pending = 1; /* held while issuing */
     struct node_group *g0 = node_group(n, 0);
     struct repl_status st;
@@ -241,13 +361,10 @@ static void member_table_done(void *arg, int code, const uint8_t *result, size_t
         snprintf(rm.address, sizeof rm.address, "%s", m->address);
         m->pending++;
         repl_member_add(g0->group, &rm, member_step_done, m);
-    } else if (g0 && !m->add && is_member(&st, m->id)) {
-        m->pending++;
-        repl_member_remove(g0->group, m->id, member_step_done, m);
     }
     for (size_t i = 0; i < m->nshards; i++) {
         m->pending++;
-        group_member_send(n, m->shards[i], m->add, m->id, m->address, m->key, member_step_done, m);
+        admin_group_member(n, m->shards[i], m->add, m->id, m->address, m->key, member_step_done, m);
     }
     if (--m->pending == 0)
         member_finish(m);
@@ -281,6 +398,9 @@ static void member_local(struct node *n, const uint8_t *cmd, size_t len,
         return;
     }
     *m = (struct member_op){.n = n, .add = add, .id = a.id, .key = key, .cb = cb, .arg = arg};
+    /* The drain waits up to timeout_ms (default 8 s, under a client's default 10 s
+     * timeout); a TIMEOUT answer means it goes on in the background. */
+    m->wait_ms = a.timeout_ms ? (a.timeout_ms > 600000 ? 600000 : a.timeout_ms) : 8000;
     snprintf(m->address, sizeof m->address, "%s", a.address);
     struct repl_status st;
     node_group_status(n, 0, &st);
@@ -353,6 +473,13 @@ int node_admin(struct node *n, const char *op, const msgpack_object *cmd, const 
         /* Without 'group': the meta group. */
         route_local(n, transfer_local, a.has_group ? a.group : 0, bytes, len, flags, key, cb,
                     arg);
+    } else if (strcmp(op, "cluster.group_members") == 0) {
+        if (!a.has_group) {
+            cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0, "cluster.group_members needs 'group'",
+               NULL);
+            return 0;
+        }
+        route_local(n, group_members_local, a.group, bytes, len, flags, key, cb, arg);
     } else if (strcmp(op, "cluster.group_member") == 0) {
         if (!a.has_group) {
             cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0, "cluster.group_member needs 'group'", NULL);

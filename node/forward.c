@@ -2,8 +2,12 @@
  * one per (leader address, API key) — the leader checks the same key again — and
  * relays each reply with the leader's address as a routing hint.
  *
- * Link lifecycle:  CONNECTING --tcp up, HELLO sent--> HELLO_WAIT --WELCOME--> READY
+ * Link lifecycle:  [RESOLVING --name resolved-->] CONNECTING --tcp up, HELLO sent-->
+ *                  HELLO_WAIT --WELCOME--> READY
  *                  any --error / close--> DEAD (pending requests fail, link freed)
+ * Addresses are host:port; a host that is not an IPv4 literal (a DNS name, as advertised
+ * by nodes on Kubernetes) is resolved first. A link that dies while its lookup is
+ * pending is freed only once both the lookup and the TCP handle are done.
  * A request sent on a link that dies has an unknown outcome; one never sent is simply
  * unavailable (safe to retry). */
 #include "node.h"
@@ -11,7 +15,7 @@
 #include <stdio.h>
 #include <string.h>
 
-enum link_state { LINK_CONNECTING, LINK_HELLO_WAIT, LINK_READY, LINK_DEAD };
+enum link_state { LINK_RESOLVING, LINK_CONNECTING, LINK_HELLO_WAIT, LINK_READY, LINK_DEAD };
 
 struct fwd_req {
     uint64_t id;
@@ -29,6 +33,9 @@ struct fwd_link {
     char *api_key; /* NULL in open mode */
     uv_tcp_t tcp;
     uv_connect_t connect;
+    uv_getaddrinfo_t gai;
+    bool resolving;  /* gai pending: the callback still owns a reference */
+    bool tcp_closed; /* tcp's close callback ran */
     enum link_state state;
     struct proto_reader rd;
     uint64_t next_id;
@@ -56,12 +63,19 @@ static void link_flush(struct fwd_link *l)
     }
 }
 
-static void link_freed(uv_handle_t *h)
+static void link_free(struct fwd_link *l)
 {
-    struct fwd_link *l = h->data;
     proto_reader_close(&l->rd);
     sm_free(l->api_key);
     sm_free(l);
+}
+
+static void link_freed(uv_handle_t *h)
+{
+    struct fwd_link *l = h->data;
+    l->tcp_closed = true;
+    if (!l->resolving)
+        link_free(l);
 }
 
 /* Fail every pending request and free the link. */
@@ -89,6 +103,8 @@ static void link_fail(struct fwd_link *l, const char *why)
         r = next;
     }
     log_info("forward link to %s closed: %s", l->address, why);
+    if (l->resolving)
+        uv_cancel((uv_req_t *)&l->gai); /* on_resolved still runs (UV_ECANCELED) */
     uv_close((uv_handle_t *)&l->tcp, link_freed);
 }
 
@@ -215,6 +231,42 @@ static void on_connect(uv_connect_t *req, int status)
         link_fail(l, "cannot read");
 }
 
+/* Bind to the node's own address (outgoing node-to-node connections come from it) and
+ * connect. */
+static void link_connect(struct fwd_link *l, const struct sockaddr_in *sa)
+{
+    struct sockaddr_in src;
+    l->state = LINK_CONNECTING;
+    if (uv_ip4_addr(l->node->cfg.listen_host, 0, &src) == 0)
+        uv_tcp_bind(&l->tcp, (const struct sockaddr *)&src, 0);
+    int rc = uv_tcp_connect(&l->connect, &l->tcp, (const struct sockaddr *)sa, on_connect);
+    if (rc)
+        link_fail(l, uv_strerror(rc));
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct fwd_link *l = req->data;
+    l->resolving = false;
+    if (l->state == LINK_DEAD) {
+        if (res)
+            uv_freeaddrinfo(res);
+        if (l->tcp_closed)
+            link_free(l);
+        return;
+    }
+    if (status || res == NULL || res->ai_family != AF_INET) {
+        if (res)
+            uv_freeaddrinfo(res);
+        link_fail(l, status ? uv_strerror(status) : "no IPv4 address");
+        return;
+    }
+    struct sockaddr_in sa;
+    memcpy(&sa, res->ai_addr, sizeof sa);
+    uv_freeaddrinfo(res);
+    link_connect(l, &sa);
+}
+
 static struct fwd_link *link_get(struct node *n, const char *address, const char *key,
                                  size_t keylen, struct err *err)
 {
@@ -224,13 +276,14 @@ static struct fwd_link *link_get(struct node *n, const char *address, const char
              (key && l->api_key && strlen(l->api_key) == keylen &&
               memcmp(l->api_key, key, keylen) == 0)))
             return l;
-    char host[REPL_ADDRESS_MAX + 1];
+    char host[REPL_ADDRESS_MAX + 1], port_text[8];
     int port;
-    struct sockaddr_in sa, src;
-    if (parse_hostport(address, host, sizeof host, &port) || uv_ip4_addr(host, port, &sa)) {
-        err_set(err, STRATA_UNAVAILABLE, "leader address '%s' is not IPv4 host:port", address);
+    struct sockaddr_in sa;
+    if (parse_hostport(address, host, sizeof host, &port)) {
+        err_set(err, STRATA_UNAVAILABLE, "leader address '%s' is not host:port", address);
         return NULL;
     }
+    bool literal = uv_ip4_addr(host, port, &sa) == 0;
     struct fwd_link *l = sm_calloc(1, sizeof *l);
     if (l == NULL) {
         err_set(err, STRATA_OUT_OF_MEMORY, "out of memory");
@@ -247,16 +300,28 @@ static struct fwd_link *link_get(struct node *n, const char *address, const char
     uv_tcp_init(n->loop, &l->tcp);
     l->tcp.data = l;
     l->connect.data = l;
+    l->gai.data = l;
     l->next = n->links;
     n->links = l;
-    l->state = LINK_CONNECTING;
-    /* Outgoing node-to-node connections come from the node's own address. */
-    if (uv_ip4_addr(n->cfg.listen_host, 0, &src) == 0)
-        uv_tcp_bind(&l->tcp, (const struct sockaddr *)&src, 0);
-    int rc = uv_tcp_connect(&l->connect, &l->tcp, (const struct sockaddr *)&sa, on_connect);
-    if (rc) {
-        link_fail(l, uv_strerror(rc));
-        err_set(err, STRATA_UNAVAILABLE, "cannot connect to the leader at %s", address);
+    if (literal) {
+        link_connect(l, &sa);
+    } else {
+        /* A DNS name (a StatefulSet pod's stable name, say): resolve on the loop's thread
+         * pool, IPv4 only like --listen. */
+        struct addrinfo hints;
+        memset(&hints, 0, sizeof hints);
+        hints.ai_family = AF_INET;
+        hints.ai_socktype = SOCK_STREAM;
+        snprintf(port_text, sizeof port_text, "%d", port);
+        l->state = LINK_RESOLVING;
+        int rc = uv_getaddrinfo(n->loop, &l->gai, on_resolved, host, port_text, &hints);
+        if (rc == 0)
+            l->resolving = true;
+        else
+            link_fail(l, uv_strerror(rc));
+    }
+    if (l->state == LINK_DEAD) {
+        err_set(err, STRATA_UNAVAILABLE, "cannot connect to %s", address);
         return NULL;
     }
     return l;

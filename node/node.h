@@ -225,6 +225,7 @@ struct node_group {
 };
 struct pl_waiter;
 struct assign_req;
+struct rb_waiter;
 
 /* The hosted group `id`, or NULL. */
 struct node_group *node_group(struct node *n, uint32_t id);
@@ -327,6 +328,15 @@ struct node {
     char hints[PL_MAX_SHARDS + 1][REPL_ADDRESS_MAX + 1]; /* leader hints per group */
     uint64_t transfer_at[PL_MAX_SHARDS + 1];             /* leader spreading cool-down */
     uint64_t last_spread_ms;
+    /* Rebalancer (rebalance.c). */
+    bool rb_busy;
+    uint64_t rb_busy_since, rb_last_step_ms, rb_steps;
+    uint32_t rb_next;
+    uint64_t rb_ok_epoch[PL_MAX_SHARDS + 1];     /* shard epoch its members matched */
+    uint64_t rb_checked_ms[PL_MAX_SHARDS + 1];
+    uint64_t rb_unassigned_ms[PL_MAX_SHARDS + 1]; /* since when the table drops a replica */
+    struct rb_waiter *rb_waiters;
+    bool retiring[PL_MAX_SHARDS + 1]; /* a retired group is still closing */
     uv_timer_t shard_timer;
     bool shard_timer_on;
     struct auth auth;
@@ -367,6 +377,35 @@ void node_submit(struct node *n, const uint8_t *cmd, size_t len, uint32_t flags,
 int node_admin(struct node *n, const char *op, const msgpack_object *cmd, const uint8_t *bytes,
                size_t len, uint32_t flags, const struct auth_key *key, fwd_done_cb cb,
                void *arg);
+/* Membership steps the rebalancer drives (admin.c), each run on the group's leader:
+ * add (joins as non-voter, promoted when caught up) or remove a member; list members;
+ * hand leadership to `to`. */
+void admin_group_member(struct node *n, uint32_t gid, bool add, uint64_t id, const char *address,
+                        const struct auth_key *key, fwd_done_cb cb, void *arg);
+#define ADMIN_MAX_MEMBERS 16
+struct admin_members {
+    uint64_t leader;
+    size_t n;
+    uint64_t ids[ADMIN_MAX_MEMBERS];
+    bool voter[ADMIN_MAX_MEMBERS];
+};
+void admin_group_members(struct node *n, uint32_t gid, const struct auth_key *key, fwd_done_cb cb,
+                         void *arg);
+int admin_members_decode(const uint8_t *data, size_t len, struct admin_members *m);
+void admin_transfer(struct node *n, uint32_t gid, uint64_t to, const struct auth_key *key,
+                    fwd_done_cb cb, void *arg);
+
+/* ---- The rebalancer (rebalance.c) -------------------------------------------------------
+ * On the meta leader: group memberships follow the table; the table moves one step at a
+ * time towards an even layout. On every node: replicas the table dropped are retired. */
+void rebalance_tick(struct node *n, uint64_t now);
+void rebalance_stop(struct node *n);
+/* Answer cb once node `id` has left the table (TIMEOUT after timeout_ms). */
+void rebalance_wait_removed(struct node *n, uint64_t id, uint64_t timeout_ms, fwd_done_cb cb,
+                            void *arg);
+/* Stop hosting shard `id` (its data directory is kept as raft-ID.retired). */
+void node_group_retire(struct node *n, uint32_t id);
+
 /* Adopt (and persist in DIR/node) the cluster id learned when joining. */
 void node_set_cluster_id(struct node *n, const char *id, size_t len);
 /* libuv read buffer allocator (the read callback frees b->base). */

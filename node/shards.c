@@ -5,6 +5,8 @@
 #include "observe.h"
 
 #include <dirent.h>
+#include <errno.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -175,6 +177,42 @@ static void group_stopped(void *arg)
     sm_free(g);
     if (--n->groups_stopping == 0 && n->groups_stopped_cb)
         n->groups_stopped_cb(n);
+}
+
+/* ---- Retiring a replica ------------------------------------------------------------------ */
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static void group_retired(void *arg)
+{
+    struct node_group *g = arg;
+    struct node *n = g->node;
+    char dir[4096], old[4200];
+    snprintf(dir, sizeof dir, "%s/raft-%u", n->cfg.data_dir, g->id);
+    snprintf(old, sizeof old, "%s.retired", dir);
+    /* Kept (the last one only) for an operator who wants it; never opened again. */
+    nftw(old, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    if (rename(dir, old) != 0)
+        log_error("shard %u: cannot rename %s: %s", g->id, dir, strerror(errno));
+    log_info("shard %u: retired (data kept in %s)", g->id, old);
+    n->retiring[g->id] = false;
+    storage_free(g->engine);
+    sm_free(g);
+}
+
+void node_group_retire(struct node *n, uint32_t id)
+{
+    struct node_group *g = node_group(n, id);
+    if (g == NULL || id == 0)
+        return;
+    n->groups[id] = NULL;
+    n->retiring[id] = true; /* not opened again before its directory is moved away */
+    n->hints[id][0] = '\0';
+    repl_group_stop(g->group, group_retired, g);
 }
 
 static void tick(uv_timer_t *t);
@@ -896,7 +934,7 @@ static void reconcile(struct node *n)
 {
     for (size_t i = 0; i < n->pl.nshards; i++) {
         const struct pl_shard *s = &n->pl.shards[i];
-        if (n->groups[s->id] || !placement_shard_has(s, n->cfg.node_id))
+        if (n->groups[s->id] || n->retiring[s->id] || !placement_shard_has(s, n->cfg.node_id))
             continue;
         struct err err;
         err_clear(&err);
@@ -969,6 +1007,7 @@ static void tick(uv_timer_t *t)
         write_initial(n);
     if (n->have_pl) {
         reconcile(n);
+        rebalance_tick(n, now);
         if (now - n->last_spread_ms >= SPREAD_EVERY_MS) {
             n->last_spread_ms = now;
             spread_leaders(n, now);
@@ -999,6 +1038,7 @@ void shards_stop(struct node *n, void (*cb)(struct node *n))
         uv_close((uv_handle_t *)&n->shard_timer, shard_timer_closed);
     }
     authz_stop(n);
+    rebalance_stop(n);
     /* Fail everyone still waiting for the table or an assignment. */
     while (n->pl_waiters) {
         struct pl_waiter *w = n->pl_waiters;

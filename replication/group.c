@@ -107,6 +107,9 @@ static void step_cb(struct raft *r)
             group_kick(g);
         }
     }
+    /* A snapshot install held while our own snapshot was written goes in now. */
+    if (g->snap_held && !r->legacy.snapshot_taking)
+        group_kick(g);
     /* Work held during a transfer resumes when it ends. */
     if (leader && (g->writes.head != NULL || g->reads.head != NULL || g->admin.head != NULL))
         group_kick(g);
@@ -122,6 +125,7 @@ static void on_peer(void *arg, bool up, uint64_t id, const char *address)
 
 static void free_group(struct repl_group *g)
 {
+    snapguard_free(g);
     struct pending_event *e;
     while ((e = g->ev_head) != NULL) {
         g->ev_head = e->next;
@@ -237,6 +241,7 @@ static void pump_cb(uv_idle_t *h)
         req_deliver(g);
         return;
     }
+    snapguard_flush(g);
     if (g->lost_pending) {
         g->lost_pending = false;
         requests_lost_leadership(g);
@@ -407,6 +412,7 @@ int repl_group_open(uv_loop_t *loop, const struct repl_options *o, struct storag
     raft_set_snapshot_threshold(&g->raft, o->snapshot_threshold); /* trap 8 */
     raft_set_snapshot_trailing(&g->raft, o->snapshot_trailing);
     g->raft.legacy.step_cb = step_cb;
+    snapguard_init(g);
     if (getenv("LIBRAFT_TRACE") == NULL) {
         /* The default tracer formats every message even when off (trap 10). */
         g->raft.tracer = NULL;

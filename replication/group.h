@@ -130,6 +130,14 @@ struct repl_group {
 
     /* counters for status and logs */
     uint64_t entries_applied, commands_applied, snapshots_taken;
+
+    /* snapguard.c: an InstallSnapshot held while the own snapshot is written */
+    int (*io_start)(struct raft_io *, unsigned, raft_io_tick_cb, raft_io_recv_cb);
+    raft_io_recv_cb raft_recv;
+    struct raft_message snap_msg;
+    char snap_from[REPL_ADDRESS_MAX + 1];
+    bool snap_held;
+    uint64_t snap_held_total;
 };
 
 /* group.c */
@@ -153,5 +161,13 @@ int raft_code_to_strata(int rv);
 
 /* fsm.c */
 void fsm_setup(struct repl_group *g);
+
+/* snapguard.c: works around a libraft 0.22.1 crash (an InstallSnapshot arriving while the
+ * node writes its own snapshot). init wraps io.start (after raft_init, before raft_start);
+ * flush hands a held install to raft once the own snapshot is written (from the pump);
+ * free drops one still held at close. */
+void snapguard_init(struct repl_group *g);
+void snapguard_flush(struct repl_group *g);
+void snapguard_free(struct repl_group *g);
 
 #endif
