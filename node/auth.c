@@ -549,7 +549,6 @@ int authz_table_from_file(struct authz_table *t, const struct auth *file, struct
         }
         struct authz_entry *e = &t->keys[t->nkeys++];
         authz_digest(k->key, strlen(k->key), e->digest);
-        e->node = i == 0;
         if ((e->name = sm_strdup(name)) == NULL) {
             rc = err_set(err, STRATA_OUT_OF_MEMORY, "out of memory");
             break;
@@ -568,6 +567,8 @@ int authz_table_from_file(struct authz_table *t, const struct auth *file, struct
             else if (grant_add(g, k->patterns[j], strlen(k->patterns[j]), NULL))
                 rc = err_set(err, STRATA_OUT_OF_MEMORY, "out of memory");
         }
+        /* The nodes' own key, protected in the table — if it can do a node's work. */
+        e->node = rc == 0 && i == 0 && authz_entry_cluster_admin(e);
     }
     if (rc)
         authz_table_free(t);
@@ -584,19 +585,19 @@ void authz_change_free(struct authz_change *c)
     memset(c, 0, sizeof *c);
 }
 
-/* {perm, patterns} into c->grants (merged with an earlier grant of the same perm). */
+/* {perm, patterns} into c->grants (merged with an earlier grant of the same perm).
+ * `optional`: either may be absent (auth.revoke: perm NONE = any, no patterns = all). */
 static int parse_grant(struct authz_change *c, const msgpack_object *perm,
-                       const msgpack_object *pats, bool none_ok, bool pats_optional,
-                       struct err *err)
+                       const msgpack_object *pats, bool optional, struct err *err)
 {
     enum authz_perm p = AUTHZ_NONE;
     int rc;
-    if ((perm || !none_ok) && (rc = perm_parse(perm, &p, err)))
+    if ((perm || !optional) && (rc = perm_parse(perm, &p, err)))
         return rc;
-    if (pats == NULL && pats_optional)
-        pats = NULL;
-    else if (pats == NULL || pats->type != MSGPACK_OBJECT_ARRAY || pats->via.array.size == 0 ||
-             pats->via.array.size > AUTHZ_MAX_PATTERNS)
+    bool pats_ok = pats ? pats->type == MSGPACK_OBJECT_ARRAY && pats->via.array.size > 0 &&
+                              pats->via.array.size <= AUTHZ_MAX_PATTERNS
+                        : optional;
+    if (!pats_ok)
         return err_set(err, STRATA_INVALID_ARGUMENT,
                        "argument 'patterns' must be an array of 1-%d branch-name patterns",
                        AUTHZ_MAX_PATTERNS);
@@ -652,6 +653,8 @@ static int parse_add(struct authz_change *c, const msgpack_object *cmd, struct e
                            "argument 'key' must be %d-%d characters of [A-Za-z0-9._~-]", KEY_MIN,
                            KEY_MAX);
         authz_digest(key->via.str.ptr, key->via.str.size, c->digest);
+    } else if (gen && !gen->via.boolean) {
+        return err_set(err, STRATA_INVALID_ARGUMENT, "give 'key', or 'generate': true");
     } else {
         c->generate = true;
     }
@@ -660,7 +663,7 @@ static int parse_add(struct authz_change *c, const msgpack_object *cmd, struct e
                        "give 'grants' or 'perm' with 'patterns', not both");
     int rc;
     if (grants == NULL)
-        return parse_grant(c, perm, pats, false, false, err);
+        return parse_grant(c, perm, pats, false, err);
     if (grants->type != MSGPACK_OBJECT_ARRAY || grants->via.array.size == 0 ||
         grants->via.array.size > 8)
         return err_set(err, STRATA_INVALID_ARGUMENT,
@@ -671,7 +674,7 @@ static int parse_add(struct authz_change *c, const msgpack_object *cmd, struct e
             return err_set(err, STRATA_INVALID_ARGUMENT, "grant %u is not a {perm, patterns} map",
                            i);
         if ((rc = parse_grant(c, node_map_get(g, "perm"), node_map_get(g, "patterns"), false,
-                              false, err)))
+                              err)))
             return rc;
     }
     return 0;
@@ -706,12 +709,10 @@ int authz_change_parse(struct authz_change *c, const char *op, const msgpack_obj
         rc = parse_add(c, cmd, err);
         break;
     case AUTHZ_OP_GRANT:
-        rc = parse_grant(c, node_map_get(cmd, "perm"), node_map_get(cmd, "patterns"), false, false,
-                         err);
+        rc = parse_grant(c, node_map_get(cmd, "perm"), node_map_get(cmd, "patterns"), false, err);
         break;
     case AUTHZ_OP_REVOKE:
-        rc = parse_grant(c, node_map_get(cmd, "perm"), node_map_get(cmd, "patterns"), true, true,
-                         err);
+        rc = parse_grant(c, node_map_get(cmd, "perm"), node_map_get(cmd, "patterns"), true, err);
         if (rc == 0 && c->grants[0].perm == AUTHZ_NONE && c->grants[0].npatterns == 0)
             rc = err_set(err, STRATA_INVALID_ARGUMENT,
                          "auth.revoke needs 'perm', 'patterns' or both (auth.remove drops a key)");

@@ -70,6 +70,13 @@ static struct authz_state *state(struct node *n)
     if (!authz_entry_cluster_admin(&a->file.keys[0]))
         log_warn("the first API key (this node's own) has no admin on '*': joining and "
                  "refreshing from the meta leader will be refused");
+    for (size_t i = 0; i < a->file.nkeys && !a->seedable; i++)
+        a->seedable = authz_entry_cluster_admin(&a->file.keys[i]);
+    if (!a->seedable)
+        /* A table nobody could change would outlive the file that made it: keep the
+         * file in force instead. */
+        log_warn("no API key has admin on '*': the access table is not created, the key "
+                 "file stays in force and auth.* commands are refused");
     return a;
 }
 
@@ -557,7 +564,7 @@ void authz_tick(struct node *n, bool member, const struct repl_status *st)
             }
         }
     }
-    if (st->role == REPL_LEADER && a->absent && !a->have && a->has_file && !a->seeding)
+    if (st->role == REPL_LEADER && a->absent && !a->have && a->seedable && !a->seeding)
         seed(n);
 }
 

@@ -99,7 +99,8 @@ int authz_table_encode(const struct authz_table *t, struct buf *out);
 int authz_table_decode(struct authz_table *t, const uint8_t *p, size_t len, struct err *err);
 /* The table a key file seeds: names from the NAME column or key-N (line order), r =
  * read, rw = write, admin = admin; rw whose first pattern is '*' = admin (what rw on '*'
- * allowed before the table existed). The first key is marked as the nodes' key. */
+ * allowed before the table existed). The first key is marked as the nodes' key when it
+ * has admin on '*'. */
 int authz_table_from_file(struct authz_table *t, const struct auth *file, struct err *err);
 void authz_digest(const char *key, size_t len, uint8_t out[AUTHZ_DIGEST_LEN]);
 const struct authz_entry *authz_table_find(const struct authz_table *t,
@@ -146,6 +147,7 @@ struct authz_state {
     bool init;
     struct authz_table file; /* the --api-keys file as a table (digests only) */
     bool has_file;
+    bool seedable;           /* the file has a key with admin on '*' */
     struct authz_table table; /* the replicated table, when `have` */
     bool have;
     bool absent;            /* a linearizable read found no table in the meta group */

@@ -117,12 +117,18 @@ static int cmp_long(const void *a, const void *b)
  * POLL_MS. A request may pass several caches (the receiving node's, then the shard
  * leader's), so while they catch up answers can differ; what counts is when the last one
  * was allowed. Fills last_ok[] (ms after the revoke's reply, -1 = never allowed) and
- * returns the largest; *via_never: node `via` allowed none. */
+ * returns the largest. *via_first: the first write through node `via` was refused.
+ * (A handle follows NOT_LEADER/UNAVAILABLE hints to another node, so alice's handles are
+ * opened afresh for every round and a node's figure is that of the handle opened on it.) */
 #define POLL_MS 1000
 static long revoke_round(struct h_cluster *c, int via_grant, int via, struct strata **alice,
-                         long *last_ok, bool *via_never)
+                         long *last_ok, bool *via_first)
 {
     struct err e;
+    for (int i = 0; i < NODES; i++) {
+        strata_close(alice[i]);
+        alice[i] = h_open_node(c, i, ALICE);
+    }
     char json[256];
     int rc = run(c, via_grant, OPS, NULL, &e,
                  "{\"op\":\"auth.grant\",\"name\":\"alice\",\"perm\":\"write\",\"patterns\":[\"team-*\"]}");
@@ -143,6 +149,9 @@ static long revoke_round(struct h_cluster *c, int via_grant, int via, struct str
     CHECK(rc == 0, "revoke it through node %d (%s %s)", via + 1, err_name(rc), e.msg);
     for (int i = 0; i < NODES; i++)
         last_ok[i] = -1;
+    rc = h_exec(alice[via], 0, NULL, &e,
+                "{\"op\":\"kv.put\",\"branch\":\"team-a\",\"key\":\"late\",\"value\":1}");
+    *via_first = rc == STRATA_PERMISSION_DENIED;
     int odd = 0;
     while (h_now_ms() - t0 < POLL_MS) {
         for (int k = 0; k < NODES; k++) {
@@ -153,14 +162,13 @@ static long revoke_round(struct h_cluster *c, int via_grant, int via, struct str
             if (rc == 0)
                 last_ok[i] = (long)(t - t0);
             else if (rc != STRATA_PERMISSION_DENIED && odd++ < 3)
-                h_note("node %d: unexpected %s %s", i + 1, err_name(rc), e.msg);
+                h_note("through node %d: %s %s", i + 1, err_name(rc), e.msg);
         }
         h_sleep_ms(2);
     }
     long worst = -1;
     for (int i = 0; i < NODES; i++)
         worst = last_ok[i] > worst ? last_ok[i] : worst;
-    *via_never = last_ok[via] < 0;
     return worst;
 }
 
@@ -405,24 +413,20 @@ void test_auth_meta(void)
     bad_changes(&c);
 
     /* Revocation: through each node in turn, measured on every node. */
-    struct strata *alice[NODES];
-    for (int i = 0; i < NODES; i++) {
-        alice[i] = h_open_node(&c, i, ALICE);
-        REQUIRE(alice[i] != NULL, "alice's connection to node %d", i + 1);
-    }
+    struct strata *alice[NODES] = {NULL};
     long all[NODES * NODES];
     size_t nall = 0;
-    bool bounded = true, via_never = true;
+    bool bounded = true, via_first = true;
     for (int round = 0; round < NODES; round++) {
         int via = (round + 1) % NODES;
         long d[NODES];
-        bool never = false;
-        long worst = revoke_round(&c, round, via, alice, d, &never);
+        bool first = false;
+        long worst = revoke_round(&c, round, via, alice, d, &first);
         h_note("revoke through node %d: last write allowed through nodes 1-5 at %ld %ld %ld %ld "
                "%ld ms (-1: none)",
                via + 1, d[0], d[1], d[2], d[3], d[4]);
         bounded = bounded && worst <= REVOKE_BOUND_MS;
-        via_never = via_never && never;
+        via_first = via_first && first;
         for (int i = 0; i < NODES; i++)
             all[nall++] = d[i] < 0 ? 0 : d[i];
     }
@@ -433,7 +437,7 @@ void test_auth_meta(void)
     CHECK(bounded, "every node refused every write later than %d ms after the revocation "
                    "(max %ld ms)",
           REVOKE_BOUND_MS, all[nall - 1]);
-    CHECK(via_never, "the node a revocation went through allowed no write after it");
+    CHECK(via_first, "the node a revocation went through refused the very next write");
 
     /* Removal: rob's open connections are refused everywhere. cluster.status is answered
      * by the node itself, so this measures each node's own cache (a data command may be

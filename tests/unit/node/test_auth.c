@@ -258,6 +258,12 @@ static void test_table_from_file_maps_modes(void **state)
     assert_null(memmem(b.data, b.len, "secret", 6));
     buf_close(&b);
     authz_table_free(&t);
+    /* The first key is the nodes' only if it can do a node's work (admin on '*'). */
+    table_of("weak-first-key r *\nroot-key rw *\n", &t);
+    assert_false(t.keys[0].node);
+    assert_false(t.keys[1].node);
+    assert_true(authz_entry_cluster_admin(&t.keys[1]));
+    authz_table_free(&t);
     /* Two keys named alike. */
     struct auth a;
     struct err e;
@@ -631,6 +637,8 @@ static void test_change_parse_bad_input(void **state)
          "not both"},
         {"{\"op\":\"auth.add\",\"name\":\"a\",\"generate\":1,\"perm\":\"read\",\"patterns\":[\"*\"]}",
          "'generate' must be"},
+        {"{\"op\":\"auth.add\",\"name\":\"a\",\"generate\":false,\"perm\":\"read\",\"patterns\":[\"*\"]}",
+         "give 'key', or 'generate': true"},
         {"{\"op\":\"auth.add\",\"name\":\"a\",\"grants\":[],\"perm\":\"read\"}", "not both"},
         {"{\"op\":\"auth.add\",\"name\":\"a\",\"grants\":[]}", "'grants' must be"},
         {"{\"op\":\"auth.add\",\"name\":\"a\",\"grants\":[1]}", "grant 0 is not"},
