@@ -350,8 +350,8 @@ bool authz_entry_cluster_admin(const struct authz_entry *e)
     return false;
 }
 
-int authz_entry_check(const struct authz_entry *e, enum authz_perm need,
-                      const char *const *names, const size_t *lens, size_t n, struct err *err)
+int authz_entry_check(const struct authz_entry *e, enum authz_perm need, const char *const *names,
+                      const size_t *lens, size_t n, struct err *err)
 {
     if (need == AUTHZ_NONE)
         return 0;
@@ -421,8 +421,7 @@ int authz_table_encode(const struct authz_table *t, struct buf *out)
 
 #define BAD(...) err_set(err, STRATA_PROTOCOL_ERROR, "auth table: " __VA_ARGS__)
 
-static int decode_grant(struct authz_entry *e, const msgpack_object *o, size_t ki,
-                        struct err *err)
+static int decode_grant(struct authz_entry *e, const msgpack_object *o, size_t ki, struct err *err)
 {
     if (o->type != MSGPACK_OBJECT_MAP)
         return BAD("key %zu: a grant is not a map", ki);
@@ -433,8 +432,7 @@ static int decode_grant(struct authz_entry *e, const msgpack_object *o, size_t k
         return BAD("key %zu: %s", ki, perr.msg);
     if (pats == NULL || pats->type != MSGPACK_OBJECT_ARRAY || pats->via.array.size == 0 ||
         pats->via.array.size > AUTHZ_MAX_PATTERNS)
-        return BAD("key %zu: 'patterns' must be an array of 1-%d strings", ki,
-                   AUTHZ_MAX_PATTERNS);
+        return BAD("key %zu: 'patterns' must be an array of 1-%d strings", ki, AUTHZ_MAX_PATTERNS);
     if (entry_grant(e, p, false))
         return BAD("key %zu: two grants of '%s'", ki, authz_perm_name(p));
     struct authz_grant *g = entry_grant(e, p, true);
@@ -453,8 +451,7 @@ static int decode_grant(struct authz_entry *e, const msgpack_object *o, size_t k
     return 0;
 }
 
-static int decode_entry(struct authz_table *t, const msgpack_object *o, size_t ki,
-                        struct err *err)
+static int decode_entry(struct authz_table *t, const msgpack_object *o, size_t ki, struct err *err)
 {
     if (o->type != MSGPACK_OBJECT_MAP)
         return BAD("key %zu is not a map", ki);
@@ -553,10 +550,10 @@ int authz_table_from_file(struct authz_table *t, const struct auth *file, struct
             rc = err_set(err, STRATA_OUT_OF_MEMORY, "out of memory");
             break;
         }
-        enum authz_perm p = k->admin || (k->write && k->npatterns && strcmp(k->patterns[0], "*") == 0)
-                                ? AUTHZ_ADMIN
-                            : k->write ? AUTHZ_WRITE
-                                       : AUTHZ_READ;
+        enum authz_perm p =
+            k->admin || (k->write && k->npatterns && strcmp(k->patterns[0], "*") == 0) ? AUTHZ_ADMIN
+            : k->write                                                                 ? AUTHZ_WRITE
+                                                                                       : AUTHZ_READ;
         struct authz_grant *g = entry_grant(e, p, true);
         if (g == NULL)
             rc = err_set(err, STRATA_OUT_OF_MEMORY, "out of memory");
@@ -673,8 +670,7 @@ static int parse_add(struct authz_change *c, const msgpack_object *cmd, struct e
         if (g->type != MSGPACK_OBJECT_MAP)
             return err_set(err, STRATA_INVALID_ARGUMENT, "grant %u is not a {perm, patterns} map",
                            i);
-        if ((rc = parse_grant(c, node_map_get(g, "perm"), node_map_get(g, "patterns"), false,
-                              err)))
+        if ((rc = parse_grant(c, node_map_get(g, "perm"), node_map_get(g, "patterns"), false, err)))
             return rc;
     }
     return 0;
@@ -744,8 +740,7 @@ static size_t entry_revoke(struct authz_entry *e, const struct authz_grant *r)
             continue;
         size_t k = 0;
         for (size_t j = 0; j < g->npatterns; j++) {
-            bool drop = r->npatterns == 0 ||
-                        grant_has(r, g->patterns[j], strlen(g->patterns[j]));
+            bool drop = r->npatterns == 0 || grant_has(r, g->patterns[j], strlen(g->patterns[j]));
             if (drop) {
                 sm_free(g->patterns[j]);
                 gone++;

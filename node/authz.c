@@ -165,8 +165,8 @@ int authz_request(struct node *n, const uint8_t *digest, enum authz_perm need,
 static const uint8_t *get_cmd(size_t *len)
 {
     /* {"op":"state.get","cell":"auth"} */
-    static const uint8_t cmd[] = {0x82, 0xa2, 'o', 'p', 0xa9, 's', 't', 'a', 't', 'e', '.', 'g',
-                                  'e', 't', 0xa4, 'c', 'e', 'l', 'l', 0xa4, 'a', 'u', 't', 'h'};
+    static const uint8_t cmd[] = {0x82, 0xa2, 'o',  'p', 0xa9, 's', 't', 'a',  't', 'e', '.', 'g',
+                                  'e',  't',  0xa4, 'c', 'e',  'l', 'l', 0xa4, 'a', 'u', 't', 'h'};
     *len = sizeof cmd;
     return cmd;
 }
@@ -193,8 +193,7 @@ static void adopt(struct node *n, struct authz_table *t)
 }
 
 /* Decode a cell value (a msgpack object) with its counter and adopt it. */
-static int adopt_value(struct node *n, const msgpack_object *v, uint64_t version,
-                       struct err *err)
+static int adopt_value(struct node *n, const msgpack_object *v, uint64_t version, struct err *err)
 {
     struct buf b;
     buf_init(&b);
@@ -465,8 +464,7 @@ static void local_read_done(void *arg, int code, const uint8_t *result, size_t l
     struct authz_state *a = &n->authz;
     a->reading = false;
     if (code) {
-        log_debug("access table local read failed: %s: %s", err_name(code),
-                  message ? message : "");
+        log_debug("access table local read failed: %s: %s", err_name(code), message ? message : "");
         return;
     }
     struct err err;
@@ -482,7 +480,8 @@ static void local_read_done(void *arg, int code, const uint8_t *result, size_t l
         start_fresh(n);
 }
 
-/* ---- Seeding from --api-keys ------------------------------------------------------------------ */
+/* ---- Seeding from --api-keys ------------------------------------------------------------------
+ */
 
 static void seed_done(void *arg, int code, const uint8_t *result, size_t len, const char *message,
                       const char *leader)
@@ -502,8 +501,7 @@ static void seed_done(void *arg, int code, const uint8_t *result, size_t len, co
         }
         log_info("access table seeded from the API key file: %zu keys", a->file.nkeys);
     } else if (code != STRATA_CONFLICT) {
-        log_warn("seeding the access table failed: %s: %s", err_name(code),
-                 message ? message : "");
+        log_warn("seeding the access table failed: %s: %s", err_name(code), message ? message : "");
     }
     a->fresh_wanted = true; /* CONFLICT: another leader wrote it first; read it */
 }
@@ -534,7 +532,8 @@ static void seed(struct node *n)
     buf_close(&b);
 }
 
-/* ---- The tick (called by shards.c with the meta group's status) -------------------------------- */
+/* ---- The tick (called by shards.c with the meta group's status) --------------------------------
+ */
 
 void authz_tick(struct node *n, bool member, const struct repl_status *st)
 {
@@ -577,7 +576,8 @@ void authz_stop(struct node *n)
     a->have = false;
 }
 
-/* ---- auth.* commands on the meta leader -------------------------------------------------------- */
+/* ---- auth.* commands on the meta leader --------------------------------------------------------
+ */
 
 /* auth.list / auth.sync: a linearizable read of the cell, answered from it. */
 struct table_read {
@@ -711,7 +711,7 @@ static void read_local(struct node *n, const uint8_t *cmd, size_t len, const str
 struct change {
     struct node *n;
     struct authz_change c;
-    char key[2 * 32 + 1]; /* a generated key, returned once */
+    char key[2 * 32 + 1];     /* a generated key, returned once */
     struct authz_table table; /* as written: the leader's cache takes it on success */
     int attempts;
     uint64_t version;
@@ -772,8 +772,8 @@ static void change_written(void *arg, int code, const uint8_t *result, size_t le
     change_finish(ch, code, message ? message : "the access table write failed", code == 0);
 }
 
-static void change_read(void *arg, int code, const uint8_t *result, size_t len,
-                        const char *message, const char *leader)
+static void change_read(void *arg, int code, const uint8_t *result, size_t len, const char *message,
+                        const char *leader)
 {
     (void)leader;
     struct change *ch = arg;
@@ -859,8 +859,8 @@ static void change_round(struct change *ch)
     repl_read(g0->group, cmd, len, false, change_read, ch);
 }
 
-static void change_local(struct node *n, const uint8_t *cmd, size_t len,
-                         const struct auth_key *key, fwd_done_cb cb, void *arg)
+static void change_local(struct node *n, const uint8_t *cmd, size_t len, const struct auth_key *key,
+                         fwd_done_cb cb, void *arg)
 {
     (void)key;
     struct change *ch = sm_calloc(1, sizeof *ch);
@@ -922,8 +922,8 @@ static void relay_release(void *arg)
     sm_free(r);
 }
 
-static void relay_done(void *arg, int code, const uint8_t *result, size_t len,
-                       const char *message, const char *leader)
+static void relay_done(void *arg, int code, const uint8_t *result, size_t len, const char *message,
+                       const char *leader)
 {
     struct relay *r = arg;
     struct node *n = r->n;
@@ -960,9 +960,9 @@ static void relay_done(void *arg, int code, const uint8_t *result, size_t len,
         start_fresh(n);
 }
 
-void authz_command(struct node *n, const char *op, const msgpack_object *cmd,
-                   const uint8_t *bytes, size_t len, uint32_t flags, const struct auth_key *key,
-                   fwd_done_cb cb, void *arg)
+void authz_command(struct node *n, const char *op, const msgpack_object *cmd, const uint8_t *bytes,
+                   size_t len, uint32_t flags, const struct auth_key *key, fwd_done_cb cb,
+                   void *arg)
 {
     if (n->stopping) {
         cb(arg, STRATA_UNAVAILABLE, NULL, 0, "the node is shutting down", NULL);
@@ -980,8 +980,8 @@ void authz_command(struct node *n, const char *op, const msgpack_object *cmd,
     if (strcmp(op, "auth.add") != 0 && strcmp(op, "auth.grant") != 0 &&
         strcmp(op, "auth.revoke") != 0 && strcmp(op, "auth.remove") != 0) {
         char m[128];
-        snprintf(m, sizeof m,
-                 "unknown command '%.40s' (auth.list, add, grant, revoke, remove)", op);
+        snprintf(m, sizeof m, "unknown command '%.40s' (auth.list, add, grant, revoke, remove)",
+                 op);
         cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0, m, NULL);
         return;
     }

@@ -35,13 +35,13 @@ enum who { ALICE_K, ROB_K, OPS_K, TADMIN_K, UNKNOWN_K, READER_K, NWHO };
 
 static const char *key_of(enum who w)
 {
-    static const char *const k[NWHO] = {ALICE, rob_key, OPS, TADMIN, "not-a-key-0123456789",
-                                        "file-reader-key-0123"};
+    static const char *const k[NWHO] = {
+        ALICE, rob_key, OPS, TADMIN, "not-a-key-0123456789", "file-reader-key-0123"};
     return k[w];
 }
 
-static int run(const struct h_cluster *c, int node, const char *key, struct buf *res,
-               struct err *e, const char *json)
+static int run(const struct h_cluster *c, int node, const char *key, struct buf *res, struct err *e,
+               const char *json)
 {
     struct strata *db = h_open_node(c, node, key);
     if (db == NULL)
@@ -59,37 +59,48 @@ struct acase {
 };
 
 static const struct acase cases[] = {
-    {"alice (write team-*) reads team-a", ALICE_K, "{\"op\":\"kv.get\",\"branch\":\"team-a\",\"key\":\"k\"}", 0},
-    {"alice writes team-a", ALICE_K, "{\"op\":\"kv.put\",\"branch\":\"team-a\",\"key\":\"a\",\"value\":1}", 0},
-    {"alice writes other", ALICE_K, "{\"op\":\"kv.put\",\"branch\":\"other\",\"key\":\"a\",\"value\":1}",
+    {"alice (write team-*) reads team-a", ALICE_K,
+     "{\"op\":\"kv.get\",\"branch\":\"team-a\",\"key\":\"k\"}", 0},
+    {"alice writes team-a", ALICE_K,
+     "{\"op\":\"kv.put\",\"branch\":\"team-a\",\"key\":\"a\",\"value\":1}", 0},
+    {"alice writes other", ALICE_K,
+     "{\"op\":\"kv.put\",\"branch\":\"other\",\"key\":\"a\",\"value\":1}",
      STRATA_PERMISSION_DENIED},
     {"alice reads other", ALICE_K, "{\"op\":\"kv.get\",\"branch\":\"other\",\"key\":\"k\"}",
      STRATA_PERMISSION_DENIED},
     {"alice creates team-a again (allowed, exists)", ALICE_K,
      "{\"op\":\"branch.create\",\"name\":\"team-a\"}", STRATA_BRANCH_EXISTS},
     {"alice lists keys", ALICE_K, "{\"op\":\"auth.list\"}", STRATA_PERMISSION_DENIED},
-    {"alice adds a member", ALICE_K, "{\"op\":\"cluster.add_member\",\"id\":9,\"address\":\"127.0.0.1:1\"}",
+    {"alice adds a member", ALICE_K,
+     "{\"op\":\"cluster.add_member\",\"id\":9,\"address\":\"127.0.0.1:1\"}",
      STRATA_PERMISSION_DENIED},
     {"alice asks for the status", ALICE_K, "{\"op\":\"cluster.status\"}", 0},
-    {"rob (read *) reads other", ROB_K, "{\"op\":\"kv.get\",\"branch\":\"other\",\"key\":\"k\"}", 0},
-    {"rob writes team-a", ROB_K, "{\"op\":\"kv.put\",\"branch\":\"team-a\",\"key\":\"r\",\"value\":1}",
+    {"rob (read *) reads other", ROB_K, "{\"op\":\"kv.get\",\"branch\":\"other\",\"key\":\"k\"}",
+     0},
+    {"rob writes team-a", ROB_K,
+     "{\"op\":\"kv.put\",\"branch\":\"team-a\",\"key\":\"r\",\"value\":1}",
      STRATA_PERMISSION_DENIED},
     {"rob creates team-a", ROB_K, "{\"op\":\"branch.create\",\"name\":\"team-a\"}",
      STRATA_PERMISSION_DENIED},
     {"rob removes alice", ROB_K, "{\"op\":\"auth.remove\",\"name\":\"alice\"}",
      STRATA_PERMISSION_DENIED},
     {"ops (admin *) lists keys", OPS_K, "{\"op\":\"auth.list\"}", 0},
-    {"ops writes other", OPS_K, "{\"op\":\"kv.put\",\"branch\":\"other\",\"key\":\"o\",\"value\":1}", 0},
+    {"ops writes other", OPS_K,
+     "{\"op\":\"kv.put\",\"branch\":\"other\",\"key\":\"o\",\"value\":1}", 0},
     {"tadmin (admin team-a) writes team-a", TADMIN_K,
      "{\"op\":\"kv.put\",\"branch\":\"team-a\",\"key\":\"t\",\"value\":1}", 0},
-    {"tadmin writes team-b", TADMIN_K, "{\"op\":\"kv.put\",\"branch\":\"team-b\",\"key\":\"t\",\"value\":1}",
+    {"tadmin writes team-b", TADMIN_K,
+     "{\"op\":\"kv.put\",\"branch\":\"team-b\",\"key\":\"t\",\"value\":1}",
      STRATA_PERMISSION_DENIED},
     {"tadmin lists keys (admin on team-a is not cluster admin)", TADMIN_K, "{\"op\":\"auth.list\"}",
      STRATA_PERMISSION_DENIED},
-    {"an unknown key reads", UNKNOWN_K, "{\"op\":\"kv.get\",\"key\":\"k\"}", STRATA_UNAUTHENTICATED},
-    {"the file's reader key reads other", READER_K, "{\"op\":\"kv.get\",\"branch\":\"other\",\"key\":\"k\"}", 0},
+    {"an unknown key reads", UNKNOWN_K, "{\"op\":\"kv.get\",\"key\":\"k\"}",
+     STRATA_UNAUTHENTICATED},
+    {"the file's reader key reads other", READER_K,
+     "{\"op\":\"kv.get\",\"branch\":\"other\",\"key\":\"k\"}", 0},
     {"the file's reader key writes other", READER_K,
-     "{\"op\":\"kv.put\",\"branch\":\"other\",\"key\":\"x\",\"value\":1}", STRATA_PERMISSION_DENIED},
+     "{\"op\":\"kv.put\",\"branch\":\"other\",\"key\":\"x\",\"value\":1}",
+     STRATA_PERMISSION_DENIED},
 };
 #define NCASES (sizeof cases / sizeof cases[0])
 
@@ -130,21 +141,24 @@ static long revoke_round(struct h_cluster *c, int via_grant, int via, struct str
         alice[i] = h_open_node(c, i, ALICE);
     }
     char json[256];
-    int rc = run(c, via_grant, OPS, NULL, &e,
-                 "{\"op\":\"auth.grant\",\"name\":\"alice\",\"perm\":\"write\",\"patterns\":[\"team-*\"]}");
+    int rc = run(
+        c, via_grant, OPS, NULL, &e,
+        "{\"op\":\"auth.grant\",\"name\":\"alice\",\"perm\":\"write\",\"patterns\":[\"team-*\"]}");
     CHECK(rc == 0, "grant alice write on team-* through node %d (%s %s)", via_grant + 1,
           err_name(rc), e.msg);
     bool all = true;
     for (int i = 0; i < NODES; i++) {
-        snprintf(json, sizeof json, "{\"op\":\"kv.put\",\"branch\":\"team-a\",\"key\":\"r\",\"value\":%d}", i);
+        snprintf(json, sizeof json,
+                 "{\"op\":\"kv.put\",\"branch\":\"team-a\",\"key\":\"r\",\"value\":%d}", i);
         rc = h_exec(alice[i], 0, NULL, &e, "%s", json);
         all = all && rc == 0;
         if (rc)
             h_note("node %d: %s %s", i + 1, err_name(rc), e.msg);
     }
     CHECK(all, "right after the grant, every node allows alice's write");
-    rc = run(c, via, OPS, NULL, &e,
-             "{\"op\":\"auth.revoke\",\"name\":\"alice\",\"perm\":\"write\",\"patterns\":[\"team-*\"]}");
+    rc = run(
+        c, via, OPS, NULL, &e,
+        "{\"op\":\"auth.revoke\",\"name\":\"alice\",\"perm\":\"write\",\"patterns\":[\"team-*\"]}");
     uint64_t t0 = h_now_ms();
     CHECK(rc == 0, "revoke it through node %d (%s %s)", via + 1, err_name(rc), e.msg);
     for (int i = 0; i < NODES; i++)
@@ -203,7 +217,8 @@ static void setup_keys(struct h_cluster *c)
         snprintf(json, sizeof json, "{\"op\":\"branch.create\",\"name\":\"%s\"}", br[i]);
         int rc = run(c, (int)i, ROOT, NULL, &e, json);
         CHECK(rc == 0, "root creates %s (%s %s)", br[i], err_name(rc), e.msg);
-        snprintf(json, sizeof json, "{\"op\":\"kv.put\",\"branch\":\"%s\",\"key\":\"k\",\"value\":\"v\"}", br[i]);
+        snprintf(json, sizeof json,
+                 "{\"op\":\"kv.put\",\"branch\":\"%s\",\"key\":\"k\",\"value\":\"v\"}", br[i]);
         rc = run(c, (int)i, ROOT, NULL, &e, json);
         CHECK(rc == 0, "root writes to %s (%s %s)", br[i], err_name(rc), e.msg);
     }
@@ -233,7 +248,8 @@ static void setup_keys(struct h_cluster *c)
     CHECK(rc == 0 && strlen(rob_key) == 64, "auth.add rob with a generated key (%s %s): '%s'",
           err_name(rc), e.msg, rob_key);
     rc = run(c, 0, ROOT, NULL, &e,
-             "{\"op\":\"auth.add\",\"name\":\"ops\",\"key\":\"" OPS "\",\"grants\":[{\"perm\":\"admin\","
+             "{\"op\":\"auth.add\",\"name\":\"ops\",\"key\":\"" OPS
+             "\",\"grants\":[{\"perm\":\"admin\","
              "\"patterns\":[\"*\"]}]}");
     CHECK(rc == 0, "auth.add ops (admin on *) through node 1 (%s %s)", err_name(rc), e.msg);
     rc = run(c, 0, ROOT, NULL, &e,
@@ -280,18 +296,22 @@ static void bad_changes(struct h_cluster *c)
         {"unknown permission", OPS,
          "{\"op\":\"auth.add\",\"name\":\"x\",\"perm\":\"superuser\",\"patterns\":[\"*\"]}",
          STRATA_INVALID_ARGUMENT, "unknown permission 'superuser'"},
-        {"empty pattern", OPS, "{\"op\":\"auth.grant\",\"name\":\"alice\",\"perm\":\"read\",\"patterns\":[\"\"]}",
+        {"empty pattern", OPS,
+         "{\"op\":\"auth.grant\",\"name\":\"alice\",\"perm\":\"read\",\"patterns\":[\"\"]}",
          STRATA_INVALID_ARGUMENT, "empty pattern"},
-        {"no patterns", OPS, "{\"op\":\"auth.grant\",\"name\":\"alice\",\"perm\":\"read\",\"patterns\":[]}",
+        {"no patterns", OPS,
+         "{\"op\":\"auth.grant\",\"name\":\"alice\",\"perm\":\"read\",\"patterns\":[]}",
          STRATA_INVALID_ARGUMENT, "'patterns'"},
         {"duplicate key", OPS,
-         "{\"op\":\"auth.add\",\"name\":\"alice2\",\"key\":\"" ALICE "\",\"perm\":\"read\",\"patterns\":[\"*\"]}",
+         "{\"op\":\"auth.add\",\"name\":\"alice2\",\"key\":\"" ALICE
+         "\",\"perm\":\"read\",\"patterns\":[\"*\"]}",
          STRATA_ALREADY_EXISTS, "already in the table (as 'alice')"},
         {"duplicate name", OPS,
          "{\"op\":\"auth.add\",\"name\":\"alice\",\"perm\":\"read\",\"patterns\":[\"*\"]}",
          STRATA_ALREADY_EXISTS, "named 'alice' exists"},
         {"a key too short to be safe", OPS,
-         "{\"op\":\"auth.add\",\"name\":\"y\",\"key\":\"short\",\"perm\":\"read\",\"patterns\":[\"*\"]}",
+         "{\"op\":\"auth.add\",\"name\":\"y\",\"key\":\"short\",\"perm\":\"read\",\"patterns\":[\"*"
+         "\"]}",
          STRATA_INVALID_ARGUMENT, "'key' must be"},
         {"revoking what was not granted", OPS,
          "{\"op\":\"auth.revoke\",\"name\":\"alice\",\"perm\":\"read\",\"patterns\":[\"team-*\"]}",
@@ -375,8 +395,8 @@ static void cut_off(struct h_cluster *c)
             h_note("stale read: %s %s", err_name(rc), e.msg);
         h_sleep_ms(100);
     }
-    h_note("node %d refused to authorize %ld ms after the meta group lost its quorum",
-           keep + 1, refused_at);
+    h_note("node %d refused to authorize %ld ms after the meta group lost its quorum", keep + 1,
+           refused_at);
     CHECK(refused_at >= 0 && refused_at <= 9000,
           "cut off from the meta group, node %d stops authorizing within 9 s (%ld ms: %s)",
           keep + 1, refused_at, e.msg);
@@ -399,8 +419,8 @@ void test_auth_meta(void)
 {
     char keyfile[H_PATH_MAX];
     h_write_file("api-keys", keys_file, keyfile, sizeof keyfile);
-    static const char *extra[] = {"--api-keys", NULL, "--shards", "3", "--replication-factor", "3",
-                                  NULL};
+    static const char *extra[] = {"--api-keys",           NULL, "--shards", "3",
+                                  "--replication-factor", "3",  NULL};
     extra[1] = keyfile;
     static struct h_cluster c;
     h_cluster_init(&c, "authmeta", NODES, extra);
@@ -434,8 +454,9 @@ void test_auth_meta(void)
     h_note("a revoked write was last allowed through a node after: median %ld ms, max %ld ms "
            "(%zu node-rounds, polled for %d ms each)",
            all[nall / 2], all[nall - 1], nall, POLL_MS);
-    CHECK(bounded, "every node refused every write later than %d ms after the revocation "
-                   "(max %ld ms)",
+    CHECK(bounded,
+          "every node refused every write later than %d ms after the revocation "
+          "(max %ld ms)",
           REVOKE_BOUND_MS, all[nall - 1]);
     CHECK(via_first, "the node a revocation went through refused the very next write");
 
@@ -480,8 +501,8 @@ void test_auth_meta(void)
         strata_close(rob[i]);
         strata_close(alice[i]);
         rc = run(&c, i, rob_key, NULL, &e, "{\"op\":\"cluster.status\"}");
-        CHECK(rc == STRATA_UNAUTHENTICATED, "a new connection with rob's key to node %d: %s",
-              i + 1, err_name(rc));
+        CHECK(rc == STRATA_UNAUTHENTICATED, "a new connection with rob's key to node %d: %s", i + 1,
+              err_name(rc));
     }
     /* Back to the first state (rob with a new key) for the restart. */
     struct buf res;
@@ -496,8 +517,9 @@ void test_auth_meta(void)
     buf_close(&res);
     CHECK(rc == 0 && strlen(rob_key) == 64, "rob is back with a new key (%s %s)", err_name(rc),
           e.msg);
-    rc = run(&c, 1, OPS, NULL, &e,
-             "{\"op\":\"auth.grant\",\"name\":\"alice\",\"perm\":\"write\",\"patterns\":[\"team-*\"]}");
+    rc = run(
+        &c, 1, OPS, NULL, &e,
+        "{\"op\":\"auth.grant\",\"name\":\"alice\",\"perm\":\"write\",\"patterns\":[\"team-*\"]}");
     CHECK(rc == 0, "alice may write team-* again (%s %s)", err_name(rc), e.msg);
 
     /* A full restart keeps the table, and the table wins over a changed key file. */
@@ -512,8 +534,9 @@ void test_auth_meta(void)
         CHECK(h_node_wait_exit(&c, i, 15000) == 0, "node %d stopped", i + 1);
     h_write_file("api-keys", keys_loose, keyfile, sizeof keyfile);
     for (int i = 0; i < NODES; i++)
-        REQUIRE(h_node_start(&c, i) == 0, "node %d restarted (with a key file where alice may "
-                                          "write everything)",
+        REQUIRE(h_node_start(&c, i) == 0,
+                "node %d restarted (with a key file where alice may "
+                "write everything)",
                 i + 1);
     REQUIRE(wait_groups(&c), "the meta group and every shard have a leader again");
     rc = list_on(&c, 2, &after);

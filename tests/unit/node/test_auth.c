@@ -243,10 +243,9 @@ static void test_table_from_file_maps_modes(void **state)
     /* Digests are SHA-256 of the key (FIPS 180-2 test vector for "abc"). */
     uint8_t d[AUTHZ_DIGEST_LEN];
     authz_digest("abc", 3, d);
-    static const uint8_t abc[] = {0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea,
-                                  0x41, 0x41, 0x40, 0xde, 0x5d, 0xae, 0x22, 0x23,
-                                  0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c,
-                                  0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad};
+    static const uint8_t abc[] = {0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40,
+                                  0xde, 0x5d, 0xae, 0x22, 0x23, 0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17,
+                                  0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad};
     assert_memory_equal(d, abc, sizeof abc);
     authz_digest("agent-secret", 12, d);
     assert_ptr_equal(authz_table_find(&t, d), named(&t, "agent"));
@@ -342,8 +341,9 @@ static void test_encode_decode_roundtrip(void **state)
     authz_table_init(&big);
     bool changed;
     struct err e;
-    assert_int_equal(apply(&big, "{\"op\":\"auth.add\",\"name\":\"k0\",\"key\":\"k0-0123456789abcdef\","
-                                 "\"perm\":\"admin\",\"patterns\":[\"*\"]}",
+    assert_int_equal(apply(&big,
+                           "{\"op\":\"auth.add\",\"name\":\"k0\",\"key\":\"k0-0123456789abcdef\","
+                           "\"perm\":\"admin\",\"patterns\":[\"*\"]}",
                            &changed, &e),
                      0);
     for (int i = 1; i < 1000; i++) {
@@ -423,14 +423,15 @@ static void test_decode_rejects_bad_tables(void **state)
     }
     /* Entries with a valid digest and one bad field each. */
     static const struct {
-        const char *node;     /* "t", "f", "x" (not a bool) or NULL */
-        const char *grants;   /* JSON of the grants array */
-        int twice;            /* 1: the same entry twice; 2: twice, names differ */
+        const char *node;   /* "t", "f", "x" (not a bool) or NULL */
+        const char *grants; /* JSON of the grants array */
+        int twice;          /* 1: the same entry twice; 2: twice, names differ */
         const char *msg;
     } ents[] = {
         {NULL, "{}", 0, "'grants'"},
-        {NULL, "[{\"perm\":\"read\",\"patterns\":[\"*\"]},{\"perm\":\"write\",\"patterns\":[\"*\"]},"
-               "{\"perm\":\"admin\",\"patterns\":[\"*\"]},{\"perm\":\"read\",\"patterns\":[\"*\"]}]",
+        {NULL,
+         "[{\"perm\":\"read\",\"patterns\":[\"*\"]},{\"perm\":\"write\",\"patterns\":[\"*\"]},"
+         "{\"perm\":\"admin\",\"patterns\":[\"*\"]},{\"perm\":\"read\",\"patterns\":[\"*\"]}]",
          0, "'grants'"},
         {NULL, "[1]", 0, "not a map"},
         {NULL, "[{\"perm\":\"root\",\"patterns\":[\"*\"]}]", 0, "unknown permission"},
@@ -443,8 +444,9 @@ static void test_decode_rejects_bad_tables(void **state)
         {NULL, "[{\"perm\":\"read\",\"patterns\":[\"a b\"]}]", 0, "not a valid pattern"},
         {NULL, "[{\"perm\":\"read\",\"patterns\":[3]}]", 0, "not a valid pattern"},
         {NULL, "[{\"perm\":\"read\",\"patterns\":[\"a\",\"a\"]}]", 0, "repeated"},
-        {NULL, "[{\"perm\":\"read\",\"patterns\":[\"a\"]},{\"perm\":\"read\",\"patterns\":[\"b\"]}]",
-         0, "two grants"},
+        {NULL,
+         "[{\"perm\":\"read\",\"patterns\":[\"a\"]},{\"perm\":\"read\",\"patterns\":[\"b\"]}]", 0,
+         "two grants"},
         {"x", "[]", 0, "'node'"},
         {"t", "[{\"perm\":\"write\",\"patterns\":[\"*\"]}]", 0, "nodes' key"},
         {NULL, "[]", 1, "the name is repeated"},
@@ -612,7 +614,8 @@ static void test_change_parse_bad_input(void **state)
         const char *json, *msg;
     } bad[] = {
         {"{\"op\":\"auth.add\",\"perm\":\"read\",\"patterns\":[\"*\"]}", "missing argument 'name'"},
-        {"{\"op\":\"auth.add\",\"name\":7,\"perm\":\"read\",\"patterns\":[\"*\"]}", "'name' must be"},
+        {"{\"op\":\"auth.add\",\"name\":7,\"perm\":\"read\",\"patterns\":[\"*\"]}",
+         "'name' must be"},
         {"{\"op\":\"auth.add\",\"name\":\"a/b\",\"perm\":\"read\",\"patterns\":[\"*\"]}",
          "invalid key name"},
         {"{\"op\":\"auth.add\",\"name\":\"a\",\"perm\":\"superuser\",\"patterns\":[\"*\"]}",
@@ -621,13 +624,17 @@ static void test_change_parse_bad_input(void **state)
          "unknown permission 'none'"},
         {"{\"op\":\"auth.add\",\"name\":\"a\",\"patterns\":[\"*\"]}", "missing argument 'perm'"},
         {"{\"op\":\"auth.add\",\"name\":\"a\",\"perm\":\"read\"}", "'patterns' must be"},
-        {"{\"op\":\"auth.add\",\"name\":\"a\",\"perm\":\"read\",\"patterns\":[]}", "'patterns' must be"},
-        {"{\"op\":\"auth.add\",\"name\":\"a\",\"perm\":\"read\",\"patterns\":[\"\"]}", "empty pattern"},
-        {"{\"op\":\"auth.add\",\"name\":\"a\",\"perm\":\"read\",\"patterns\":\"*\"}", "'patterns' must be"},
+        {"{\"op\":\"auth.add\",\"name\":\"a\",\"perm\":\"read\",\"patterns\":[]}",
+         "'patterns' must be"},
+        {"{\"op\":\"auth.add\",\"name\":\"a\",\"perm\":\"read\",\"patterns\":[\"\"]}",
+         "empty pattern"},
+        {"{\"op\":\"auth.add\",\"name\":\"a\",\"perm\":\"read\",\"patterns\":\"*\"}",
+         "'patterns' must be"},
         {"{\"op\":\"auth.add\",\"name\":\"a\",\"perm\":\"read\",\"patterns\":[1]}", "not a string"},
         {"{\"op\":\"auth.add\",\"name\":\"a\",\"perm\":\"read\",\"patterns\":[\"a,b\"]}",
          "invalid pattern"},
-        {"{\"op\":\"auth.add\",\"name\":\"a\",\"key\":\"short\",\"perm\":\"read\",\"patterns\":[\"*\"]}",
+        {"{\"op\":\"auth.add\",\"name\":\"a\",\"key\":\"short\",\"perm\":\"read\",\"patterns\":[\"*"
+         "\"]}",
          "argument 'key' must be"},
         {"{\"op\":\"auth.add\",\"name\":\"a\",\"key\":\"has space 0123456789\",\"perm\":\"read\","
          "\"patterns\":[\"*\"]}",
@@ -635,9 +642,11 @@ static void test_change_parse_bad_input(void **state)
         {"{\"op\":\"auth.add\",\"name\":\"a\",\"key\":\"0123456789abcdefgh\",\"generate\":true,"
          "\"perm\":\"read\",\"patterns\":[\"*\"]}",
          "not both"},
-        {"{\"op\":\"auth.add\",\"name\":\"a\",\"generate\":1,\"perm\":\"read\",\"patterns\":[\"*\"]}",
+        {"{\"op\":\"auth.add\",\"name\":\"a\",\"generate\":1,\"perm\":\"read\",\"patterns\":[\"*\"]"
+         "}",
          "'generate' must be"},
-        {"{\"op\":\"auth.add\",\"name\":\"a\",\"generate\":false,\"perm\":\"read\",\"patterns\":[\"*\"]}",
+        {"{\"op\":\"auth.add\",\"name\":\"a\",\"generate\":false,\"perm\":\"read\",\"patterns\":["
+         "\"*\"]}",
          "give 'key', or 'generate': true"},
         {"{\"op\":\"auth.add\",\"name\":\"a\",\"grants\":[],\"perm\":\"read\"}", "not both"},
         {"{\"op\":\"auth.add\",\"name\":\"a\",\"grants\":[]}", "'grants' must be"},
@@ -664,13 +673,14 @@ static void test_change_parse_bad_input(void **state)
     /* Good ones. */
     struct authz_change c;
     struct err e;
-    assert_int_equal(parse("{\"op\":\"auth.add\",\"name\":\"a\",\"perm\":\"read\",\"patterns\":[\"*\"]}",
-                           &c, &e),
-                     0);
+    assert_int_equal(
+        parse("{\"op\":\"auth.add\",\"name\":\"a\",\"perm\":\"read\",\"patterns\":[\"*\"]}", &c,
+              &e),
+        0);
     assert_true(c.generate);
     authz_change_free(&c);
-    assert_int_equal(parse("{\"op\":\"auth.revoke\",\"name\":\"a\",\"patterns\":[\"x\",\"x\"]}", &c, &e),
-                     0);
+    assert_int_equal(
+        parse("{\"op\":\"auth.revoke\",\"name\":\"a\",\"patterns\":[\"x\",\"x\"]}", &c, &e), 0);
     assert_int_equal(c.grants[0].perm, AUTHZ_NONE);
     assert_int_equal(c.grants[0].npatterns, 1); /* deduplicated */
     authz_change_free(&c);
@@ -697,34 +707,36 @@ static void test_apply_add_grant_revoke_remove(void **state)
     assert_int_equal(right(&t, "ci", "main"), AUTHZ_READ);
     assert_int_equal(right(&t, "ci", "ci-7"), AUTHZ_WRITE);
     /* grant more; a repeated grant changes nothing */
-    assert_int_equal(apply(&t, "{\"op\":\"auth.grant\",\"name\":\"ci\",\"perm\":\"write\","
-                               "\"patterns\":[\"main\"]}",
+    assert_int_equal(apply(&t,
+                           "{\"op\":\"auth.grant\",\"name\":\"ci\",\"perm\":\"write\","
+                           "\"patterns\":[\"main\"]}",
                            &changed, &e),
                      0);
     assert_true(changed);
     assert_int_equal(right(&t, "ci", "main"), AUTHZ_WRITE);
-    assert_int_equal(apply(&t, "{\"op\":\"auth.grant\",\"name\":\"ci\",\"perm\":\"write\","
-                               "\"patterns\":[\"main\"]}",
+    assert_int_equal(apply(&t,
+                           "{\"op\":\"auth.grant\",\"name\":\"ci\",\"perm\":\"write\","
+                           "\"patterns\":[\"main\"]}",
                            &changed, &e),
                      0);
     assert_false(changed);
     /* revoke exactly what was granted */
-    assert_int_equal(apply(&t, "{\"op\":\"auth.revoke\",\"name\":\"ci\",\"perm\":\"write\","
-                               "\"patterns\":[\"main\"]}",
+    assert_int_equal(apply(&t,
+                           "{\"op\":\"auth.revoke\",\"name\":\"ci\",\"perm\":\"write\","
+                           "\"patterns\":[\"main\"]}",
                            &changed, &e),
                      0);
     assert_true(changed);
     assert_int_equal(right(&t, "ci", "main"), AUTHZ_READ);
     /* revoke a whole permission */
-    assert_int_equal(apply(&t, "{\"op\":\"auth.revoke\",\"name\":\"ci\",\"perm\":\"write\"}",
-                           &changed, &e),
-                     0);
+    assert_int_equal(
+        apply(&t, "{\"op\":\"auth.revoke\",\"name\":\"ci\",\"perm\":\"write\"}", &changed, &e), 0);
     assert_int_equal(right(&t, "ci", "ci-1"), AUTHZ_READ);
     assert_int_equal(named(&t, "ci")->ngrants, 1);
     /* revoke a pattern from whichever permission holds it */
-    assert_int_equal(apply(&t, "{\"op\":\"auth.revoke\",\"name\":\"ci\",\"patterns\":[\"*\"]}",
-                           &changed, &e),
-                     0);
+    assert_int_equal(
+        apply(&t, "{\"op\":\"auth.revoke\",\"name\":\"ci\",\"patterns\":[\"*\"]}", &changed, &e),
+        0);
     assert_int_equal(right(&t, "ci", "main"), AUTHZ_NONE);
     assert_int_equal(named(&t, "ci")->ngrants, 0);
     assert_roundtrip(&t);
@@ -734,8 +746,9 @@ static void test_apply_add_grant_revoke_remove(void **state)
     assert_null(authz_table_find(&t, d));
     assert_int_equal(t.nkeys, 4);
     /* a second admin on '*' lets the first non-node admin go */
-    assert_int_equal(apply(&t, "{\"op\":\"auth.grant\",\"name\":\"boss\",\"perm\":\"admin\","
-                               "\"patterns\":[\"*\"]}",
+    assert_int_equal(apply(&t,
+                           "{\"op\":\"auth.grant\",\"name\":\"boss\",\"perm\":\"admin\","
+                           "\"patterns\":[\"*\"]}",
                            &changed, &e),
                      0);
     assert_true(authz_entry_cluster_admin(named(&t, "boss")));
@@ -756,15 +769,17 @@ static void test_apply_errors_change_nothing(void **state)
      * one added through the API). */
     bool changed;
     struct err e;
-    assert_int_equal(apply(&t, "{\"op\":\"auth.add\",\"name\":\"x1\",\"key\":\"dup-key-0123456789\","
-                               "\"perm\":\"read\",\"patterns\":[\"*\"]}",
+    assert_int_equal(apply(&t,
+                           "{\"op\":\"auth.add\",\"name\":\"x1\",\"key\":\"dup-key-0123456789\","
+                           "\"perm\":\"read\",\"patterns\":[\"*\"]}",
                            &changed, &e),
                      0);
     apply_fails(&t,
                 "{\"op\":\"auth.add\",\"name\":\"x2\",\"key\":\"dup-key-0123456789\","
                 "\"perm\":\"read\",\"patterns\":[\"*\"]}",
                 STRATA_ALREADY_EXISTS, "already in the table (as 'x1')");
-    apply_fails(&t, "{\"op\":\"auth.grant\",\"name\":\"ghost\",\"perm\":\"read\",\"patterns\":[\"*\"]}",
+    apply_fails(&t,
+                "{\"op\":\"auth.grant\",\"name\":\"ghost\",\"perm\":\"read\",\"patterns\":[\"*\"]}",
                 STRATA_NOT_FOUND, "no API key is named 'ghost'");
     apply_fails(&t, "{\"op\":\"auth.remove\",\"name\":\"ghost\"}", STRATA_NOT_FOUND, "ghost");
     /* revoking something not granted: an error, and nothing else is revoked either */
@@ -774,8 +789,9 @@ static void test_apply_errors_change_nothing(void **state)
                 STRATA_NOT_FOUND, "no write grant on 'typo-*'");
     apply_fails(&t, "{\"op\":\"auth.revoke\",\"name\":\"agent\",\"perm\":\"admin\"}",
                 STRATA_NOT_FOUND, "no admin grant");
-    apply_fails(&t, "{\"op\":\"auth.revoke\",\"name\":\"reader\",\"perm\":\"read\",\"patterns\":[\"x\"]}",
-                STRATA_NOT_FOUND, "no read grant on 'x'");
+    apply_fails(
+        &t, "{\"op\":\"auth.revoke\",\"name\":\"reader\",\"perm\":\"read\",\"patterns\":[\"x\"]}",
+        STRATA_NOT_FOUND, "no read grant on 'x'");
     /* the nodes' key stays, and stays admin on '*' */
     apply_fails(&t, "{\"op\":\"auth.remove\",\"name\":\"key-1\"}", STRATA_INVALID_ARGUMENT,
                 "nodes' own key");
@@ -786,17 +802,18 @@ static void test_apply_errors_change_nothing(void **state)
 
     /* Without a nodes' key: the last admin on '*' cannot go. */
     authz_table_init(&t);
-    assert_int_equal(apply(&t, "{\"op\":\"auth.add\",\"name\":\"only\",\"key\":\"only-admin-0123456\","
-                               "\"perm\":\"admin\",\"patterns\":[\"*\",\"x\"]}",
+    assert_int_equal(apply(&t,
+                           "{\"op\":\"auth.add\",\"name\":\"only\",\"key\":\"only-admin-0123456\","
+                           "\"perm\":\"admin\",\"patterns\":[\"*\",\"x\"]}",
                            &changed, &e),
                      0);
     apply_fails(&t, "{\"op\":\"auth.remove\",\"name\":\"only\"}", STRATA_INVALID_ARGUMENT,
                 "no API key with admin on '*'");
     apply_fails(&t, "{\"op\":\"auth.revoke\",\"name\":\"only\",\"patterns\":[\"*\"]}",
                 STRATA_INVALID_ARGUMENT, "no API key with admin on '*'");
-    assert_int_equal(apply(&t, "{\"op\":\"auth.revoke\",\"name\":\"only\",\"patterns\":[\"x\"]}",
-                           &changed, &e),
-                     0);
+    assert_int_equal(
+        apply(&t, "{\"op\":\"auth.revoke\",\"name\":\"only\",\"patterns\":[\"x\"]}", &changed, &e),
+        0);
     authz_table_free(&t);
 }
 
@@ -805,8 +822,10 @@ static void test_apply_out_of_memory_changes_nothing(void **state)
     (void)state;
     static const char *const ops[] = {
         "{\"op\":\"auth.add\",\"name\":\"n\",\"key\":\"n-key-0123456789ab\","
-        "\"grants\":[{\"perm\":\"read\",\"patterns\":[\"*\"]},{\"perm\":\"write\",\"patterns\":[\"n-*\"]}]}",
-        "{\"op\":\"auth.grant\",\"name\":\"agent\",\"perm\":\"read\",\"patterns\":[\"main\",\"dev\"]}",
+        "\"grants\":[{\"perm\":\"read\",\"patterns\":[\"*\"]},{\"perm\":\"write\",\"patterns\":["
+        "\"n-*\"]}]}",
+        "{\"op\":\"auth.grant\",\"name\":\"agent\",\"perm\":\"read\",\"patterns\":[\"main\","
+        "\"dev\"]}",
         "{\"op\":\"auth.revoke\",\"name\":\"agent\",\"perm\":\"write\",\"patterns\":[\"tmp-*\"]}",
         "{\"op\":\"auth.remove\",\"name\":\"agent\"}",
     };
