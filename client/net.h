@@ -8,30 +8,67 @@
 #include <stdbool.h>
 
 #define NET_MAX_SEEDS 16
+#define NET_ADDR_MAX 256
+
+struct routing;
+
+/* One connection to one node (at most one per address). */
+struct net_conn {
+    char addr[NET_ADDR_MAX];
+    int fd; /* -1 when closed */
+    struct proto_reader rd;
+    uint64_t node_id;    /* from its WELCOME */
+    uint64_t down_until; /* monotonic ms: connecting failed, prefer other nodes until then */
+    struct buf out;      /* the current round's requests to it */
+    size_t waiting;      /* the current round's requests without an answer */
+    bool checked;        /* known open in the current round (not probed again) */
+};
+
+/* How commands are placed on connections. */
+enum net_mode {
+    NET_MODE_PROBE = 0, /* not known yet whether the servers are sharded: like SINGLE, and
+                         * cluster.placement is asked again now and then */
+    NET_MODE_SINGLE,    /* one connection, to the node believed to lead; servers route
+                         * (a server without cluster.placement, or ?routing=server) */
+    NET_MODE_ROUTED,    /* the placement is cached: each command to its shard's leader */
+};
 
 struct net {
-    char seeds[NET_MAX_SEEDS][256];
+    char seeds[NET_MAX_SEEDS][NET_ADDR_MAX];
     size_t nseeds, next_seed;
-    char leader[256];    /* the node believed to lead, "" if unknown */
-    char connected[256]; /* address of the open connection */
     char api_key[256];
     bool has_key;
-    int fd;
-    struct proto_reader rd;
+    bool pinned; /* ?routing=server: never NET_MODE_ROUTED */
+    enum net_mode mode;
+    char leader[NET_ADDR_MAX]; /* PROBE/SINGLE: the node believed to lead, "" if unknown */
+    struct net_conn *conns;    /* owned */
+    size_t nconns, cap;
+    int home; /* index of the connection for commands without a branch, -1 if none */
+    char cluster_id[128];
+    struct routing *rt; /* owned; NET_MODE_ROUTED */
+    bool stale;         /* the cached table may be behind: re-read before the next round */
+    bool dirty;         /* a branch was made or removed through this handle since the read */
+    uint64_t probe_after, refreshed_ms;    /* monotonic ms */
+    char sess_branch[129], sess_space[65]; /* session.use defaults, "" = none */
     uint64_t next_id;
     int timeout_ms, connect_timeout_ms;
     uint64_t call_deadline; /* monotonic ms: the current call gives up then */
     bool refused;           /* the last handshake was refused for good (key, version) */
+    bool moved;             /* the current call met MOVED (or a stale BRANCH_NOT_FOUND) */
 };
 
 void net_set_timeouts(struct net *n, int op_ms, int connect_ms);
 
-/* Parse "[KEY@]HOST[:PORT][,HOST[:PORT]...]" (after "strata://"). No I/O. */
+/* Parse "[KEY@]HOST[:PORT][,HOST[:PORT]...][/][?routing=client|server]" (after
+ * "strata://"). No I/O. */
 int net_parse(struct net *n, const char *uri, const char *rest, struct err *err);
+/* Close every connection and free what the handle owns (the struct itself is the
+ * caller's). */
 void net_close(struct net *n);
-/* Execute cnt commands pipelined on one connection; per-command codes, results and
- * errors. Reads are retried across reconnects; a write whose connection failed after it
- * was sent ends UNKNOWN_OUTCOME. Returns 0 (look at codes) or OUT_OF_MEMORY. */
+/* Execute cnt commands pipelined (one pipeline per node they go to); per-command codes,
+ * results and errors. Reads are retried across reconnects; a write whose connection
+ * failed after it was sent ends UNKNOWN_OUTCOME. Returns 0 (look at codes) or
+ * OUT_OF_MEMORY. */
 int net_exec_many(struct net *n, const uint8_t *const *cmds, const size_t *lens, size_t cnt,
                   unsigned flags, struct buf *results, int *codes, struct err *errs);
 

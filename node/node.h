@@ -332,7 +332,7 @@ struct node {
     uint64_t last_spread_ms;
     /* Rebalancer (rebalance.c). */
     bool rb_busy;
-    uint64_t rb_busy_since, rb_last_step_ms, rb_steps;
+    uint64_t rb_busy_since, rb_last_step_ms, rb_steps, rb_stale_since;
     uint32_t rb_next;
     uint64_t rb_ok_epoch[PL_MAX_SHARDS + 1];     /* shard epoch its members matched */
     uint64_t rb_checked_ms[PL_MAX_SHARDS + 1];

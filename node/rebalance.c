@@ -134,8 +134,8 @@ static void shard_status_done(void *arg, int code, const uint8_t *result, size_t
     sm_free(sc);
     n->rb_busy = false;
     if (code) {
-        log_debug("rebalance: shard %u status: %s: %s", sid, err_name(code),
-                  message ? message : "");
+        log_info("rebalance: shard %u: members not known: %s: %s", sid, err_name(code),
+                 message ? message : "");
         return;
     }
     const struct pl_shard *s = placement_shard(&n->pl, sid);
@@ -327,6 +327,16 @@ void rebalance_tick(struct node *n, uint64_t now)
     if (n->rb_busy && now - n->rb_busy_since > RB_BUSY_MAX_MS) {
         log_info("rebalance: an action got no answer in %d ms: going on", RB_BUSY_MAX_MS);
         n->rb_busy = false;
+    }
+    if (!current && n->rb_stale_since == 0)
+        n->rb_stale_since = now;
+    if (current)
+        n->rb_stale_since = 0;
+    if (n->rb_stale_since && now - n->rb_stale_since > 5000) {
+        log_info("rebalance: waiting for the table cache (read at %llu, meta applied %llu%s)",
+                 (unsigned long long)n->pl_applied, (unsigned long long)st.applied_index,
+                 n->pl_reading ? ", a read in flight" : "");
+        n->rb_stale_since = now;
     }
     if (n->rb_busy || !current)
         return;

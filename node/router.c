@@ -315,11 +315,14 @@ static void deleted(void *arg, int code, const uint8_t *result, size_t len, cons
 
 static void run_on_shard(struct submit *s)
 {
+    /* A client that names the shard it expects routes by itself: if this node does not
+     * lead that shard it wants NOT_LEADER with the leader, not a silent forward. */
+    uint32_t flags = s->flags | (s->expect.set ? PROTO_REQ_FORWARDED : 0);
     if (s->kind == SK_DELETE) {
-        route_to_group(s->n, s->shard, s->cmd, s->len, s->flags, s->key, deleted, s);
+        route_to_group(s->n, s->shard, s->cmd, s->len, flags, s->key, deleted, s);
         return;
     }
-    route_to_group(s->n, s->shard, s->cmd, s->len, s->flags, s->key, s->cb, s->arg);
+    route_to_group(s->n, s->shard, s->cmd, s->len, flags, s->key, s->cb, s->arg);
     submit_free(s);
 }
 
@@ -667,7 +670,14 @@ static void submit_step(struct submit *s)
             submit_fail(s, err.code, err.msg);
             return;
         }
-        if ((s->shard = shard_of(n, s->names[0], s->lens[0])) != 0) {
+        if ((s->shard = shard_of(n, s->names[0], s->lens[0])) != 0 && !s->refreshed) {
+            /* Placed in our cache: it may have been deleted (and unassigned) through
+             * another node a moment ago. Ask the meta leader before trusting it. */
+            s->refreshed = true;
+            placement_wait(n, 0, true, submit_resume, s);
+            return;
+        }
+        if (s->shard != 0) {
             /* Already placed (it exists, or a create is being retried): the shard answers. */
             route_to_group(n, s->shard, s->cmd, s->len, s->flags, s->key, created, s);
             return;

@@ -153,10 +153,15 @@ const char *node_group_leader(struct node *n, uint32_t id)
     if (g && g->group) {
         struct repl_status st;
         repl_group_status(g->group, &st);
+        bool member = false;
+        for (size_t i = 0; i < st.nmembers; i++)
+            member = member || st.members[i].id == n->cfg.node_id;
         if (st.leader_address[0])
             snprintf(n->hints[id], sizeof n->hints[id], "%s", st.leader_address);
-        else if (st.role != REPL_UNAVAILABLE)
+        else if (member && st.role != REPL_UNAVAILABLE)
             return ""; /* we are a replica and know of no leader: nobody else is better */
+        /* Not (yet) in the group's configuration (a node that joined, a replica being
+         * added): our raft knows nothing, the hints learned from replies do. */
     }
     return n->hints[id];
 }
@@ -990,7 +995,11 @@ static void tick(uv_timer_t *t)
         member = member || st.members[i].id == n->cfg.node_id;
     if (!n->pl_reading) {
         struct node_group *g0 = node_group(n, 0);
-        if (n->pl_fresh_wanted || (!member && now - n->pl_last_remote_ms >= REMOTE_REFRESH_MS)) {
+        /* A replica that knows no leader may have been removed from the meta group
+         * without hearing of it (the leader stops sending to removed members): its own
+         * copy would stay old, so it asks the others too. */
+        bool remote = !member || st.leader_id == 0;
+        if (n->pl_fresh_wanted || (remote && now - n->pl_last_remote_ms >= REMOTE_REFRESH_MS)) {
             start_fresh_read(n);
         } else if (member && g0 && st.applied_index != n->pl_applied) {
             /* Our own replica moved on: read the table from it (no network). */

@@ -584,7 +584,8 @@ static int setup_branches(struct shared *sh, struct strata *db)
     return rc ? EXIT_SETUP : 0;
 }
 
-/* strata://NODE for the k-th (mod n) address of the comma-separated list. */
+/* strata://NODE?routing=server for the k-th (mod n) address of the comma-separated list:
+ * the node gets every command and routes it itself (forwarding to the leaders). */
 static int pin_uri(const char *nodes, int k, char *out, size_t cap)
 {
     int n = 1;
@@ -594,7 +595,7 @@ static int pin_uri(const char *nodes, int k, char *out, size_t cap)
     for (int i = 0; i < k % n; i++)
         p = strchr(p, ',') + 1;
     size_t l = strcspn(p, ",");
-    if (l == 0 || (size_t)snprintf(out, cap, "strata://%.*s", (int)l, p) >= cap) {
+    if (l == 0 || (size_t)snprintf(out, cap, "strata://%.*s?routing=server", (int)l, p) >= cap) {
         fprintf(stderr, "workload: bad --nodes list '%s'\n", nodes);
         return EXIT_USAGE;
     }

@@ -27,7 +27,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define H_MAX_NODES 5
+#define H_MAX_NODES 7
 #define H_PATH_MAX 1024
 
 /* Election/heartbeat timeouts every test cluster uses (fast failover on loopback). */
@@ -118,7 +118,8 @@ int h_log_count(const struct h_cluster *c, int i, const char *needle);
 
 /* Open a libstrata handle on "strata://[KEY@]ADDRS" (key may be NULL). NULL on failure. */
 struct strata *h_open_nodes(const char *key, const char *addrs);
-/* A handle on one node only. */
+/* A handle on one node only ("?routing=server": node i receives every command and
+ * routes it itself, as a client that is not cluster-aware would). */
 struct strata *h_open_node(const struct h_cluster *c, int i, const char *key);
 /* A handle on the whole cluster (every node a seed). */
 struct strata *h_open_cluster(const struct h_cluster *c, const char *key);

@@ -28,7 +28,10 @@ struct strata *h_open_nodes(const char *key, const char *addrs)
 
 struct strata *h_open_node(const struct h_cluster *c, int i, const char *key)
 {
-    return h_open_nodes(key, c->nodes[i].addr);
+    /* Pinned: every command goes to node i, which routes it (forwarding when needed). */
+    char addr[64];
+    snprintf(addr, sizeof addr, "%s?routing=server", c->nodes[i].addr);
+    return h_open_nodes(key, addr);
 }
 
 struct strata *h_open_cluster(const struct h_cluster *c, const char *key)

@@ -33,6 +33,10 @@ static const struct {
     {"file_crash", test_file_crash, 60},
     {"http", test_http, 120},
     {"shards", test_shards, 120},
+    {"rebalance", test_rebalance, 240},
+    {"client_route", test_client_route, 120},
+    {"client_route_unit", test_client_route_unit, 30},
+    {"client_route_fallback", test_client_route_fallback, 30},
 };
 
 int main(int argc, char **argv)

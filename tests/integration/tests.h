@@ -15,5 +15,9 @@ void test_file_durability(void);  /* test_file.c */
 void test_file_crash(void);       /* test_file.c */
 void test_http(void);             /* test_http.c */
 void test_shards(void);           /* test_shards.c */
+void test_rebalance(void);        /* test_rebalance.c */
+void test_client_route(void);      /* test_client_route.c */
+void test_client_route_unit(void); /* test_client_route.c */
+void test_client_route_fallback(void); /* test_client_route.c */
 
 #endif
