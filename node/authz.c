@@ -29,12 +29,19 @@
 #define REMOTE_REFRESH_MS 500 /* non-members: like the placement cache */
 #define AUTHZ_CURRENT_MS 5000 /* a cache not confirmed for this long is not trusted */
 #define CONFIRM_TIMEOUT_MS 2000
+#define STALE_CONFIRM_MS 500 /* the wait when the copy is not current anyway */
+#define SYNC_TIMEOUT_MS 1000 /* a fresh read not answered by then failed (a hung node) */
+#define FAIL_FAST_MS 2000    /* after a failed fresh read, a stale copy refuses at once */
 #define CHANGE_ATTEMPTS 8
 
 static const char auth_cell[] = "auth";
 
+/* A failing meta group costs a waiting request this many fresh reads, not the timeout. */
+#define CONFIRM_TRIES 3
+
 struct authz_waiter {
     uint64_t want;        /* the fresh read that must have succeeded */
+    uint64_t failed;      /* fresh_failed when it started waiting */
     uint64_t version;     /* or, when set: the table version the cache must reach */
     uint64_t deadline_ms; /* answered from the cache as it is after this */
     void (*cb)(void *arg);
@@ -107,6 +114,8 @@ static enum source source(struct node *n, const struct authz_table **t)
 
 /* ---- Decisions ------------------------------------------------------------------------------ */
 
+static void start_fresh(struct node *n);
+
 bool authz_on(struct node *n)
 {
     const struct authz_table *t;
@@ -146,8 +155,13 @@ int authz_request(struct node *n, const uint8_t *digest, enum authz_perm need,
     if (src == SRC_UNKNOWN || src == SRC_STALE) {
         if (need == AUTHZ_NONE && e)
             return 0; /* cluster.status: nothing is read or changed */
-        if (!confirmed)
+        struct authz_state *a = &n->authz;
+        uint64_t now = uv_now(n->loop);
+        bool cut_off = a->last_fail_ms > a->last_ok_ms && now - a->last_fail_ms < FAIL_FAST_MS;
+        if (!confirmed && !cut_off)
             return AUTHZ_AGAIN;
+        if (cut_off && !a->reading)
+            start_fresh(n); /* keep finding out, without making this client wait */
         return err_set(err, STRATA_UNAVAILABLE,
                        "this node's copy of the access table is not current (no contact with "
                        "the meta group): try again or another node");
@@ -245,7 +259,8 @@ static void waiters_check(struct node *n, uint64_t seq)
     struct authz_waiter *ready = NULL, **tail = &ready;
     for (struct authz_waiter **pp = &a->waiters; *pp;) {
         struct authz_waiter *w = *pp;
-        bool ok = w->version ? a->have && a->table.version >= w->version : w->want <= seq;
+        bool ok = w->version ? a->have && a->table.version >= w->version
+                             : w->want <= seq || a->fresh_failed - w->failed >= CONFIRM_TRIES;
         if (ok || now >= w->deadline_ms || n->stopping) {
             *pp = w->next;
             w->next = NULL;
@@ -270,19 +285,41 @@ struct read_ctx {
     uint64_t applied;    /* local reads: the meta applied index read at */
 };
 
-static void fresh_finished(struct node *n, uint64_t seq, bool ok, uint64_t started_ms)
+/* `retry_now`: a failure that named the meta leader (the next try will likely work). */
+static void fresh_failed(struct node *n)
 {
     struct authz_state *a = &n->authz;
-    a->reading = false;
-    if (ok && started_ms > a->current_ms)
-        a->current_ms = started_ms;
-    if (ok && seq > a->fresh_done)
-        a->fresh_done = seq;
+    a->fresh_failed++;
+    a->last_fail_ms = uv_now(n->loop);
+}
+
+/* A fresh read ended. One that SYNC_TIMEOUT_MS already gave up on (not `inflight` any
+ * more) still counts if it succeeded, but was already counted as failed. */
+static void fresh_finished(struct node *n, uint64_t seq, bool ok, uint64_t started_ms,
+                           bool retry_now)
+{
+    struct authz_state *a = &n->authz;
+    bool mine = seq == a->inflight;
+    if (mine) {
+        a->reading = false;
+        a->inflight = 0;
+    }
+    if (ok) {
+        if (started_ms > a->current_ms)
+            a->current_ms = started_ms;
+        if (seq > a->fresh_done)
+            a->fresh_done = seq;
+        a->last_ok_ms = uv_now(n->loop);
+    } else if (mine) {
+        fresh_failed(n);
+    }
     waiters_check(n, a->fresh_done);
+    if (!mine)
+        return;
     if (!ok && a->waiters)
-        a->fresh_wanted = true; /* again at the next tick, until the waiters' deadline */
-    else if (a->fresh_wanted && !n->stopping)
-        start_fresh(n); /* someone asked while this read was in flight */
+        a->fresh_wanted = true; /* again, at the next tick unless retry_now */
+    if (a->fresh_wanted && !n->stopping && (ok || (retry_now && a->waiters)))
+        start_fresh(n);
 }
 
 static void local_fresh_done(void *arg, int code, const uint8_t *result, size_t len,
@@ -308,7 +345,7 @@ static void local_fresh_done(void *arg, int code, const uint8_t *result, size_t 
     } else {
         log_debug("access table read failed: %s: %s", err_name(code), message ? message : "");
     }
-    fresh_finished(n, seq, ok, started);
+    fresh_finished(n, seq, ok, started, false);
 }
 
 /* An auth.sync answer from the meta leader: {version, table} | {version, unchanged}. */
@@ -321,9 +358,11 @@ static void remote_fresh_done(void *arg, int code, const uint8_t *result, size_t
     sm_free(rc);
     if (n->stopping)
         return;
-    bool ok = false;
-    if (code == STRATA_NOT_LEADER && leader && *leader)
+    bool ok = false, hinted = false;
+    if (code == STRATA_NOT_LEADER && leader && *leader && strcmp(leader, n->cfg.advertise) != 0) {
         node_group_hint(n, 0, leader, strlen(leader));
+        hinted = true;
+    }
     if (code == 0) {
         msgpack_zone z;
         msgpack_zone_init(&z, 4096);
@@ -353,7 +392,7 @@ static void remote_fresh_done(void *arg, int code, const uint8_t *result, size_t
     } else {
         log_debug("access table refresh failed: %s: %s", err_name(code), message ? message : "");
     }
-    fresh_finished(n, seq, ok, started);
+    fresh_finished(n, seq, ok, started, hinted);
 }
 
 /* Where to send auth.sync: the meta leader as far as we know, else the nodes in turn. */
@@ -399,6 +438,8 @@ static void start_fresh(struct node *n)
     rc->n = n;
     rc->seq = ++a->fresh_started;
     rc->started_ms = uv_now(n->loop);
+    a->inflight = rc->seq;
+    a->inflight_ms = rc->started_ms;
     a->last_remote_ms = rc->started_ms;
     struct node_group *g0 = node_group(n, 0);
     struct repl_status st;
@@ -413,7 +454,7 @@ static void start_fresh(struct node *n)
     if (to == NULL) {
         uint64_t seq = rc->seq;
         sm_free(rc);
-        fresh_finished(n, seq, false, 0);
+        fresh_finished(n, seq, false, 0, false);
         return;
     }
     /* {"op":"auth.sync","known":V}: the leader leaves the table out if V is current. */
@@ -439,8 +480,13 @@ void authz_confirm(struct node *n, void (*cb)(void *arg), void *arg)
         cb(arg);
         return;
     }
+    const struct authz_table *t;
+    enum source src = source(n, &t);
     w->want = a->fresh_started + 1;
-    w->deadline_ms = uv_now(n->loop) + CONFIRM_TIMEOUT_MS;
+    w->failed = a->fresh_failed;
+    w->deadline_ms = uv_now(n->loop) + (src == SRC_STALE || src == SRC_UNKNOWN
+                                            ? STALE_CONFIRM_MS
+                                            : CONFIRM_TIMEOUT_MS);
     w->cb = cb;
     w->arg = arg;
     w->next = a->waiters;
@@ -541,12 +587,30 @@ void authz_tick(struct node *n, bool member, const struct repl_status *st)
     if (n->stopping)
         return;
     uint64_t now = uv_now(n->loop);
+    if (a->inflight && now - a->inflight_ms > SYNC_TIMEOUT_MS) {
+        /* Sent to a node that does not answer (stopped, partitioned): give up on it. */
+        a->inflight = 0;
+        a->reading = false;
+        fresh_failed(n);
+        if (a->waiters)
+            a->fresh_wanted = true;
+    }
     waiters_check(n, a->fresh_done);
     /* A member that follows a leader and has applied all it knows committed, with the
      * cache read at that index, is current. */
     if (member && st->leader_id && st->applied_index >= st->commit_index &&
         a->read_applied == st->applied_index && a->read_applied)
         a->current_ms = now;
+    bool current = a->current_ms && now - a->current_ms <= AUTHZ_CURRENT_MS;
+    if ((a->have || a->has_file) && current != a->was_current && a->current_ms) {
+        if (current)
+            log_info("the access table copy is current again");
+        else
+            log_warn("the access table copy was not confirmed for %d ms (no contact with the "
+                     "meta group): requests get UNAVAILABLE until it is",
+                     AUTHZ_CURRENT_MS);
+        a->was_current = current;
+    }
     if (!a->reading) {
         struct node_group *g0 = node_group(n, 0);
         if (a->fresh_wanted || (!member && now - a->last_remote_ms >= REMOTE_REFRESH_MS)) {

@@ -152,11 +152,15 @@ struct authz_state {
     bool have;
     bool absent;            /* a linearizable read found no table in the meta group */
     uint64_t current_ms;    /* when the cache was last known to be current */
+    bool was_current;       /* for logging the changes */
     uint64_t read_applied;  /* meta applied index of the last local read */
     bool reading, fresh_wanted, seeding;
     uint64_t last_remote_ms;
     unsigned round;
     uint64_t fresh_started, fresh_done; /* linearizable reads: started, last succeeded */
+    uint64_t fresh_failed;              /* linearizable reads that failed, ever */
+    uint64_t inflight, inflight_ms;     /* the fresh read under way (seq) and its start */
+    uint64_t last_ok_ms, last_fail_ms;  /* when fresh reads last succeeded / failed */
     struct authz_waiter *waiters;
 };
 
@@ -295,8 +299,9 @@ int authz_hello(struct node *n, const char *key, size_t len, bool confirmed, str
 int authz_request(struct node *n, const uint8_t *digest, enum authz_perm need,
                   const char *const *names, const size_t *lens, size_t cnt, bool confirmed,
                   struct err *err);
-/* Call cb once a linearizable read of the table started after this call has succeeded
- * (failed reads are retried every tick) or 2 s passed. cb may run before this returns. */
+/* Call cb once a linearizable read of the table started after this call has succeeded,
+ * or three have failed (retried at once after a NOT_LEADER naming the leader, else at the
+ * next tick), or 2 s passed. cb may run before this returns. */
 void authz_confirm(struct node *n, void (*cb)(void *arg), void *arg);
 /* shards.c hooks: the 50 ms tick with the meta group's status, and shutdown. */
 void authz_tick(struct node *n, bool member, const struct repl_status *st);
