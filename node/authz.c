@@ -8,8 +8,8 @@
  *   no table known, no --api-keys file   -> OPEN    (every request allowed, as before)
  *   a linearizable read found no table   -> FILE    (the key file decides until it is
  *                                                    seeded, which the meta leader does)
- *   otherwise                            -> UNKNOWN / STALE: requests wait for a fresh
- *                                           read, then get UNAVAILABLE if it failed
+ *   otherwise                            -> UNKNOWN / STALE: requests wait (500 ms at
+ *                                           most) for a fresh read, then get UNAVAILABLE
  *
  * "Current" means confirmed within AUTHZ_CURRENT_MS: on a meta member, its replica knows
  * a leader and has applied everything it knows committed, and the cache was read at that
