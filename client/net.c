@@ -29,6 +29,7 @@
 
 #define RETRIES                                                                                    \
     24 /* with the 200 ms cap: ~4.4 s, more than an election; the call deadline bounds it too */
+#define REDIRECTS_AT_ONCE 3 /* per call; later redirects wait the backoff */
 #define BACKOFF_MIN_MS 25
 #define BACKOFF_MAX_MS 200  /* a new leader is usually known within an election: poll it often */
 #define DOWN_MS 1000        /* a node that refused a connect is tried after the others this long */
@@ -934,7 +935,7 @@ int net_exec_many(struct net *n, const uint8_t *const *cmds, const size_t *lens,
             s[i].write = kind == STORAGE_CMD_WRITE;
         err_clear(&errs[i]);
     }
-    unsigned backoff = BACKOFF_MIN_MS;
+    unsigned backoff = BACKOFF_MIN_MS, redirects = 0;
     struct err cerr;
     err_clear(&cerr);
     n->refused = false;
@@ -955,7 +956,10 @@ int net_exec_many(struct net *n, const uint8_t *const *cmds, const size_t *lens,
             /* One connection: reconnect, to the named leader if there is one, else to
              * the next seed (the one we had may be cut off from the cluster). */
             conn_close(n, n->home);
-        if (redirect)
+        /* A named leader is tried at once, but only a few times per call: during an
+         * election nodes may name each other with stale hints, and an unpaced ping-pong
+         * would spend every attempt in milliseconds. */
+        if (redirect && ++redirects <= REDIRECTS_AT_ONCE)
             continue;
         uint64_t now = now_ms();
         if (now + backoff >= deadline)

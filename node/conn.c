@@ -466,7 +466,9 @@ static void handle_request(struct conn *c, const struct proto_frame *f)
         if (op[0] == 'a')
             authz_command(c->node, op, &cmd, req.cmd, req.cmd_len, req.flags, c->key, respond, p);
         else
-            node_admin(c->node, op, &cmd, req.cmd, req.cmd_len, req.flags, c->key, respond, p);
+            (backup_owns(op) ? backup_command : node_admin)(c->node, op, &cmd, req.cmd,
+                                                            req.cmd_len, req.flags, c->key,
+                                                            respond, p);
         goto out;
     }
     if (strcmp(op, "session.use") == 0) {

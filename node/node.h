@@ -358,6 +358,7 @@ struct node {
     struct fwd_link *links;
     uint64_t forwarded; /* requests relayed to the leader (metric) */
     struct observe *obs; /* NULL without --http */
+    struct backup_state *backup; /* backup files and restore staging (backup.c) */
     bool stopping;
     int exit_code;
     /* A fresh data dir given --bootstrap waits for the other initial members before it
@@ -369,6 +370,18 @@ struct node {
     char probe_formed_by[REPL_ADDRESS_MAX + 1];
     uint64_t probe_formed_index;
 };
+
+/* ---- Backup and restore (backup.c) ------------------------------------------------------
+ * cluster.backup* / cluster.restore*: docs/operations.md "Backup and restore". */
+/* Set up (before any group opens: it installs the groups' node-command hook). */
+int backup_init(struct node *n, struct err *err);
+/* Release everything (after every group stopped). */
+void backup_free(struct node *n);
+/* Is `op` a backup or restore command? Then backup_command runs it (as node_admin). */
+bool backup_owns(const char *op);
+int backup_command(struct node *n, const char *op, const msgpack_object *cmd, const uint8_t *bytes,
+                   size_t len, uint32_t flags, const struct auth_key *key, fwd_done_cb cb,
+                   void *arg);
 
 int node_start(struct node *n, struct err *err);
 /* The meta group's status, or an "unavailable" one while the node has no meta group. */

@@ -154,7 +154,10 @@ static void route_run(struct route *r)
         return;
     }
     snprintf(r->target, sizeof r->target, "%s", to);
-    n->forwarded++;
+    /* The metric counts client commands relayed, not the nodes' own meta and
+     * membership calls (r->local). */
+    if (r->local == NULL)
+        n->forwarded++;
     struct proto_route rt = {r->gid > 0 && r->local == NULL, r->gid,
                              n->have_pl ? n->pl.epoch : 0};
     fwd_request_routed(n, r->target, r->key ? r->key->key : NULL, r->cmd, r->len,

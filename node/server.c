@@ -551,6 +551,8 @@ int node_start(struct node *n, struct err *err)
             n->cfg.node_id = n->cfg.members[i].id;
     if ((rc = load_identity(n, err)))
         return rc;
+    if ((rc = backup_init(n, err)))
+        return rc;
     /* Fresh = no Raft state yet (not "no identity file": a node that refused to start
      * still has one, and must keep refusing). */
     uint32_t on_disk[1];
@@ -607,6 +609,7 @@ int node_start(struct node *n, struct err *err)
 static void groups_stopped(struct node *n)
 {
     log_info("replication stopped");
+    backup_free(n);
     /* Close every remaining handle; uv_run returns when none is left. */
     uv_close((uv_handle_t *)&n->idle_timer, NULL);
     uv_close((uv_handle_t *)&n->sigterm, NULL);

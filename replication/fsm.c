@@ -12,6 +12,13 @@
 int fsm_apply_entry(struct storage *s, const uint8_t *p, size_t len, fsm_result_cb cb, void *arg,
                     uint32_t *ncmds, struct err *err)
 {
+    return fsm_apply_entry_hooked(s, NULL, 0, p, len, cb, arg, ncmds, err);
+}
+
+int fsm_apply_entry_hooked(struct storage *s, const struct repl_hook *hook, uint32_t group_id,
+                           const uint8_t *p, size_t len, fsm_result_cb cb, void *arg,
+                           uint32_t *ncmds, struct err *err)
+{
     struct entry_view v;
     int rc = entry_decode(p, len, &v, err);
     if (ncmds != NULL)
@@ -27,7 +34,11 @@ int fsm_apply_entry(struct storage *s, const uint8_t *p, size_t len, fsm_result_
         struct err cerr;
         err_clear(&cerr);
         buf_reset(&result);
-        int code = storage_exec(s, cmd, clen, v.ts, &result, &cerr);
+        /* One byte tells a node command (array) from an engine command (map). */
+        bool node = hook != NULL && hook->apply != NULL &&
+                    ((cmd[0] & 0xf0) == 0x90 || cmd[0] == 0xdc || cmd[0] == 0xdd);
+        int code = node ? hook->apply(hook->arg, group_id, s, cmd, clen, &result, &cerr)
+                        : storage_exec(s, cmd, clen, v.ts, &result, &cerr);
         if (cb != NULL)
             cb(arg, i, code, &result, &cerr);
         i++;
@@ -88,8 +99,8 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     struct err err;
     err_clear(&err);
     uint32_t n = 0;
-    int rc = fsm_apply_entry(g->engine, buf->base, buf->len, b != NULL ? record_result : NULL, &ctx,
-                             &n, &err);
+    int rc = fsm_apply_entry_hooked(g->engine, g->hook, g->group_id, buf->base, buf->len,
+                                    b != NULL ? record_result : NULL, &ctx, &n, &err);
     if (rc != 0) {
         /* Every replica holds the same bytes and skips them the same way: log loudly,
          * keep the state machine running. */
@@ -135,6 +146,9 @@ static int snap_write(void *arg, const void *chunk, size_t len)
 static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
 {
     struct repl_group *g = fsm->data;
+    if (g->hook != NULL && g->hook->snapshot_ok != NULL &&
+        !g->hook->snapshot_ok(g->hook->arg, g->group_id))
+        return RAFT_BUSY; /* raft skips this one and asks again at a later step */
     uint64_t t0 = clock_mono_ns();
     struct snap_out o = {NULL, 0, 0};
     struct err err;
@@ -177,6 +191,8 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
                   err.msg);
         return RAFT_CORRUPT;
     }
+    if (g->hook != NULL && g->hook->reset != NULL)
+        g->hook->reset(g->hook->arg, g->group_id);
     size_t len = buf->len;
     raft_free(buf->base); /* on success the FSM owns the snapshot data */
     buf->base = NULL;

@@ -6,6 +6,7 @@
 #define STRATA_REPLICATION_FSM_H
 
 #include "common.h"
+#include "replication.h"
 #include "storage.h"
 
 #include <stddef.h>
@@ -23,5 +24,10 @@ typedef void (*fsm_result_cb)(void *arg, uint32_t i, int code, struct buf *resul
  * may be NULL). *ncmds (may be NULL) gets the number of commands run. */
 int fsm_apply_entry(struct storage *s, const uint8_t *p, size_t len, fsm_result_cb cb, void *arg,
                     uint32_t *ncmds, struct err *err);
+/* The same, with node commands (MessagePack arrays) going to `hook` (may be NULL: then
+ * they reach the engine, which rejects them identically on every replica). */
+int fsm_apply_entry_hooked(struct storage *s, const struct repl_hook *hook, uint32_t group_id,
+                           const uint8_t *p, size_t len, fsm_result_cb cb, void *arg,
+                           uint32_t *ncmds, struct err *err);
 
 #endif

@@ -372,6 +372,7 @@ int repl_group_open(uv_loop_t *loop, const struct repl_options *o, struct storag
         return err_set(err, STRATA_OUT_OF_MEMORY, "out of memory (group)");
     g->loop = loop;
     g->engine = engine;
+    g->hook = o->hook;
     g->group_id = o->group_id;
     g->node_id = o->node_id;
     g->address = sm_strdup(o->address);
@@ -432,6 +433,8 @@ int repl_group_open(uv_loop_t *loop, const struct repl_options *o, struct storag
     g->timer.data = g;
     g->handles_open = 2;
     g->state = G_OPEN;
+    if (g->hook != NULL && g->hook->reset != NULL)
+        g->hook->reset(g->hook->arg, g->group_id); /* the engine starts empty: so does the hook */
     *out = g;
     return 0;
 

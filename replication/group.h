@@ -75,6 +75,7 @@ struct repl_group {
     struct raft_uv_transport transport;
     bool raft_inited;
     struct storage *engine;
+    const struct repl_hook *hook; /* node commands, or NULL */
 
     /* options (strings owned) */
     uint32_t group_id;

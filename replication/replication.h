@@ -26,6 +26,27 @@ struct repl_member {
     char address[REPL_ADDRESS_MAX + 1]; /* "host:port", advertised */
 };
 
+/* Node commands: operations the node replicates through a group's log next to the
+ * engine's commands (a restore staged in chunks, node/backup.c). A node command is a
+ * MessagePack ARRAY (engine commands are maps, so the two never meet); it is submitted
+ * with repl_write_node and applied by the hook on every replica, in log order.
+ * Callbacks run on the loop thread inside raft's apply/snapshot/restore callbacks: they
+ * must not call raft or replication (RAFT-NOTES trap 6). */
+struct repl_hook {
+    /* Apply one committed node command. Deterministic, like storage_exec: 0 with a result
+     * appended to `result`, or an error code with `err` filled (reported to the writer;
+     * every replica computes the same). May replace the engine's state. */
+    int (*apply)(void *arg, uint32_t group_id, struct storage *engine, const uint8_t *cmd,
+                 size_t len, struct buf *result, struct err *err);
+    /* May raft snapshot the engine now? false while state the hook keeps outside the engine
+     * would be lost by a snapshot taken at this index (raft retries at its next step). */
+    bool (*snapshot_ok)(void *arg, uint32_t group_id);
+    /* The engine's state restarts from the last snapshot (group opened, or a raft snapshot
+     * installed): whatever the hook derived from earlier entries is void. */
+    void (*reset)(void *arg, uint32_t group_id);
+    void *arg;
+};
+
 struct repl_options {
     uint32_t group_id;
     uint64_t node_id;
@@ -37,6 +58,7 @@ struct repl_options {
     unsigned snapshot_threshold;   /* entries between snapshots, default 16384 */
     unsigned snapshot_trailing;    /* entries kept after a snapshot, default 4096 */
     size_t max_entry_bytes;        /* batching bound per log entry, default 4 MiB */
+    const struct repl_hook *hook;  /* node commands (not owned, outlives the group), or NULL */
 };
 void repl_options_default(struct repl_options *o);
 
@@ -84,6 +106,11 @@ typedef void (*repl_done_cb)(void *arg, int code, const uint8_t *result, size_t 
  * UNKNOWN_OUTCOME (leadership lost after the entry was appended), and whatever the
  * engine returns when applying it. */
 void repl_write(struct repl_group *g, const uint8_t *cmd, size_t len, repl_done_cb cb, void *arg);
+/* Submit a node command (a MessagePack array, see struct repl_hook): batched and
+ * replicated like a write, applied by the group's hook. INVALID_ARGUMENT when the group
+ * has no hook or the bytes are not an array; otherwise as repl_write. */
+void repl_write_node(struct repl_group *g, const uint8_t *cmd, size_t len, repl_done_cb cb,
+                     void *arg);
 /* Submit a read command: linearizable on the leader (batched barrier), or served from
  * this replica's applied state when `stale`. */
 void repl_read(struct repl_group *g, const uint8_t *cmd, size_t len, bool stale, repl_done_cb cb,

@@ -156,7 +156,14 @@ static bool is_leader(struct repl_group *g)
 
 /* ---- Writes ---------------------------------------------------------------------------- */
 
-void repl_write(struct repl_group *g, const uint8_t *cmd, size_t len, repl_done_cb cb, void *arg)
+/* A MessagePack array's first byte: fixarray, array 16, array 32 (node commands). */
+static bool is_mp_array(const uint8_t *cmd, size_t len)
+{
+    return len > 0 && ((cmd[0] & 0xf0) == 0x90 || cmd[0] == 0xdc || cmd[0] == 0xdd);
+}
+
+static void submit_write(struct repl_group *g, const uint8_t *cmd, size_t len, bool node,
+                         repl_done_cb cb, void *arg)
 {
     struct req *r = req_new(REQ_WRITE, cb, arg);
     if (r == NULL)
@@ -176,10 +183,15 @@ void repl_write(struct repl_group *g, const uint8_t *cmd, size_t len, repl_done_
                      g->max_entry_bytes);
         return;
     }
+    if (node && (g->hook == NULL || !is_mp_array(cmd, len))) {
+        req_complete(g, r, STRATA_INVALID_ARGUMENT,
+                     "group %u takes no node commands (no hook, or not an array)", g->group_id);
+        return;
+    }
     enum storage_cmd_kind kind;
     struct err err;
     err_clear(&err);
-    int rc = storage_cmd_kind(cmd, len, &kind, &err);
+    int rc = node ? 0 : storage_cmd_kind(cmd, len, &kind, &err);
     if (rc != 0) {
         req_complete(g, r, rc, "%s", err.msg);
         return;
@@ -195,6 +207,17 @@ void repl_write(struct repl_group *g, const uint8_t *cmd, size_t len, repl_done_
     }
     req_queue_push(&g->writes, r);
     group_kick(g);
+}
+
+void repl_write(struct repl_group *g, const uint8_t *cmd, size_t len, repl_done_cb cb, void *arg)
+{
+    submit_write(g, cmd, len, false, cb, arg);
+}
+
+void repl_write_node(struct repl_group *g, const uint8_t *cmd, size_t len, repl_done_cb cb,
+                     void *arg)
+{
+    submit_write(g, cmd, len, true, cb, arg);
 }
 
 static void apply_cb(struct raft_apply *req, int status, void *result)

@@ -156,6 +156,33 @@ oneshot 2 "" "error: INVALID_ARGUMENT: unknown global flag '--nope' (try 'help')
 oneshot 1 "" "error: BRANCH_NOT_FOUND: branch 'nope' not found" --branch nope kv get a
 oneshot 1 "" "error: INVALID_ARGUMENT: invalid space name 'Bad': must match [a-z][a-z0-9_-]{0,63}" --space Bad kv get a
 oneshot 1 "" "error: INVALID_ARGUMENT: argument 'key' must not be empty" kv get ''
+# backup: usage, offline verify of a hand-made backup (good, corrupt, truncated, no
+# manifest), and create against a database that is not a cluster (nothing left behind).
+bk="$tmp/bk"
+mkdir -p "$bk"
+printf 'STRASNAP-not-checked-by-verify' >"$bk/group-1.snap"
+sha=$(sha256sum "$bk/group-1.snap" | cut -d' ' -f1)
+cat >"$bk/manifest.json" <<JSON
+{"format": "stratadb-backup", "format_version": 1, "shards": 1, "placement_epoch": 1,
+ "created_at": "2024-01-01T00:00:00Z", "created_at_us": 1,
+ "groups": [{"group": 1, "role": "shard", "file": "group-1.snap", "bytes": 30,
+             "sha256": "$sha", "raft_index": 3, "version": 2, "last_ts": 1}],
+ "branches": [{"name": "default", "shard": 1}]}
+JSON
+usage_bk="usage: strata --uri strata://HOST:PORT[,...] backup create DIR"$'\n'"       strata --uri strata://HOST:PORT[,...] backup restore DIR"$'\n'"       strata backup verify DIR"
+oneshot 2 "" "$usage_bk" backup frob "$bk"
+oneshot 2 "" "$usage_bk" backup verify
+oneshot 0 "OK $bk: 1 groups, 1 branches, 30 bytes, every SHA-256 matches" "" backup verify "$bk"
+printf 'x' | dd of="$bk/group-1.snap" bs=1 seek=3 conv=notrunc status=none
+oneshot 1 "" "error: INVALID_ARGUMENT: $bk/group-1.snap does not match its SHA-256 in the manifest (corrupt)" backup verify "$bk"
+truncate -s 10 "$bk/group-1.snap"
+oneshot 1 "" "error: INVALID_ARGUMENT: $bk/group-1.snap is 10 bytes, the manifest says 30 (truncated?)" backup verify "$bk"
+sed -i 's/"format_version": 1/"format_version": 2/' "$bk/manifest.json"
+oneshot 1 "" "error: INVALID_ARGUMENT: $bk/manifest.json: unsupported backup format version 2 (this strata reads 1)" backup verify "$bk"
+rm "$bk/manifest.json"
+oneshot 1 "" "~error: INVALID_ARGUMENT: $bk/manifest.json: unable to open*" backup verify "$bk"
+oneshot 1 "" "error: INVALID_ARGUMENT: reading the placement table: unknown command 'cluster.placement'" backup create "$tmp/bk-new"
+[[ ! -e $tmp/bk-new ]] || fail "backup create left $tmp/bk-new behind"
 # file:DIR is durable: a value written by one process is read by the next.
 oneshot 0 "OK version=1" "" --uri "file:$tmp/db" kv put a 1
 oneshot 0 "1" "" --uri "file:$tmp/db" kv get a

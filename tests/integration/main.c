@@ -37,6 +37,7 @@ static const struct {
     {"client_route", test_client_route, 120},
     {"client_route_unit", test_client_route_unit, 30},
     {"client_route_fallback", test_client_route_fallback, 30},
+    {"backup", test_backup, 300},
 };
 
 int main(int argc, char **argv)

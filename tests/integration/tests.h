@@ -19,5 +19,6 @@ void test_rebalance(void);        /* test_rebalance.c */
 void test_client_route(void);      /* test_client_route.c */
 void test_client_route_unit(void); /* test_client_route.c */
 void test_client_route_fallback(void); /* test_client_route.c */
+void test_backup(void);           /* test_backup.c */
 
 #endif
