@@ -245,6 +245,21 @@ static const struct verb_def verbs[] = {
     {"space", "use", NULL, V_BRANCH, {STRV("space", "S")}, 0, FMT_AUTO, SP_SPACE_USE,
      "make S the session's space"},
 
+    {"auth", "list", "auth.list", 0, {{0}}, 0, FMT_LIST, SP_NONE,
+     "API keys and their grants, one key per line (no secrets; needs admin)"},
+    {"auth", "add", "auth.add", V_WRITE,
+     {STRV("name", "NAME"), STRV("perm", "PERM"), {"patterns", "PATTERN", K_STR, P_REST}}, 0,
+     FMT_AUTO, SP_NONE, "new key NAME with PERM (read|write|admin) on branch patterns; "
+     "the server generates the key and prints it once"},
+    {"auth", "grant", "auth.grant", V_WRITE,
+     {STRV("name", "NAME"), STRV("perm", "PERM"), {"patterns", "PATTERN", K_STR, P_REST}}, 0,
+     FMT_AUTO, SP_NONE, "give key NAME PERM on more patterns"},
+    {"auth", "revoke", "auth.revoke", V_WRITE,
+     {STRV("name", "NAME"), STRV("perm", "PERM"), {"patterns", "PATTERN", K_STR, P_REST}}, 0,
+     FMT_AUTO, SP_NONE, "take PERM on these patterns from key NAME"},
+    {"auth", "remove", "auth.remove", V_WRITE, {STRV("name", "NAME")}, 0, FMT_AUTO, SP_NONE,
+     "delete key NAME"},
+
     {"cluster", "status", "cluster.status", 0, {{0}}, 0, FMT_STATUS, SP_NONE,
      "members, roles, leader, term, commit and applied index (servers)"},
     {"cluster", "add-node", "cluster.add_member", V_WRITE,

@@ -44,6 +44,8 @@ static void conn_unref(struct conn *c)
     if (c->next)
         c->next->prev = c->prev;
     proto_reader_close(&c->rd);
+    sm_free(c->cred.key);
+    buf_close(&c->held);
     sm_free(c);
 }
 
@@ -287,6 +289,62 @@ static int apply_session(struct conn *c, const msgpack_object *cmd, const char *
     return 1;
 }
 
+/* ---- Authorization ----------------------------------------------------------------------
+ * authz.c decides; a denial from the cache is confirmed against a fresh read first: the
+ * frame is held (later frames wait, so a session's order holds) and handled again. */
+
+static void handle_hello(struct conn *c, const struct proto_frame *f);
+static void handle_request(struct conn *c, const struct proto_frame *f);
+static void on_frames(struct conn *c);
+
+static void auth_confirmed(void *arg)
+{
+    struct conn *c = arg;
+    c->auth_waiting = false;
+    if (c->state != CONN_CLOSING) {
+        struct proto_frame f = {PROTO_VERSION, c->held_kind, c->held.data, c->held.len};
+        c->auth_confirmed = true;
+        if (f.kind == PROTO_HELLO)
+            handle_hello(c, &f);
+        else
+            handle_request(c, &f);
+        c->auth_confirmed = false;
+        buf_close(&c->held);
+        if (c->state != CONN_CLOSING && !c->auth_waiting)
+            on_frames(c); /* the frames that arrived meanwhile */
+    }
+    conn_unref(c);
+}
+
+static void hold(struct conn *c, const struct proto_frame *f)
+{
+    buf_reset(&c->held);
+    if (buf_append(&c->held, f->body, f->len)) {
+        send_error_and_close(c, STRATA_OUT_OF_MEMORY, "out of memory");
+        return;
+    }
+    c->held_kind = f->kind;
+    c->auth_waiting = true;
+    c->refs++;
+    authz_confirm(c->node, auth_confirmed, c);
+}
+
+/* 0: go on. Else the request was answered (denied) or held. */
+static int authorize(struct conn *c, const struct proto_frame *f, uint64_t id, int opi,
+                     enum authz_perm need, const char *const *names, const size_t *lens,
+                     size_t n)
+{
+    struct err err;
+    err_clear(&err);
+    int rc = authz_request(c->node, c->key ? c->digest : NULL, need, names, lens, n,
+                           c->auth_confirmed, &err);
+    if (rc == AUTHZ_AGAIN)
+        hold(c, f);
+    else if (rc)
+        respond_now(c, id, opi, rc, err.msg);
+    return rc;
+}
+
 static void handle_request(struct conn *c, const struct proto_frame *f)
 {
     struct err err;
@@ -322,13 +380,17 @@ static void handle_request(struct conn *c, const struct proto_frame *f)
         snprintf(op, sizeof op, "%.*s", (int)opo->via.str.size, opo->via.str.ptr);
     opi = observe_op(c->node, op);
     if (strcmp(op, "cluster.status") == 0) {
+        if (authorize(c, f, req.id, opi, AUTHZ_NONE, NULL, NULL, 0))
+            goto out;
         const msgpack_object *dg = node_map_get(&cmd, "digest");
         cluster_status(c, req.id, opi, dg && dg->type == MSGPACK_OBJECT_BOOLEAN && dg->via.boolean);
         goto out;
     }
     if (strcmp(op, "cluster.placement") == 0 || strcmp(op, "cluster.assign") == 0) {
         bool assign = op[8] == 'a';
-        if (assign && c->key) {
+        if (!assign && authorize(c, f, req.id, opi, AUTHZ_NONE, NULL, NULL, 0))
+            goto out;
+        if (assign && authz_on(c->node)) {
             /* Assigning names is part of creating them: a write on those branches. */
             const msgpack_object *nm = node_map_get(&cmd, "names");
             uint32_t cnt = nm && nm->type == MSGPACK_OBJECT_ARRAY ? nm->via.array.size : 0;
@@ -339,14 +401,14 @@ static void handle_request(struct conn *c, const struct proto_frame *f)
                     names[k] = nm->via.array.ptr[i].via.str.ptr;
                     lens[k++] = nm->via.array.ptr[i].via.str.size;
                 }
-            rc = names && lens ? auth_check(c->key, true, names, lens, k, &err)
-                               : err_set(&err, STRATA_OUT_OF_MEMORY, "out of memory");
+            rc = names && lens ? authorize(c, f, req.id, opi, AUTHZ_WRITE, names, lens, k)
+                               : STRATA_OUT_OF_MEMORY;
+            if (names == NULL || lens == NULL)
+                respond_now(c, req.id, opi, rc, "out of memory");
             sm_free(names);
             sm_free(lens);
-            if (rc) {
-                respond_now(c, req.id, opi, rc, err.msg);
+            if (rc)
                 goto out;
-            }
         }
         struct pending *p = sm_malloc(sizeof *p);
         if (p == NULL) {
@@ -371,7 +433,29 @@ static void handle_request(struct conn *c, const struct proto_frame *f)
         }
         goto out;
     }
-    if (strncmp(op, "cluster.", 8) == 0) {
+    if (strcmp(op, "auth.sync") == 0 && (req.flags & PROTO_REQ_FORWARDED)) {
+        /* Another node refreshing its cache: only the meta leader has the truth, and only
+         * it judges the request, from its own table — two nodes that both wait for a
+         * current table must not wait on each other. */
+        struct repl_status st;
+        node_status(c->node, &st);
+        if (st.role != REPL_LEADER) {
+            struct pending *p = sm_malloc(sizeof *p);
+            if (p == NULL) {
+                respond_now(c, req.id, opi, STRATA_OUT_OF_MEMORY, "out of memory");
+                goto out;
+            }
+            *p = (struct pending){c, req.id, opi, uv_hrtime()};
+            c->refs++;
+            respond(p, st.leader_address[0] ? STRATA_NOT_LEADER : STRATA_UNAVAILABLE, NULL, 0,
+                    "this node does not lead the meta group", st.leader_address);
+            goto out;
+        }
+    }
+    if (strncmp(op, "cluster.", 8) == 0 || strncmp(op, "auth.", 5) == 0) {
+        /* Cluster administration and the access table: admin on '*'. */
+        if (authorize(c, f, req.id, opi, AUTHZ_ADMIN, NULL, NULL, 0))
+            goto out;
         struct pending *p = sm_malloc(sizeof *p);
         if (p == NULL) {
             respond_now(c, req.id, opi, STRATA_OUT_OF_MEMORY, "out of memory");
@@ -379,8 +463,12 @@ static void handle_request(struct conn *c, const struct proto_frame *f)
         }
         *p = (struct pending){c, req.id, opi, uv_hrtime()};
         c->refs++;
-        (backup_owns(op) ? backup_command : node_admin)(c->node, op, &cmd, req.cmd, req.cmd_len,
-                                                        req.flags, c->key, respond, p);
+        if (op[0] == 'a')
+            authz_command(c->node, op, &cmd, req.cmd, req.cmd_len, req.flags, c->key, respond, p);
+        else
+            (backup_owns(op) ? backup_command : node_admin)(c->node, op, &cmd, req.cmd,
+                                                            req.cmd_len, req.flags, c->key,
+                                                            respond, p);
         goto out;
     }
     if (strcmp(op, "session.use") == 0) {
@@ -395,7 +483,7 @@ static void handle_request(struct conn *c, const struct proto_frame *f)
         off = 0;
         msgpack_unpack((const char *)bytes, blen, &off, &z, &cmd);
     }
-    if (c->key) {
+    if (authz_on(c->node)) {
         enum storage_cmd_kind kind;
         const char *small_names[64];
         size_t small_lens[64];
@@ -411,16 +499,17 @@ static void handle_request(struct conn *c, const struct proto_frame *f)
             else
                 node_cmd_branches(&cmd, op, names, lens, nb);
         }
-        if (rc == 0)
-            rc = auth_check(c->key, kind == STORAGE_CMD_WRITE, names, lens, nb, &err);
+        if (rc)
+            respond_now(c, req.id, opi, rc, err.msg);
+        else
+            rc = authorize(c, f, req.id, opi, kind == STORAGE_CMD_WRITE ? AUTHZ_WRITE : AUTHZ_READ,
+                           names, lens, nb);
         if (names != small_names) {
             sm_free(names);
             sm_free(lens);
         }
-        if (rc) {
-            respond_now(c, req.id, opi, rc, err.msg);
+        if (rc)
             goto out;
-        }
     }
     struct pending *p = sm_malloc(sizeof *p);
     if (p == NULL) {
@@ -447,11 +536,28 @@ static void handle_hello(struct conn *c, const struct proto_frame *f)
         rc = err_set(&err, STRATA_PROTOCOL_ERROR,
                      "no common protocol version: client speaks %u-%u, server %u",
                      h.version_min, h.version_max, PROTO_VERSION);
-    if (rc == 0 && !c->node->open_mode) {
-        c->key = h.api_key ? auth_find(&c->node->auth, h.api_key, h.api_key_len) : NULL;
-        if (c->key == NULL)
-            rc = err_set(&err, STRATA_UNAUTHENTICATED,
-                         h.api_key ? "unknown API key" : "an API key is required");
+    if (rc == 0) {
+        rc = authz_hello(c->node, h.api_key, h.api_key_len, c->auth_confirmed, &err);
+        if (rc == AUTHZ_AGAIN) {
+            msgpack_zone_destroy(&z);
+            hold(c, f);
+            return;
+        }
+    }
+    if (rc == 0 && h.api_key) {
+        /* Kept in clear only to forward this connection's commands (the receiving node
+         * checks it again); decisions use the digest. */
+        static char star[] = "*";
+        static char *all[] = {star};
+        if ((c->cred.key = sm_strndup(h.api_key, h.api_key_len)) == NULL) {
+            rc = err_set(&err, STRATA_OUT_OF_MEMORY, "out of memory");
+        } else {
+            authz_digest(h.api_key, h.api_key_len, c->digest);
+            c->cred.write = true; /* what admin.c looks at: see node.h */
+            c->cred.patterns = all;
+            c->cred.npatterns = 1;
+            c->key = &c->cred;
+        }
     }
     msgpack_zone_destroy(&z);
     if (rc) {
@@ -477,8 +583,9 @@ static void on_frames(struct conn *c)
 {
     struct proto_frame f;
     struct err err;
-    int r;
-    while (c->state != CONN_CLOSING && (r = proto_reader_next(&c->rd, &f, &err)) == 1) {
+    int r = 0;
+    while (c->state != CONN_CLOSING && !c->auth_waiting &&
+           (r = proto_reader_next(&c->rd, &f, &err)) == 1) {
         if (c->state == CONN_HELLO_WAIT) {
             if (f.kind != PROTO_HELLO) {
                 send_error_and_close(c, STRATA_PROTOCOL_ERROR, "the first frame must be HELLO");
@@ -492,7 +599,7 @@ static void on_frames(struct conn *c)
             return;
         }
     }
-    if (c->state != CONN_CLOSING && r != 0)
+    if (c->state != CONN_CLOSING && !c->auth_waiting && r != 0)
         send_error_and_close(c, r, err.msg);
 }
 

@@ -33,11 +33,20 @@ struct node_config {
 };
 
 /* ---- Authentication (auth.c) ------------------------------------------------------
- * A file of API keys, one per line: `KEY MODE PATTERN[,PATTERN...]`, MODE `r` or `rw`,
- * patterns are branch-name globs (fnmatch). '#' starts a comment. No file = open mode. */
+ * A file of API keys, one per line: `KEY MODE PATTERN[,PATTERN...] [NAME]`, MODE `r`,
+ * `rw` or `admin`, patterns are branch-name globs (fnmatch). '#' starts a comment. It
+ * seeds the replicated access table (below) when a cluster is created; its first key is
+ * the node's own credential for node-to-node requests. No file = open mode.
+ *
+ * struct auth_key is also a connection's credential (conn.cred), which the router and
+ * admin.c carry: `key` is the secret the client presented (kept only to forward its
+ * commands, the receiving node checks it again); write/patterns read as rw on '*', so
+ * admin.c's own check passes — conn.c has already decided (authz_request). */
 struct auth_key {
     char *key;
     bool write;
+    bool admin; /* file mode `admin` */
+    char *name; /* file: the optional NAME column, else NULL */
     char **patterns;
     size_t npatterns;
 };
@@ -47,11 +56,113 @@ struct auth {
 };
 int auth_load(const char *path, struct auth *a, struct err *err);
 void auth_free(struct auth *a);
-/* The key for an API key string, or NULL (UNAUTHENTICATED). */
+/* The key for an API key string, or NULL. */
 const struct auth_key *auth_find(const struct auth *a, const char *key, size_t len);
-/* May `k` run a command of this kind on these branches? 0 or PERMISSION_DENIED. */
-int auth_check(const struct auth_key *k, bool write, const char *const *branches,
-               const size_t *lens, size_t n, struct err *err);
+
+/* The access table (auth.c: pure code; authz.c: the node's cache and commands). API keys
+ * by SHA-256 digest (never the secret), each with a name and grants: a permission on
+ * branch-name patterns. read < write < admin; admin on the literal pattern '*' also
+ * allows cluster.* and auth.* commands. Stored in the meta group as the state cell
+ * `auth`; its counter is the table version. Format and rules: docs/auth.md. */
+#define AUTHZ_DIGEST_LEN 32
+#define AUTHZ_NAME_MAX 64
+#define AUTHZ_PATTERN_MAX 255
+#define AUTHZ_MAX_KEYS 4096
+#define AUTHZ_MAX_PATTERNS 64
+#define AUTHZ_FORMAT_VERSION 1
+enum authz_perm { AUTHZ_NONE = 0, AUTHZ_READ, AUTHZ_WRITE, AUTHZ_ADMIN };
+struct authz_grant {
+    enum authz_perm perm;
+    char **patterns; /* owned, deduplicated, in the order granted */
+    size_t npatterns;
+};
+struct authz_entry {
+    char *name;
+    uint8_t digest[AUTHZ_DIGEST_LEN];
+    bool node; /* the nodes' own key (first key of the seeding file): stays admin on '*' */
+    struct authz_grant *grants; /* at most one per permission, ascending */
+    size_t ngrants;
+};
+struct authz_table {
+    uint64_t version; /* the cell's counter (0 for a table built from the key file) */
+    struct authz_entry *keys; /* in the order added */
+    size_t nkeys;
+};
+void authz_table_init(struct authz_table *t);
+void authz_table_free(struct authz_table *t);
+/* Deep copy into an initialized dst (freed first). 0 or OUT_OF_MEMORY (dst empty). */
+int authz_table_copy(struct authz_table *dst, const struct authz_table *src);
+/* Append the MessagePack form (the cell value, without the version) to out. */
+int authz_table_encode(const struct authz_table *t, struct buf *out);
+/* Decode and validate (exactly one value). On error t is left empty and err names the
+ * field (PROTOCOL_ERROR, or OUT_OF_MEMORY). t->version is not touched by the bytes. */
+int authz_table_decode(struct authz_table *t, const uint8_t *p, size_t len, struct err *err);
+/* The table a key file seeds: names from the NAME column or key-N (line order), r =
+ * read, rw = write, admin = admin; rw whose first pattern is '*' = admin (what rw on '*'
+ * allowed before the table existed). The first key is marked as the nodes' key when it
+ * has admin on '*'. */
+int authz_table_from_file(struct authz_table *t, const struct auth *file, struct err *err);
+void authz_digest(const char *key, size_t len, uint8_t out[AUTHZ_DIGEST_LEN]);
+const struct authz_entry *authz_table_find(const struct authz_table *t,
+                                           const uint8_t digest[AUTHZ_DIGEST_LEN]);
+const struct authz_entry *authz_table_named(const struct authz_table *t, const char *name,
+                                            size_t len);
+/* The strongest permission `e` has on one branch. */
+enum authz_perm authz_entry_right(const struct authz_entry *e, const char *branch, size_t len);
+/* Admin on '*': cluster.* and auth.* commands. */
+bool authz_entry_cluster_admin(const struct authz_entry *e);
+/* May `e` do `need` on every branch named (need ADMIN: cluster admin, names ignored;
+ * NONE: anything authenticated)? 0 or PERMISSION_DENIED. */
+int authz_entry_check(const struct authz_entry *e, enum authz_perm need,
+                      const char *const *names, const size_t *lens, size_t n, struct err *err);
+const char *authz_perm_name(enum authz_perm p);
+
+/* A change of the table, decoded from an auth.add / grant / revoke / remove command. */
+enum authz_op { AUTHZ_OP_ADD = 1, AUTHZ_OP_GRANT, AUTHZ_OP_REVOKE, AUTHZ_OP_REMOVE };
+struct authz_change {
+    enum authz_op op;
+    char name[AUTHZ_NAME_MAX + 1];
+    uint8_t digest[AUTHZ_DIGEST_LEN]; /* add: of the given key */
+    bool generate;                    /* add without 'key': the meta leader makes one */
+    /* add: every grant; grant: one; revoke: one, perm NONE = whichever permission holds
+     * the patterns. */
+    struct authz_grant *grants;
+    size_t ngrants;
+};
+/* Validate and decode the arguments of `op` ("auth.add", ...). 0, INVALID_ARGUMENT (the
+ * message names the argument) or OUT_OF_MEMORY; c is freed on error. */
+int authz_change_parse(struct authz_change *c, const char *op, const msgpack_object *cmd,
+                       struct err *err);
+void authz_change_free(struct authz_change *c);
+/* Apply a change: all or nothing (t unchanged on error). *changed is false when it was
+ * already in effect (a repeated grant). Errors: NOT_FOUND (no such key or grant),
+ * ALREADY_EXISTS (name or key taken), INVALID_ARGUMENT (would leave no admin on '*',
+ * or take the nodes' key's admin, or too many keys), OUT_OF_MEMORY. */
+int authz_table_apply(struct authz_table *t, const struct authz_change *c, bool *changed,
+                      struct err *err);
+
+/* The node's cache of the table (authz.c), embedded in struct node. */
+struct authz_waiter;
+struct authz_state {
+    bool init;
+    struct authz_table file; /* the --api-keys file as a table (digests only) */
+    bool has_file;
+    bool seedable;           /* the file has a key with admin on '*' */
+    struct authz_table table; /* the replicated table, when `have` */
+    bool have;
+    bool absent;            /* a linearizable read found no table in the meta group */
+    uint64_t current_ms;    /* when the cache was last known to be current */
+    bool was_current;       /* for logging the changes */
+    uint64_t read_applied;  /* meta applied index of the last local read */
+    bool reading, fresh_wanted, seeding;
+    uint64_t last_remote_ms;
+    unsigned round;
+    uint64_t fresh_started, fresh_done; /* linearizable reads: started, last succeeded */
+    uint64_t fresh_failed;              /* linearizable reads that failed, ever */
+    uint64_t inflight, inflight_ms;     /* the fresh read under way (seq) and its start */
+    uint64_t last_ok_ms, last_fail_ms;  /* when fresh reads last succeeded / failed */
+    struct authz_waiter *waiters;
+};
 
 /* ---- Connections (conn.c) --------------------------------------------------------------
  * Lifecycle of a client connection:
@@ -75,7 +186,13 @@ struct conn {
     uv_tcp_t *tcp;
     struct proto_reader rd;
     enum conn_state state;
-    const struct auth_key *key; /* NULL in open mode */
+    const struct auth_key *key; /* &cred when the client gave a key, else NULL */
+    struct auth_key cred;       /* cred.key owned */
+    uint8_t digest[AUTHZ_DIGEST_LEN];
+    /* A frame held while a denial is confirmed (authz_confirm); later frames wait. */
+    bool auth_waiting, auth_confirmed;
+    uint8_t held_kind;
+    struct buf held;
     struct session sess;
     unsigned refs; /* 1 for the open socket + 1 per pending request */
     uint64_t last_active_ms;
@@ -169,6 +286,32 @@ void node_assign(struct node *n, const uint8_t *cmd, size_t len, uint32_t flags,
 size_t node_cmd_branches(const msgpack_object *cmd, const char *op, const char **names,
                          size_t *lens, size_t cap);
 
+/* ---- The access table on this node (authz.c) ----------------------------------------
+ * Decisions for conn.c. 0 = allowed; AUTHZ_AGAIN = not final: confirm it against a fresh
+ * read (authz_confirm) and ask again with `confirmed` set; else an error code with err
+ * filled (UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE when the cache is not current). */
+#define AUTHZ_AGAIN (-1)
+/* Does this node check keys at all (a table or a key file)? */
+bool authz_on(struct node *n);
+int authz_hello(struct node *n, const char *key, size_t len, bool confirmed, struct err *err);
+/* `digest` NULL: the connection gave no key. need NONE: any known key; READ/WRITE: on
+ * every name; ADMIN: admin on '*' (cluster.* and auth.*). */
+int authz_request(struct node *n, const uint8_t *digest, enum authz_perm need,
+                  const char *const *names, const size_t *lens, size_t cnt, bool confirmed,
+                  struct err *err);
+/* Call cb once a linearizable read of the table started after this call has succeeded,
+ * or three have failed (retried at once after a NOT_LEADER naming the leader, else at the
+ * next tick), or 2 s passed. cb may run before this returns. */
+void authz_confirm(struct node *n, void (*cb)(void *arg), void *arg);
+/* shards.c hooks: the 50 ms tick with the meta group's status, and shutdown. */
+void authz_tick(struct node *n, bool member, const struct repl_status *st);
+void authz_stop(struct node *n);
+/* auth.list / add / grant / revoke / remove / sync: validated here, run on the meta
+ * leader (forwarded there). The caller has checked admin rights. */
+void authz_command(struct node *n, const char *op, const msgpack_object *cmd,
+                   const uint8_t *bytes, size_t len, uint32_t flags, const struct auth_key *key,
+                   fwd_done_cb cb, void *arg);
+
 /* ---- The node (server.c) ---------------------------------------------------------- */
 struct node {
     uv_loop_t *loop;
@@ -205,6 +348,7 @@ struct node {
     bool shard_timer_on;
     struct auth auth;
     bool open_mode;
+    struct authz_state authz; /* the access table cache (authz.c) */
     char cluster_id[64];
     uv_tcp_t listener;
     uv_signal_t sigterm, sigint;

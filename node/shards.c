@@ -1010,6 +1010,7 @@ static void tick(uv_timer_t *t)
             repl_read(g0->group, cmd, len, true, local_read_done, n);
         }
     }
+    authz_tick(n, member, &st); /* the access table: the same refresh scheme */
     if (st.role == REPL_LEADER && !n->have_pl && n->pl_absent && !n->pl_initing &&
         n->cfg.nmembers > 0)
         write_initial(n);
@@ -1045,6 +1046,7 @@ void shards_stop(struct node *n, void (*cb)(struct node *n))
         n->shard_timer_on = false;
         uv_close((uv_handle_t *)&n->shard_timer, shard_timer_closed);
     }
+    authz_stop(n);
     rebalance_stop(n);
     /* Fail everyone still waiting for the table or an assignment. */
     while (n->pl_waiters) {

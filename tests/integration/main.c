@@ -28,6 +28,7 @@ static const struct {
     {"wiped_member", test_wiped_member, 90},
     {"bad_input", test_bad_input, 60},
     {"auth", test_auth, 90},
+    {"auth_meta", test_auth_meta, 140},
     {"file_durability", test_file_durability, 60},
     {"file_crash", test_file_crash, 60},
     {"http", test_http, 120},

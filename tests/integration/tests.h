@@ -10,6 +10,7 @@ void test_snapshot_install(void); /* test_snapshot.c */
 void test_wiped_member(void);     /* test_snapshot.c */
 void test_bad_input(void);        /* test_bad_input.c */
 void test_auth(void);             /* test_auth.c */
+void test_auth_meta(void);        /* test_auth_meta.c */
 void test_file_durability(void);  /* test_file.c */
 void test_file_crash(void);       /* test_file.c */
 void test_http(void);             /* test_http.c */
