@@ -196,8 +196,8 @@ void routing_decide(const struct routing *r, const uint8_t *cmd, size_t len,
     }
     /* No branch to route by: node commands, and the branch commands whose shard only the
      * server can pick (a create is assigned by the meta leader, a listing fans out). */
-    if (op_prefix(op, "cluster.") || op_prefix(op, "session.") || op_is(op, "branch.create") ||
-        op_is(op, "branch.list"))
+    if (op_prefix(op, "cluster.") || op_prefix(op, "auth.") || op_prefix(op, "session.") ||
+        op_is(op, "branch.create") || op_is(op, "branch.list"))
         goto out;
     out->kind = ROUTE_SHARD;
     if (!op_prefix(op, "branch.")) {

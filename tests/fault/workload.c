@@ -1312,7 +1312,9 @@ static int cmd_compare(const struct opts *o)
     struct status st[MAX_NODES];
     for (int i = 0; rc == 0 && i < n; i++) {
         char uri[160];
-        snprintf(uri, sizeof uri, "strata://%s", addrs[i]);
+        /* Pinned (routing=server): every read, stale ones included, must be answered by
+         * this node's own replica, not routed to the shard's leader. */
+        snprintf(uri, sizeof uri, "strata://%.127s?routing=server", addrs[i]);
         rc = open_db(uri, 2000, &dbs[i]);
     }
     /* Every replica applies the same index (nothing writes any more), bounded. A server
@@ -1411,7 +1413,7 @@ again:
                 /* Fresh handles: one may have followed a redirect to another node. */
                 for (int j = 0; j < n && rc == 0; j++) {
                     char uri[160];
-                    snprintf(uri, sizeof uri, "strata://%.127s", addrs[j]);
+                    snprintf(uri, sizeof uri, "strata://%.127s?routing=server", addrs[j]);
                     strata_close(dbs[j]);
                     dbs[j] = NULL;
                     rc = open_db(uri, 2000, &dbs[j]);
