@@ -688,6 +688,7 @@ static void table_read_done(void *arg, int code, const uint8_t *result, size_t l
     }
     if (none && !n->authz.have)
         n->authz.absent = true;
+    rc = 0; /* no table is an answer too ("table": nil), not an error */
     const struct authz_table *t = none ? NULL : &n->authz.table;
     struct buf b;
     buf_init(&b);
