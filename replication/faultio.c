@@ -643,6 +643,19 @@ static int io_start(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick, ra
     return g->fio.start(io, msecs, io_tick, recv);
 }
 
+/* raft_uv has closed: every request has had its completion, so none may be left. */
+static void io_closed(struct raft_io *io)
+{
+    struct repl_group *g = io_group(io);
+    unsigned left = 0;
+    for (struct fio_req *r = g->fio.head; r != NULL; r = r->next)
+        left++;
+    if (left > 0) /* a bug here: say it loudly rather than leak quietly */
+        log_error("group %u: %u disk requests still pending when raft_uv closed", g->group_id,
+                  left);
+    g->fio.raft_closed(io);
+}
+
 /* raft closes its I/O: whatever is held never reached raft_uv, so it is cancelled here,
  * as raft_uv cancels its own pending requests on close. */
 static void io_close(struct raft_io *io, raft_io_close_cb cb)
@@ -650,6 +663,7 @@ static void io_close(struct raft_io *io, raft_io_close_cb cb)
     struct repl_group *g = io_group(io);
     struct faultio *f = &g->fio;
     f->closing = true;
+    f->raft_closed = cb;
     for (struct fio_req *r = f->head, *next; r != NULL; r = next) {
         next = r->next;
         if (r->kind == R_TRUNCATE) {
@@ -665,7 +679,7 @@ static void io_close(struct raft_io *io, raft_io_close_cb cb)
     }
     f->held = 0;
     deliver(g);
-    f->close(io, cb);
+    f->close(io, cb != NULL ? io_closed : NULL);
 }
 
 void faultio_init(struct repl_group *g)

@@ -42,6 +42,7 @@ struct faultio {
     int (*snapshot_put)(struct raft_io *, unsigned, struct raft_io_snapshot_put *,
                         const struct raft_snapshot *, raft_io_snapshot_put_cb);
     raft_io_tick_cb raft_tick;
+    raft_io_close_cb raft_closed;
 
     struct fio_req *head, *tail; /* log writes and snapshot puts in flight, oldest first */
     unsigned held;               /* of those, not yet passed to raft_uv (failpoints) */
@@ -73,7 +74,7 @@ struct watchdog {
     struct raft_transfer xfer; /* leadership hand-off while faulty */
     bool xfer_busy;
     uint64_t next_xfer_ns;
-    raft_term xfer_term; /* term of the last attempt */
+    unsigned xfer_attempts; /* in this fault: each waits twice as long as the last */
     uint64_t faults_total;
 };
 

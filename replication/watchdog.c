@@ -119,6 +119,7 @@ void watchdog_check(struct repl_group *g)
             w->since_ns = now;
             w->started_pending = true;
             w->next_xfer_ns = 0;
+            w->xfer_attempts = 0;
             w->faults_total++;
         }
         w->reason = reason;
@@ -201,13 +202,16 @@ void watchdog_pump(struct repl_group *g)
         raft_transferee(&g->raft) != 0 || !has_other_voter(g))
         return;
     uint64_t now = clock_mono_ns();
-    raft_term term = raft_current_term(&g->raft);
-    if (term == w->xfer_term && now < w->next_xfer_ns)
+    if (now < w->next_xfer_ns)
         return;
-    /* At once in a new term (elected again while faulty), then bounded retries: one
-     * attempt per two election timeouts while the fault lasts. */
-    w->xfer_term = term;
-    w->next_xfer_ns = now + 2 * (uint64_t)g->election_timeout_ms * 1000000u;
+    /* At once when the fault begins; each later attempt of the same fault (it failed, or
+     * the leadership came back) waits twice as long, from half an election timeout up to 16.
+     * A healthy voter keeps what it is given; when every node's disk is faulty (one full
+     * volume under all) they would otherwise pass the leadership around and the group
+     * would do nothing but elect. */
+    unsigned shift = w->xfer_attempts < 5 ? w->xfer_attempts : 5;
+    w->next_xfer_ns = now + ((uint64_t)g->election_timeout_ms * 1000000u << shift) / 2;
+    w->xfer_attempts++;
     int rv = raft_transfer(&g->raft, &w->xfer, 0, xfer_cb);
     if (rv == 0)
         w->xfer_busy = true;

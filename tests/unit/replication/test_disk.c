@@ -177,7 +177,7 @@ static void test_low_space_leader_hands_leadership_away(void **state)
     }
     cl_wait_caught_up(&c, 10000);
 
-    /* Make node 1 lead: it must give the leadership back at once. */
+    /* Make node 1 lead: it must give the leadership back within an election timeout. */
     int elected = c.nodes[0].elected;
     if (l == 0) {
         elected--; /* it already leads */
@@ -212,12 +212,48 @@ static void test_low_space_leader_hands_leadership_away(void **state)
     cl_teardown(&c);
 }
 
+/* Every node short of space (one volume under all): each node waits longer before each
+ * hand-off of the same fault, so the group soon stops electing, and whoever leads
+ * refuses writes at once. */
+static void test_low_space_everywhere_bounded_handoffs(void **state)
+{
+    (void)state;
+    struct cluster c;
+    cl_init(&c, 3);
+    c.opts.disk_reserve_bytes = HUGE_RESERVE;
+    cl_start(&c, 3);
+    cl_wait_leader(&c, 10000);
+    int counts[3] = {0, 0, 0};
+    for (int s = 0; s < 3; s++) {
+        int before = 0, after = 0;
+        for (int i = 0; i < 3; i++)
+            before += c.nodes[i].elected;
+        cl_run_for(&c, 2000);
+        for (int i = 0; i < 3; i++)
+            after += c.nodes[i].elected;
+        counts[s] = after - before;
+    }
+    printf("# all disks full: elections per 2 s: %d, %d, %d (election timeout %u ms)\n", counts[0],
+           counts[1], counts[2], c.opts.election_timeout_ms);
+    /* Back-off from half an election timeout, doubling per node: after 4 s at most one
+     * hand-off per node in 2 s. */
+    assert_true(counts[2] <= 3);
+    assert_true(counts[2] <= counts[0]);
+    int l = cl_wait_leader(&c, 10000);
+    struct cl_result r;
+    cl_write(&c, l, &r, "{\"op\":\"kv.put\",\"key\":\"k\",\"value\":4}");
+    cl_wait(&c, &r, 5000);
+    assert_true(r.code == STRATA_UNAVAILABLE || r.code == STRATA_NOT_LEADER);
+    cl_teardown(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_faultio_repair_extends_only_short_open_segments),
         cmocka_unit_test_teardown(test_low_space_single_node_refuses_writes, cl_fixture_teardown),
         cmocka_unit_test_teardown(test_low_space_leader_hands_leadership_away, cl_fixture_teardown),
+        cmocka_unit_test_teardown(test_low_space_everywhere_bounded_handoffs, cl_fixture_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
