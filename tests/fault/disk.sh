@@ -12,12 +12,15 @@
 #         and crashes. Each restarts, drops the torn entries and catches up.
 #   install (failpoints) a follower far behind restarts and its snapshot install fails:
 #         it reports that only a restart helps, and the restart heals it.
+#   crash (failpoints) nodes kill themselves before and after applying an entry and
+#         before answering a write; each restarts and catches up.
+#   save  (failpoints) a node's own snapshot write fails: reported, then cleared.
 # Then: the workload's acknowledged writes are all there (final reads), every replica's
 # state digest is equal (compare), the history is linearizable (lincheck), and every
 # server exits 0 on SIGTERM.
 #
 # usage: disk.sh [--build DIR] [--server PATH] [--workload PATH] [--cli PATH]
-#                [--checker PATH|none] [--fiu auto|0|1] [--phases "full eio torn install"]
+#                [--checker PATH|none] [--fiu auto|0|1] [--phases "full eio torn install crash save"]
 #                [--seed N] [--out DIR] [--keep]
 # Exit: 0 pass, 1 a check failed, 2 harness or setup error, 77 skipped (not root, no
 # mount or network namespace, a tool missing).
@@ -27,7 +30,7 @@ SELF=$(readlink -f "${BASH_SOURCE[0]}")
 ROOT=$(cd "$(dirname "$SELF")/../.." && pwd)
 
 BUILD="$ROOT/build"
-SERVER="" WORKLOAD="" CLI="" CHECKER="" FIU=auto PHASES="full eio torn install" SEED="" OUT="" KEEP=0
+SERVER="" WORKLOAD="" CLI="" CHECKER="" FIU=auto PHASES="full eio torn install crash save" SEED="" OUT="" KEEP=0
 ADDRS=(127.0.0.11 127.0.0.12 127.0.0.13)
 PORT=9876
 TMPFS_MB=96      # node 3's whole disk: two groups preallocate ~48 MiB of segments
@@ -66,8 +69,8 @@ for f in "$SERVER" "$WORKLOAD" "$CLI"; do
 done
 [[ $CHECKER == none || -x $CHECKER ]] || die_usage "no checker at $CHECKER (or give --checker none)"
 for p in $PHASES; do
-    [[ $p == full || $p == eio || $p == torn || $p == install ]] ||
-        die_usage "unknown phase '$p' (full, eio, torn, install)"
+    [[ " full eio torn install crash save " == *" $p "* ]] ||
+        die_usage "unknown phase '$p' (full, eio, torn, install, crash, save)"
 done
 case $FIU in
 auto) grep -qa 'strata/raft/append/before' "$SERVER" && FIU=1 || FIU=0 ;;
@@ -482,6 +485,54 @@ phase_install() {
     wait_for 10 up "$f" && wait_caught_up "$f" 1 15 && no_disk_error "$f" ||
         fail "install: node$((f + 1)) did not catch up after the restart"
     note "install: node$((f + 1)) restarted and caught up (applied $(group_field "$f" 1 applied_index))"
+}
+
+# Crashes at the points with no I/O to fail (failnum 3: SIGKILL): before and after
+# applying an entry, before a write is answered. Each node restarts and catches up; the
+# final checks find every acknowledged write.
+phase_crash() {
+    if ((FIU == 0)); then
+        note "crash: SKIPPED (server built without failpoints)"
+        return
+    fi
+    local point n
+    for point in strata/fsm/apply/before strata/fsm/apply/after strata/reply/before; do
+        n=$(leader_of 1)
+        [[ $point == strata/fsm/apply/after ]] && n=$(follower_except)
+        ((n >= 0)) || { fail "crash($point): no node to crash"; continue; }
+        fiu_ctl "$n" "enable name=$point,failnum=3" || continue
+        if wait_for 8 eval '! alive '"$n"; then
+            wait "${PIDS[n]}" 2>/dev/null
+            PIDS[n]=0
+            grep -q "failpoint $point: crash" "$OUT/node$((n + 1)).log" ||
+                fail "crash($point): node$((n + 1)) died but not at the failpoint"
+            start_node "$n"
+            wait_for 10 up "$n" && wait_caught_up "$n" 1 20 ||
+                fail "crash($point): node$((n + 1)) did not come back"
+            note "crash($point): node$((n + 1)) crashed there, restarted and caught up"
+        else
+            fail "crash($point): node$((n + 1)) did not reach the failpoint within 8 s"
+            fiu_ctl "$n" "disable name=$point"
+        fi
+    done
+}
+
+# The node's own snapshot cannot be written (EIO at strata/raft/snapshot/save/before):
+# reported as a disk error until a later write succeeds after the point is disabled.
+phase_save() {
+    if ((FIU == 0)); then
+        note "save: SKIPPED (server built without failpoints)"
+        return
+    fi
+    local n
+    n=$(follower_except)
+    ((n >= 0)) || { fail "save: no follower"; return; }
+    fiu_ctl "$n" "enable name=strata/raft/snapshot/save/before,failnum=1" || return
+    wait_for 10 eval '[[ $(disk_error_of '"$n"' 1) == *"snapshot write failed"* ]]' ||
+        fail "save: node$((n + 1)) does not report its failed snapshot: '$(disk_error_of "$n" 1)'"
+    note "save: node$((n + 1)) reports: $(disk_error_of "$n" 1)"
+    fiu_ctl "$n" "disable name=strata/raft/snapshot/save/before"
+    wait_for 8 no_disk_error "$n" || fail "save: node$((n + 1)) still reports a fault 8 s after"
 }
 
 for p in $PHASES; do
