@@ -185,8 +185,9 @@ void watchdog_pump(struct repl_group *g)
     bool leader = g->state != G_OPEN && raft_state(&g->raft) == RAFT_LEADER;
     if (w->started_pending) {
         w->started_pending = false;
-        log_error("group %u: %s; writes refused on this node%s", g->group_id, w->msg,
-                  leader ? ", handing leadership away" : "");
+        log_error("group %u: %s; %s", g->group_id, w->msg,
+                  leader ? "refusing writes, handing leadership away"
+                         : "this replica may fall behind; it refuses writes if elected");
         char why[ERR_MSG_MAX];
         if (watchdog_refuses(g, why, sizeof why))
             req_fail_all(g, &g->writes, STRATA_UNAVAILABLE, why);
