@@ -191,9 +191,11 @@ static void cluster_status(struct conn *c, uint64_t id, int op, bool digest)
             continue;
         struct repl_status gs;
         node_group_status(n, gid, &gs);
-        msgpack_pack_map(&pk, 10);
+        msgpack_pack_map(&pk, 11);
         node_pack_str(&pk, "id");
         msgpack_pack_uint32(&pk, gid);
+        node_pack_str(&pk, "disk_error"); /* "" unless the disk watchdog refuses writes */
+        node_pack_str(&pk, gs.disk_error);
         node_pack_str(&pk, "leader_id");
         msgpack_pack_uint64(&pk, gs.leader_id);
         node_pack_str(&pk, "role");

@@ -16,9 +16,13 @@ static void usage(FILE *f)
             "                       [--snapshot-trailing N] [--max-frame-bytes N]\n"
             "                       [--idle-timeout-ms MS] [--shards N] [--replication-factor N]\n"
             "                       [--log-level debug|info|warn|error] [--http HOST:PORT]\n"
+            "                       [--disk-reserve-mb N] [--disk-stall-ms MS]\n"
             "Defaults: --listen 127.0.0.1:9876, --advertise = --listen, no --http.\n"
             "--http serves /metrics (Prometheus), /healthz and /readyz over HTTP/1.1\n"
-            "(docs/operations.md). See docs/server.md.\n");
+            "(docs/operations.md). A group refuses writes and hands leadership away while\n"
+            "its disk has less than --disk-reserve-mb free (default 64) or a log write\n"
+            "fails or takes longer than --disk-stall-ms (default 3000); 0 turns either\n"
+            "check off (docs/reliability.md). See docs/server.md.\n");
 }
 
 static int parse_members(const char *list, struct node_config *c)
@@ -105,6 +109,19 @@ int main(int argc, char **argv)
             c->repl.snapshot_threshold = (unsigned)num(a, v);
         else if (strcmp(a, "--snapshot-trailing") == 0)
             c->repl.snapshot_trailing = (unsigned)num(a, v);
+        else if (strcmp(a, "--disk-reserve-mb") == 0 || strcmp(a, "--disk-stall-ms") == 0) {
+            unsigned long long x = num(a, v);
+            bool reserve = strcmp(a, "--disk-reserve-mb") == 0;
+            if (x > (reserve ? 1ull << 30 : 3600000ull)) {
+                fprintf(stderr, "stratadb-server: %s must be at most %s, got '%s'\n", a,
+                        reserve ? "1073741824 (1 PiB)" : "3600000 (an hour)", v);
+                return 2;
+            }
+            if (reserve)
+                c->repl.disk_reserve_bytes = (uint64_t)x << 20;
+            else
+                c->repl.disk_stall_ms = (unsigned)x;
+        }
         else if (strcmp(a, "--max-frame-bytes") == 0)
             c->max_frame = num(a, v);
         else if (strcmp(a, "--idle-timeout-ms") == 0)

@@ -48,6 +48,7 @@ enum {
     F_LAST,
     F_SNAPSHOT_INDEX,
     F_MEMBERS,
+    F_DISK_FAULT,
     F_LEADER_CHANGES,
     F_SNAPSHOTS,
     F_SNAPSHOT_BYTES,
@@ -152,6 +153,14 @@ static const struct metric_def defs[F_COUNT] = {
                    {"group"},
                    NULL,
                    0},
+    [F_DISK_FAULT] = {METRIC_GAUGE,
+                      "strata_disk_fault",
+                      "1 while the group's disk watchdog refuses writes on this node (a log "
+                      "write failed or stalled, or the data dir is below its free-space "
+                      "reserve; cluster.status says why).",
+                      {"group"},
+                      NULL,
+                      0},
     [F_LEADER_CHANGES] = {METRIC_COUNTER,
                           "strata_raft_leader_changes_total",
                           "Times this node learned of a new leader for the group.",
@@ -346,6 +355,7 @@ static void group_metrics(struct observe *o, uint32_t group, const struct repl_s
     metric_set(series(o, F_LAST, v), (double)st->last_index);
     metric_set(series(o, F_SNAPSHOT_INDEX, v), (double)st->snapshot_index);
     metric_set(series(o, F_MEMBERS, v), (double)st->nmembers);
+    metric_set(series(o, F_DISK_FAULT, v), st->disk_fault);
     /* Counters exist from the first scrape on, at 0, so rate() works from the start. */
     metric_add(series(o, F_LEADER_CHANGES, v), 0);
 }

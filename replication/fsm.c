@@ -94,6 +94,7 @@ static struct batch *own_batch(struct repl_group *g)
 static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
 {
     struct repl_group *g = fsm->data;
+    FAULT_POINT("strata/fsm/apply/before");
     struct batch *b = own_batch(g);
     struct apply_ctx ctx = {b, b != NULL ? b->reqs.head : NULL};
     struct err err;
@@ -116,6 +117,7 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     if (b != NULL)
         b->applied = true;
     *result = b;
+    FAULT_POINT("strata/fsm/apply/after");
     return 0;
 }
 

@@ -21,6 +21,8 @@ void repl_options_default(struct repl_options *o)
     o->snapshot_threshold = 16384;
     o->snapshot_trailing = 4096;
     o->max_entry_bytes = 4u << 20;
+    o->disk_stall_ms = 3000;
+    o->disk_reserve_bytes = 64u << 20;
 }
 
 static void pump_cb(uv_idle_t *h);
@@ -269,6 +271,7 @@ static void pump_cb(uv_idle_t *h)
         if (id != 0)
             group_emit(g, REPL_EV_LEADER_CHANGED, "%s", addr != NULL ? addr : "");
     }
+    watchdog_pump(g);
     if (g->state == G_RUNNING || g->state == G_HANDOFF)
         requests_flush(g);
     bool close_now = g->state == G_HANDOFF && handoff_step(g);
@@ -386,6 +389,13 @@ int repl_group_open(uv_loop_t *loop, const struct repl_options *o, struct storag
         rc = err_set(err, STRATA_OUT_OF_MEMORY, "out of memory (group)");
         goto err_free_group;
     }
+    /* Segments hold whole entries: at least twice the largest entry. */
+    size_t seg = 8u << 20;
+    while (seg < 2 * o->max_entry_bytes)
+        seg *= 2;
+    rc = faultio_repair(o->data_dir, seg, o->group_id, err); /* a torn last write */
+    if (rc != 0)
+        goto err_free_group;
     unsigned connect_timeout = o->election_timeout_ms < 1000 ? 1000 : o->election_timeout_ms;
     rc = transport_init(&g->transport, loop, o->group_id, o->bind_host, connect_timeout, on_peer, g,
                         err);
@@ -414,15 +424,13 @@ int repl_group_open(uv_loop_t *loop, const struct repl_options *o, struct storag
     raft_set_snapshot_trailing(&g->raft, o->snapshot_trailing);
     g->raft.legacy.step_cb = step_cb;
     snapguard_init(g);
+    faultio_init(g); /* wraps io.start too: after snapguard_init */
+    watchdog_init(g, o);
     if (getenv("LIBRAFT_TRACE") == NULL) {
         /* The default tracer formats every message even when off (trap 10). */
         g->raft.tracer = NULL;
         raft_uv_set_tracer(&g->io, NULL);
     }
-    /* Segments hold whole entries: at least twice the largest entry. */
-    size_t seg = 8u << 20;
-    while (seg < 2 * o->max_entry_bytes)
-        seg *= 2;
     raft_uv_set_segment_size(&g->io, seg);
     unsigned retry = o->election_timeout_ms / 4;
     raft_uv_set_connect_retry_delay(&g->io, retry < 50 ? 50 : retry > 1000 ? 1000 : retry);
@@ -571,6 +579,7 @@ void repl_group_status(struct repl_group *g, struct repl_status *st)
     st->applied_index = raft_last_applied(&g->raft);
     st->last_index = raft_last_index(&g->raft);
     st->snapshot_index = g->raft.trail.snapshot.index;
+    watchdog_status(g, st);
     const struct raft_configuration *c = &g->raft.configuration;
     for (unsigned i = 0; i < c->n && st->nmembers < 16; i++) {
         st->members[st->nmembers].id = c->servers[i].id;

@@ -15,6 +15,7 @@
 #ifndef STRATA_REPLICATION_GROUP_H
 #define STRATA_REPLICATION_GROUP_H
 
+#include "faultio.h"
 #include "replication.h"
 
 #include <raft.h>
@@ -139,6 +140,10 @@ struct repl_group {
     char snap_from[REPL_ADDRESS_MAX + 1];
     bool snap_held;
     uint64_t snap_held_total;
+
+    /* faultio.c, watchdog.c: disk writes watched, writes refused while the disk fails */
+    struct faultio fio;
+    struct watchdog wd;
 };
 
 /* group.c */

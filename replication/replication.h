@@ -59,6 +59,12 @@ struct repl_options {
     unsigned snapshot_trailing;    /* entries kept after a snapshot, default 4096 */
     size_t max_entry_bytes;        /* batching bound per log entry, default 4 MiB */
     const struct repl_hook *hook;  /* node commands (not owned, outlives the group), or NULL */
+    /* Disk watchdog (docs/reliability.md, "Disk faults"): a log write pending longer than
+     * disk_stall_ms, a failed one, or less than disk_reserve_bytes free on the data dir's
+     * filesystem makes the group refuse writes and hand leadership away until it clears.
+     * 0 turns the check off. Defaults 3000 ms and 64 MiB. */
+    unsigned disk_stall_ms;
+    uint64_t disk_reserve_bytes;
 };
 void repl_options_default(struct repl_options *o);
 
@@ -102,7 +108,8 @@ typedef void (*repl_done_cb)(void *arg, int code, const uint8_t *result, size_t 
                              const char *message, const char *leader);
 
 /* Submit a write command (msgpack bytes, copied). Concurrent writes are batched into as
- * few log entries as possible. Errors: NOT_LEADER, UNAVAILABLE (stopping), TOO_LARGE,
+ * few log entries as possible. Errors: NOT_LEADER, UNAVAILABLE (stopping, or the disk
+ * watchdog refuses writes: repl_status.disk_error says why), TOO_LARGE,
  * UNKNOWN_OUTCOME (leadership lost after the entry was appended), and whatever the
  * engine returns when applying it. */
 void repl_write(struct repl_group *g, const uint8_t *cmd, size_t len, repl_done_cb cb, void *arg);
@@ -123,6 +130,10 @@ struct repl_status {
     uint64_t leader_id;
     char leader_address[REPL_ADDRESS_MAX + 1];
     uint64_t term, commit_index, applied_index, last_index, snapshot_index;
+    /* Disk watchdog: set while the group refuses writes; disk_error says why. */
+    bool disk_fault;
+    char disk_error[ERR_MSG_MAX];
+    uint64_t disk_free_bytes; /* on the data dir's filesystem, at the last check */
     size_t nmembers;
     struct {
         uint64_t id;

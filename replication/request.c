@@ -84,6 +84,7 @@ void req_deliver(struct repl_group *g)
     while ((r = req_queue_pop(&g->done)) != NULL) {
         const uint8_t *res = r->code == 0 && r->has_result ? r->result.data : NULL;
         size_t len = r->code == 0 && r->has_result ? r->result.len : 0;
+        FAULT_POINT("strata/reply/before");
         r->cb(r->arg, r->code, res, len, r->code != 0 ? r->msg : NULL,
               r->code == STRATA_NOT_LEADER ? r->leader : NULL);
         req_free(r);
@@ -199,6 +200,12 @@ static void submit_write(struct repl_group *g, const uint8_t *cmd, size_t len, b
     if (!is_leader(g)) {
         req_complete(g, r, STRATA_NOT_LEADER, "node %llu is not the leader of group %u",
                      (unsigned long long)g->node_id, g->group_id);
+        return;
+    }
+    /* The disk cannot take it now: say so at once instead of letting it hang. */
+    char why[ERR_MSG_MAX];
+    if (watchdog_refuses(g, why, sizeof why)) {
+        req_complete(g, r, STRATA_UNAVAILABLE, "%s", why);
         return;
     }
     if (req_copy_cmd(r, cmd, len) != 0) {
@@ -510,6 +517,8 @@ static void change_cb(struct raft_change *req, int status)
     struct req *r = g->admin_cur;
     if (r == NULL)
         return;
+    if (status == 0)
+        FAULT_POINT("strata/membership/apply"); /* committed, not yet answered */
     if (status == 0 && r->kind == REQ_ADD && !r->promoting) {
         /* Added as a spare: promote next. raft_assign to voter lets the new member
          * catch up (rounds bounded by raft's catch-up limits) before the change. */
