@@ -5,7 +5,7 @@
 # strata-bench through the cluster-aware client with 3 branches per shard. Run by hand,
 # not by CTest; figures and method in docs/benchmarks.md ("Sharding").
 #
-#   tests/bench/shards.sh             # S = 1 3 9, 3 runs each, interleaved: ~6 minutes
+#   tests/bench/shards.sh             # S = 1 3 9, 3 runs each, interleaved: ~4 minutes
 #   tests/bench/shards.sh 3 9         # only these shard counts
 #
 # Needs a built tree (cmake --build build: stratadb-server, strata-bench, strata_call)
@@ -18,12 +18,24 @@
 #   SHARDS_DURATION         measured seconds (default 10)
 #   SHARDS_WARMUP           warmup seconds (default 2)
 #   SHARDS_KEYS             key space per branch (default 100000; 100-byte values)
+#   SHARDS_FORWARD          1 (default): on the 3-shard clusters, before the throughput
+#                           run, also time one client's puts on `default` (shard 1, led
+#                           by node 1) sent by the cluster-aware client with node 2 as its
+#                           seed (direct to node 1) and pinned to node 2 with
+#                           ?routing=server (node 2 forwards each): 4 s + 1 s warmup each;
+#                           0 skips it
+#   SHARDS_PERF             1 (default when `perf stat` works): count the three servers'
+#                           Raft log writes (io_submit and pwritev2 system calls: libraft
+#                           writes its log with RWF_DSYNC) during the measured window, and
+#                           print entries per log write = 3 × puts / writes (how many puts
+#                           one durable write carries, per node); 0 skips it
 #   SHARDS_OUT              copy every run's strata-bench JSON to this directory
 #   BENCH_KEEP=1            keep the temp dir (data, logs)
 #
-# Prints one line per run (puts/s, p50, p99 in ms, errors, commands forwarded by the
-# nodes during the run, load average before and after) and a summary table (median and
-# range per shard count) in Markdown. Everything listens on 127.0.0.1 only, on free
+# Prints one line per run (puts/s, p50 and p99 in ms, errors, commands the nodes forwarded
+# during the measured command — its N branch.create calls go through the seed node and
+# count, the puts should not —, puts per log write, load average before and after) and a
+# summary table (median and range per shard count) in Markdown. Everything listens on 127.0.0.1 only, on free
 # ports; every server started is tracked by PID and stopped on exit, and the temp dir is
 # removed.
 set -euo pipefail
@@ -42,6 +54,13 @@ keys=${SHARDS_KEYS:-100000}
 for s in "${shard_counts[@]}"; do
     [[ $s =~ ^[1-9][0-9]*$ ]] || die "shard count '$s' is not a positive integer"
 done
+fwd=${SHARDS_FORWARD:-1}
+perf_on=${SHARDS_PERF:-1}
+perf_events=syscalls:sys_enter_io_submit,syscalls:sys_enter_pwritev2
+if [[ $perf_on == 1 ]] && ! perf stat -e "$perf_events" -o /dev/null -- true 2>/dev/null; then
+    log "perf stat cannot count system calls here: no log-write counts"
+    perf_on=0
+fi
 [[ -z ${SHARDS_OUT:-} ]] || mkdir -p "$SHARDS_OUT"
 
 # wait_spread S: until every shard has a leader that is its preferred replica, every node
@@ -63,31 +82,68 @@ wait_spread() {
 # Sum of `forwarded` over the three nodes.
 forwarded() { statuses 0 1 2 | jq '[.[].forwarded] | add'; }
 
+# p50 and p99 of one client's puts in µs, as "p50 p99".
+one_client() {
+    "$bench" --uri "$1" --mix put --keys 10000 --duration 4 --warmup 1 --json |
+        jq -r '"\(.latency_us.p50 | round) \(.latency_us.p99 | round)"'
+}
+
 declare -A got=() # "S run" -> "puts p50_ms p99_ms"
-printf '%-4s %-4s %10s %8s %8s %7s %9s  %s\n' S run 'puts/s' 'p50 ms' 'p99 ms' errors \
-    forwarded 'load before -> after'
+lat_lines=()
+printf '%-4s %-4s %10s %8s %8s %7s %9s %9s  %s\n' S run 'puts/s' 'p50 ms' 'p99 ms' errors \
+    forwarded 'per write' 'load before -> after'
 for ((r = 1; r <= runs; r++)); do
     for s in "${shard_counts[@]}"; do
         cluster_init 3
         cluster_bootstrap 3 --shards "$s" --replication-factor 3
         waited=$(wait_spread "$s")
         nbr=$((per_shard * s))
+        if [[ $fwd == 1 && $s == 3 ]]; then
+            # Shard 1 (the default branch) is led by its preferred replica, node 1.
+            read -r dp50 dp99 < <(one_client "strata://${c_addr[1]}")
+            read -r fp50 fp99 < <(one_client "strata://${c_addr[1]}?routing=server")
+            lat_lines+=("run $r: put p50 direct $dp50 µs, forwarded $fp50 µs (×$(awk -v a="$fp50" \
+                -v b="$dp50" 'BEGIN { printf "%.2f", a / b }')); p99 direct $dp99 µs, forwarded \
+$fp99 µs; load $(loadavg)")
+        fi
+        # Create the branches first (a token run), so the measured command's setup is
+        # one quick round of BRANCH_EXISTS answers.
+        "$bench" --uri "strata://$c_list" --branches "$nbr" --clients 1 --mix put --keys 1 \
+            --duration 0.1 --warmup 0 --json >/dev/null || die "S=$s: creating $nbr branches failed"
         f0=$(forwarded)
         l0=$(loadavg)
+        perf_pid=""
+        if [[ $perf_on == 1 ]]; then
+            rm -f "$tmp/perf.txt"
+            (
+                sleep "$warm"
+                exec perf stat -x, -e "$perf_events" -p "$(IFS=,; echo "${c_pid[*]}")" \
+                    -o "$tmp/perf.txt" -- sleep "$dur"
+            ) &
+            perf_pid=$!
+            tracked[$perf_pid]="perf stat"
+        fi
         out=$("$bench" --uri "strata://$c_list" --clients "$clients" --mix put \
             --branches "$nbr" --keys "$keys" --value-size 100 --duration "$dur" \
             --warmup "$warm" --json)
         l1=$(loadavg)
         f1=$(forwarded)
+        batch=-
+        if [[ -n $perf_pid ]]; then
+            wait "$perf_pid" || true
+            unset "tracked[$perf_pid]"
+            writes=$(awk -F, '$3 ~ /^syscalls:/ { n += $1 } END { print n + 0 }' "$tmp/perf.txt" 2>/dev/null || echo 0)
+            ((writes > 0)) && batch=$(jq -r --argjson w "$writes" '3 * .ok / $w * 10 | round / 10' <<<"$out")
+        fi
         layout=$(placement_via 0 | jq -c '[.table.branches[] | select(.[0] | startswith("bench-"))
                                           | .[1]] | group_by(.) | map(length)')
         [[ -z ${SHARDS_OUT:-} ]] || printf '%s\n' "$out" >"$SHARDS_OUT/shards-S$s-run$r.json"
         read -r puts p50 p99 errs < <(jq -r '[(.throughput_ops_s | round),
             (.latency_us.p50 / 1000 * 100 | round / 100), (.latency_us.p99 / 1000 * 100 | round / 100),
             (([.errors[]] | add // 0) + .unknown_outcomes)] | @tsv' <<<"$out")
-        got["$s $r"]="$puts $p50 $p99"
-        printf '%-4s %-4s %10s %8s %8s %7s %9s  %s -> %s  (branches per shard %s, spread after %s s)\n' \
-            "$s" "$r" "$puts" "$p50" "$p99" "$errs" "$((f1 - f0))" "$l0" "$l1" "$layout" "$waited"
+        got["$s $r"]="$puts $p50 $p99 $batch"
+        printf '%-4s %-4s %10s %8s %8s %7s %9s %9s  %s -> %s  (branches per shard %s, spread after %s s)\n' \
+            "$s" "$r" "$puts" "$p50" "$p99" "$errs" "$((f1 - f0))" "$batch" "$l0" "$l1" "$layout" "$waited"
         cluster_down
     done
 done
@@ -95,15 +151,20 @@ done
 # Median and range per shard count (the middle value of the sorted runs; with an even
 # number of runs, the lower middle one).
 echo
-echo "| shards | branches | durable puts/s, median (range) | p50 ms | p99 ms | runs |"
-echo "|---|---|---|---|---|---|"
+echo "| shards | branches | durable puts/s, median (range) | p50 ms | p99 ms | puts per log write | runs |"
+echo "|---|---|---|---|---|---|---|"
 for s in "${shard_counts[@]}"; do
     cols=()
-    for k in 1 2 3; do
+    for k in 1 2 3 4; do
         vals=$(for ((r = 1; r <= runs; r++)); do cut -d' ' -f"$k" <<<"${got["$s $r"]}"; done | sort -g)
         n=$(wc -l <<<"$vals")
         med=$(sed -n "$(((n + 1) / 2))p" <<<"$vals")
         cols+=("$med ($(head -1 <<<"$vals")–$(tail -1 <<<"$vals"))")
     done
-    echo "| $s | $((per_shard * s)) | ${cols[0]} | ${cols[1]} | ${cols[2]} | $runs |"
+    echo "| $s | $((per_shard * s)) | ${cols[0]} | ${cols[1]} | ${cols[2]} | ${cols[3]} | $runs |"
 done
+if ((${#lat_lines[@]})); then
+    echo
+    echo "One client, 3 shards, puts on default (shard 1, led by node 1), seed node 2:"
+    printf '  %s\n' "${lat_lines[@]}"
+fi
