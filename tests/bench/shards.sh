@@ -18,12 +18,13 @@
 #   SHARDS_DURATION         measured seconds (default 10)
 #   SHARDS_WARMUP           warmup seconds (default 2)
 #   SHARDS_KEYS             key space per branch (default 100000; 100-byte values)
-#   SHARDS_FORWARD          1 (default): on the 3-shard clusters, before the throughput
-#                           run, also time one client's puts on `default` (shard 1, led
-#                           by node 1) sent by the cluster-aware client with node 2 as its
-#                           seed (direct to node 1) and pinned to node 2 with
-#                           ?routing=server (node 2 forwards each): 4 s + 1 s warmup each;
-#                           0 skips it
+#   SHARDS_FORWARD          rounds (default 2) per 3-shard cluster, before its throughput
+#                           run, of one client's puts on `default` (shard 1, led by node
+#                           1): sent by the cluster-aware client with node 2 as its seed
+#                           (direct to node 1), and pinned to node 2 with ?routing=server
+#                           (node 2 forwards each); 4 s + 1 s warmup each, the order
+#                           alternating by round; the nodes' `forwarded` counters are read
+#                           around each; 0 skips it
 #   SHARDS_PERF             1 (default when `perf stat` works): count the three servers'
 #                           Raft log writes (io_submit and pwritev2 system calls: libraft
 #                           writes its log with RWF_DSYNC) during the measured window, and
@@ -54,7 +55,8 @@ keys=${SHARDS_KEYS:-100000}
 for s in "${shard_counts[@]}"; do
     [[ $s =~ ^[1-9][0-9]*$ ]] || die "shard count '$s' is not a positive integer"
 done
-fwd=${SHARDS_FORWARD:-1}
+fwd=${SHARDS_FORWARD:-2}
+[[ $fwd =~ ^[0-9]+$ ]] || die "SHARDS_FORWARD must be a number of rounds"
 perf_on=${SHARDS_PERF:-1}
 perf_events=syscalls:sys_enter_io_submit,syscalls:sys_enter_pwritev2
 if [[ $perf_on == 1 ]] && ! perf stat -e "$perf_events" -o /dev/null -- true 2>/dev/null; then
@@ -82,14 +84,19 @@ wait_spread() {
 # Sum of `forwarded` over the three nodes.
 forwarded() { statuses 0 1 2 | jq '[.[].forwarded] | add'; }
 
-# p50 and p99 of one client's puts in µs, as "p50 p99".
+# one_client KIND URI: one client's puts through URI; appends "KIND p50_us p99_us
+# forwarded" (forwarded: the nodes' counter moved by this much) to $tmp/lat.
 one_client() {
-    "$bench" --uri "$1" --mix put --keys 10000 --duration 4 --warmup 1 --json |
-        jq -r '"\(.latency_us.p50 | round) \(.latency_us.p99 | round)"'
+    local f0 out
+    f0=$(forwarded)
+    out=$("$bench" --uri "$2" --mix put --keys 10000 --duration 4 --warmup 1 --json)
+    jq -r --arg k "$1" --argjson f "$(($(forwarded) - f0))" \
+        '"\($k) \(.latency_us.p50 | round) \(.latency_us.p99 | round) \($f)"' <<<"$out" >>"$tmp/lat"
 }
 
 declare -A got=() # "S run" -> "puts p50_ms p99_ms"
-lat_lines=()
+lat_load=()
+: >"$tmp/lat"
 printf '%-4s %-4s %10s %8s %8s %7s %9s %9s  %s\n' S run 'puts/s' 'p50 ms' 'p99 ms' errors \
     forwarded 'per write' 'load before -> after'
 for ((r = 1; r <= runs; r++)); do
@@ -98,13 +105,18 @@ for ((r = 1; r <= runs; r++)); do
         cluster_bootstrap 3 --shards "$s" --replication-factor 3
         waited=$(wait_spread "$s")
         nbr=$((per_shard * s))
-        if [[ $fwd == 1 && $s == 3 ]]; then
+        if ((fwd > 0)) && [[ $s == 3 ]]; then
             # Shard 1 (the default branch) is led by its preferred replica, node 1.
-            read -r dp50 dp99 < <(one_client "strata://${c_addr[1]}")
-            read -r fp50 fp99 < <(one_client "strata://${c_addr[1]}?routing=server")
-            lat_lines+=("run $r: put p50 direct $dp50 µs, forwarded $fp50 µs (×$(awk -v a="$fp50" \
-                -v b="$dp50" 'BEGIN { printf "%.2f", a / b }')); p99 direct $dp99 µs, forwarded \
-$fp99 µs; load $(loadavg)")
+            for ((k = 0; k < fwd; k++)); do
+                if (((r + k) % 2)); then
+                    one_client direct "strata://${c_addr[1]}"
+                    one_client forwarded "strata://${c_addr[1]}?routing=server"
+                else
+                    one_client forwarded "strata://${c_addr[1]}?routing=server"
+                    one_client direct "strata://${c_addr[1]}"
+                fi
+                lat_load+=("$(loadavg)")
+            done
         fi
         # Create the branches first (a token run), so the measured command's setup is
         # one quick round of BRANCH_EXISTS answers.
@@ -163,8 +175,20 @@ for s in "${shard_counts[@]}"; do
     done
     echo "| $s | $((per_shard * s)) | ${cols[0]} | ${cols[1]} | ${cols[2]} | ${cols[3]} | $runs |"
 done
-if ((${#lat_lines[@]})); then
+if [[ -s $tmp/lat ]]; then
     echo
-    echo "One client, 3 shards, puts on default (shard 1, led by node 1), seed node 2:"
-    printf '  %s\n' "${lat_lines[@]}"
+    echo "One client, 3 shards, puts on default (shard 1, led by node 1), seed node 2;"
+    echo "each line: p50 µs, p99 µs, commands the nodes forwarded meanwhile:"
+    awk '{ printf "  %-9s p50 %5d  p99 %6d  forwarded %d\n", $1, $2, $3, $4 }' "$tmp/lat"
+    echo "  load averages: ${lat_load[*]}"
+    # Medians, and in how many rounds the direct p50 was the lower one (pairs in order).
+    awk '$1 == "direct" { d[nd++] = $2; dp[nd - 1] = $3 }
+         $1 == "forwarded" { f[nf++] = $2; fp[nf - 1] = $3 }
+         function med(a, n,   i, j, t) {
+             for (i = 0; i < n; i++) for (j = i + 1; j < n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+             return a[int((n - 1) / 2)] }
+         END { for (i = 0; i < nd && i < nf; i++) lower += d[i] < f[i]
+               printf "  p50 median: direct %d µs (%d rounds), forwarded %d µs: forwarded/direct = %.2f; direct lower in %d of %d rounds\n",
+                   md = med(d, nd), nd, mf = med(f, nf), mf / md, lower, (nd < nf ? nd : nf)
+               printf "  p99 median: direct %d µs, forwarded %d µs\n", med(dp, nd), med(fp, nf) }' "$tmp/lat"
 fi
