@@ -5,7 +5,7 @@
 # strata-bench through the cluster-aware client with 3 branches per shard. Run by hand,
 # not by CTest; figures and method in docs/benchmarks.md ("Sharding").
 #
-#   tests/bench/shards.sh             # S = 1 3 9, 3 runs each, interleaved: ~4 minutes
+#   tests/bench/shards.sh             # S = 1 3 9, 3 runs each, interleaved: ~4.5 minutes
 #   tests/bench/shards.sh 3 9         # only these shard counts
 #
 # Needs a built tree (cmake --build build: stratadb-server, strata-bench, strata_call)
