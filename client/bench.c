@@ -25,6 +25,12 @@
  * a worker runs D transactions in lock step (D begins, D gets, D commits). Keys are
  * "key%012llu", uniform over --keys from a per-thread xorshift64* generator.
  *
+ * Branches. By default every op names --branch (or none: the server's "default"). With
+ * `--branches N` the run first creates bench-0..bench-N-1 (pipelined; existing ones are
+ * kept) and worker i names bench-(i mod N) in every command: on a sharded cluster the
+ * branches spread over the shards, and a strata:// handle sends each command to the
+ * leader of its branch's shard.
+ *
  * mem: caveat. Each strata_open("mem:") is a separate in-process engine, so with several
  * connections a mem: run measures that many independent engines side by side (and
  * --preload fills each of them); only workers sharing one connection share data. */
@@ -51,6 +57,10 @@
 #define PRELOAD_CHUNK_BYTES (1u << 20) /* one kv.batch_put carries about this much */
 #define PRELOAD_CHUNK_KEYS 1000
 #define PRELOAD_PIPELINE 8
+#define MAX_BRANCHES 100000
+#define BRANCH_PREFIX "bench-" /* as spelled in usage() */
+#define CREATE_PIPELINE 64     /* branch.create commands per strata_exec_many call */
+#define NAME_CAP 24            /* BRANCH_PREFIX and up to 10 digits */
 
 /* ---- Options --------------------------------------------------------------------------- */
 
@@ -67,6 +77,7 @@ struct opts {
     double duration, warmup;
     bool preload, stale, json;
     const char *branch; /* NULL: the argument is omitted (the server's "default") */
+    unsigned branches;  /* --branches N: 0 = one branch (the one above) */
     uint64_t seed;
 };
 
@@ -88,6 +99,9 @@ static void usage(FILE *f)
           "  --preload          put every key once before measuring, so gets hit\n"
           "  --stale            gets may be served by any replica (STRATA_EXEC_STALE)\n"
           "  --branch B         branch to use (created first if missing)\n"
+          "  --branches N       create branches bench-0..bench-N-1 first (if missing);\n"
+          "                     worker i uses bench-(i mod N); --preload fills each\n"
+          "                     (default 0: one branch, --branch or the server's default)\n"
           "  --seed N           PRNG seed (default 1)\n"
           "  --json             print one JSON object instead of text\n"
           "mem: opens a separate in-process engine per connection: a multi-connection mem:\n"
@@ -135,9 +149,9 @@ static double parse_double(const char *flag, const char *v, double lo, double hi
 static void parse_opts(int argc, char **argv, struct opts *o)
 {
     static const char *const valued[] = {
-        "--uri",  "--clients",    "--connections", "--pipeline", "--mix",    "--get-ratio",
-        "--keys", "--value-size", "--duration",    "--warmup",   "--branch", "--seed",
-        NULL};
+        "--uri",       "--clients", "--connections", "--pipeline", "--mix",
+        "--get-ratio", "--keys",    "--value-size",  "--duration", "--warmup",
+        "--branch",    "--seed",    "--branches",    NULL};
     *o = (struct opts){.uri = DEFAULT_URI,
                        .clients = 1,
                        .pipeline = 1,
@@ -226,10 +240,14 @@ static void parse_opts(int argc, char **argv, struct opts *o)
             if (*v == '\0')
                 die_usage(flag, v, "must not be empty");
             o->branch = v;
+        } else if (strcmp(flag, "--branches") == 0) {
+            o->branches = (unsigned)parse_u64(flag, v, 0, MAX_BRANCHES);
         } else {
             o->seed = parse_u64(flag, v, 0, UINT64_MAX);
         }
     }
+    if (o->branch && o->branches)
+        die_usage("--branches", NULL, "names its own branches: drop --branch");
     if (ratio_set && mix_set && o->mix != MIX_MIXED)
         die_usage("--get-ratio", ratio_arg, "applies to --mix mixed only");
     if (o->connections == 0)
@@ -554,6 +572,16 @@ static bool result_snapshot(const struct buf *r, uint64_t *snap)
     return found;
 }
 
+/* Branch i of the run: BRANCH_PREFIX i (formatted into buf) with --branches, else
+ * --branch. */
+static const char *branch_name(const struct opts *o, unsigned i, char buf[NAME_CAP])
+{
+    if (o->branches == 0)
+        return o->branch;
+    snprintf(buf, NAME_CAP, BRANCH_PREFIX "%u", i);
+    return buf;
+}
+
 /* ---- Connections, workers ------------------------------------------------------------- */
 
 struct conn {
@@ -572,6 +600,8 @@ struct bench {
 
 struct worker {
     struct bench *b;
+    struct opts o;         /* the run's options, with this worker's branch */
+    char branch[NAME_CAP]; /* --branches: BRANCH_PREFIX (id mod N) */
     struct conn *conn;
     uint64_t rng;
     uint8_t *value;
@@ -647,7 +677,7 @@ static void exec_round(struct worker *w, size_t n, unsigned flags)
 /* One round of plain puts and gets. */
 static void round_kv(struct worker *w)
 {
-    const struct opts *o = &w->b->o;
+    const struct opts *o = &w->o;
     size_t d = o->pipeline;
     /* Compare against a 53-bit draw so --get-ratio 1 means every op is a get. */
     uint64_t cut = (uint64_t)(o->get_ratio * (double)(1ULL << 53));
@@ -699,7 +729,7 @@ static size_t txn_step(struct worker *w, size_t n)
  * transaction's result position follows its slot's place in w->live. */
 static void round_txn(struct worker *w)
 {
-    const struct opts *o = &w->b->o;
+    const struct opts *o = &w->o;
     size_t d = o->pipeline, n = d;
     for (size_t i = 0; i < d; i++) {
         w->live[i] = i;
@@ -756,6 +786,9 @@ static void worker_init(struct worker *w, struct bench *b, unsigned id)
 {
     size_t d = b->o.pipeline;
     w->b = b;
+    w->o = b->o;
+    if (b->o.branches)
+        w->o.branch = branch_name(&b->o, id % b->o.branches, w->branch);
     w->conn = &b->conns[id % b->o.connections];
     uint64_t s = b->o.seed + id;
     w->rng = splitmix64(&s);
@@ -807,25 +840,57 @@ static void worker_free(struct worker *w)
 
 /* ---- Setup: branch and preload -------------------------------------------------------- */
 
-/* Create --branch on one handle unless it exists. */
-static int ensure_branch(const struct opts *o, struct strata *db, struct err *err)
+/* Create the run's branches on one handle unless they exist, CREATE_PIPELINE per
+ * strata_exec_many call: on a cluster the creates queued together share one placement
+ * write. On failure *failed names the first branch that failed (it may point into
+ * `name`). */
+static int ensure_branches(const struct opts *o, struct strata *db, char name[NAME_CAP],
+                           const char **failed, struct err *err)
 {
-    struct buf cmd, res;
-    buf_init(&cmd);
-    buf_init(&res);
-    struct packer P;
-    packer_start(&P, &cmd);
-    msgpack_pack_map(&P.pk, 2);
-    pk_str(&P, "op");
-    pk_str(&P, "branch.create");
-    pk_str(&P, "name");
-    pk_str(&P, o->branch);
-    packer_check(&P);
-    int rc = strata_exec(db, cmd.data, cmd.len, &res, err);
-    if (rc == STRATA_BRANCH_EXISTS)
-        rc = 0;
-    buf_close(&cmd);
-    buf_close(&res);
+    unsigned total = o->branches ? o->branches : 1;
+    struct buf cmds[CREATE_PIPELINE], res[CREATE_PIPELINE];
+    const uint8_t *ptrs[CREATE_PIPELINE];
+    size_t lens[CREATE_PIPELINE];
+    int codes[CREATE_PIPELINE];
+    struct err errs[CREATE_PIPELINE];
+    for (size_t i = 0; i < CREATE_PIPELINE; i++) {
+        buf_init(&cmds[i]);
+        buf_init(&res[i]);
+    }
+    int rc = 0;
+    for (unsigned first = 0; first < total && rc == 0; first += CREATE_PIPELINE) {
+        size_t n = total - first < CREATE_PIPELINE ? total - first : CREATE_PIPELINE;
+        for (size_t i = 0; i < n; i++) {
+            char nm[NAME_CAP];
+            struct packer P;
+            packer_start(&P, &cmds[i]);
+            msgpack_pack_map(&P.pk, 2);
+            pk_str(&P, "op");
+            pk_str(&P, "branch.create");
+            pk_str(&P, "name");
+            pk_str(&P, branch_name(o, first + (unsigned)i, nm));
+            packer_check(&P);
+            ptrs[i] = cmds[i].data;
+            lens[i] = cmds[i].len;
+            buf_reset(&res[i]);
+            err_clear(&errs[i]);
+        }
+        rc = strata_exec_many(db, ptrs, lens, n, 0, res, codes, errs);
+        if (rc) {
+            err_set(err, rc, "strata_exec_many attempted nothing");
+            *failed = branch_name(o, first, name);
+        }
+        for (size_t i = 0; i < n && rc == 0; i++)
+            if (codes[i] && codes[i] != STRATA_BRANCH_EXISTS) {
+                rc = codes[i];
+                *err = errs[i];
+                *failed = branch_name(o, first + (unsigned)i, name);
+            }
+    }
+    for (size_t i = 0; i < CREATE_PIPELINE; i++) {
+        buf_close(&cmds[i]);
+        buf_close(&res[i]);
+    }
     return rc;
 }
 
@@ -885,18 +950,15 @@ static void *preload_main(void *arg)
     return NULL;
 }
 
-/* A mem: handle is its own engine, so each is filled with every key; a server's key
- * space is shared, so the connections split it. */
-static int preload_all(struct bench *b, double *secs)
+/* Fill one branch: a mem: handle is its own engine, so each is filled with every key; a
+ * server's key space is shared, so the connections split it. `o` names the branch; `p`
+ * has one slot per connection. */
+static int preload_branch(struct bench *b, const struct opts *o, struct preload *p)
 {
-    const struct opts *o = &b->o;
     unsigned nc = o->connections;
-    struct preload *p = xcalloc(nc, sizeof *p);
-    uint64_t t0 = clock_mono_ns();
     int rc = 0;
     for (unsigned c = 0; c < nc; c++) {
-        p[c].o = o;
-        p[c].db = b->conns[c].db;
+        p[c] = (struct preload){.o = o, .db = b->conns[c].db};
         p[c].first = b->mem ? 0 : o->keys * c / nc;
         p[c].count = b->mem ? o->keys : o->keys * (c + 1) / nc - p[c].first;
         if (pthread_create(&p[c].thread, NULL, preload_main, &p[c])) {
@@ -908,9 +970,24 @@ static int preload_all(struct bench *b, double *secs)
         pthread_join(p[c].thread, NULL);
         if (p[c].rc && rc == 0) {
             rc = p[c].rc;
-            fprintf(stderr, "strata-bench: preload failed: %s: %s\n", err_name(p[c].err.code),
-                    p[c].err.msg);
+            fprintf(stderr, "strata-bench: preload of branch '%s' failed: %s: %s\n",
+                    o->branch ? o->branch : "default", err_name(p[c].err.code), p[c].err.msg);
         }
+    }
+    return rc;
+}
+
+/* Preload the run's branch, or with --branches each of them in turn. */
+static int preload_all(struct bench *b, double *secs)
+{
+    struct preload *p = xcalloc(b->o.connections, sizeof *p);
+    uint64_t t0 = clock_mono_ns();
+    int rc = 0;
+    struct opts bo = b->o;
+    char name[NAME_CAP];
+    for (unsigned br = 0; br < (b->o.branches ? b->o.branches : 1) && rc == 0; br++) {
+        bo.branch = branch_name(&b->o, br, name);
+        rc = preload_branch(b, &bo, p);
     }
     *secs = (double)(clock_mono_ns() - t0) / 1e9;
     sm_free(p);
@@ -987,11 +1064,16 @@ static void report_human(const struct bench *b, const struct summary *s)
     printf("%-12skeys %llu  value %zu B  seed %llu%s%s%s%s\n", "", (unsigned long long)o->keys,
            o->value_size, (unsigned long long)o->seed, o->preload ? "  preload" : "",
            o->stale ? "  stale" : "", o->branch ? "  branch " : "", o->branch ? o->branch : "");
+    if (o->branches)
+        printf("%-12s%u: " BRANCH_PREFIX "0.." BRANCH_PREFIX "%u, worker i on " BRANCH_PREFIX
+               "(i mod %u)\n",
+               "branches", o->branches, o->branches - 1, o->branches);
     if (b->mem && o->connections > 1)
         printf("%-12smem: %u connections = %u independent in-process engines\n", "", o->connections,
                o->connections);
     if (o->preload)
-        printf("%-12s%llu keys in %.2f s\n", "preload", (unsigned long long)o->keys, s->preload_s);
+        printf("%-12s%llu keys%s in %.2f s\n", "preload", (unsigned long long)o->keys,
+               o->branches ? " in each branch" : "", s->preload_s);
     printf("%-12s%.2f s (after %.2f s warmup)\n", "window", s->window_s, o->warmup);
     printf("%-12s%.0f ops/s  (%llu ok of %llu ops)\n", "throughput", (double)s->ok / s->window_s,
            (unsigned long long)s->ok, (unsigned long long)s->attempted);
@@ -1047,6 +1129,10 @@ static void report_json(const struct bench *b, const struct summary *s)
         json_object_set_new(j, "preload_s", json_real(s->preload_s));
     json_object_set_new(j, "stale", json_boolean(o->stale));
     json_object_set_new(j, "branch", o->branch ? json_string(o->branch) : json_null());
+    /* How many branches the workers spread over (1 without --branches). */
+    json_object_set_new(j, "branches", json_integer(o->branches ? o->branches : 1));
+    if (o->branches)
+        json_object_set_new(j, "branch_prefix", json_string(BRANCH_PREFIX));
     json_object_set_new(j, "seed", json_integer((json_int_t)o->seed));
     json_object_set_new(j, "warmup_s", json_real(o->warmup));
     json_object_set_new(j, "window_s", json_real(s->window_s));
@@ -1140,14 +1226,16 @@ int main(int argc, char **argv)
         pthread_mutex_init(&c->mu, NULL);
         c->shared = o->clients > o->connections;
     }
-    if (o->branch) {
-        /* Every mem: handle needs its own branch; a server needs it once. */
+    if (o->branch || o->branches) {
+        /* Every mem: handle needs its own branches; a server needs them once. */
         for (unsigned c = 0; c < (b.mem ? o->connections : 1); c++) {
             struct err err;
             err_clear(&err);
-            int rc = ensure_branch(o, b.conns[c].db, &err);
+            char name[NAME_CAP];
+            const char *failed = "";
+            int rc = ensure_branches(o, b.conns[c].db, name, &failed, &err);
             if (rc) {
-                fprintf(stderr, "strata-bench: cannot create branch '%s': %s: %s\n", o->branch,
+                fprintf(stderr, "strata-bench: cannot create branch '%s': %s: %s\n", failed,
                         err_name(rc), err.msg);
                 goto out_close;
             }
