@@ -168,6 +168,18 @@ void node_assign(struct node *n, const uint8_t *cmd, size_t len, uint32_t flags,
 size_t node_cmd_branches(const msgpack_object *cmd, const char *op, const char **names,
                          size_t *lens, size_t cap);
 
+/* ---- Branch moves (move.c) ---------------------------------------------------------
+ * The meta leader drives every move in the meta group's `moves` record. docs/sharding.md
+ * "Branch moves". */
+struct mover;
+void move_service_start(struct node *n);
+void move_service_stop(struct node *n);
+/* cluster.move_branch / moves / move_abort / move_exec: returns 1 when `op` is one of
+ * them (cb is then called), 0 otherwise. */
+int node_move_admin(struct node *n, const char *op, const msgpack_object *cmd,
+                    const uint8_t *bytes, size_t len, uint32_t flags, const struct auth_key *key,
+                    fwd_done_cb cb, void *arg);
+
 /* ---- The node (server.c) ---------------------------------------------------------- */
 struct node {
     uv_loop_t *loop;
@@ -204,6 +216,7 @@ struct node {
     struct fwd_link *links;
     uint64_t forwarded; /* requests relayed to the leader (metric) */
     struct observe *obs; /* NULL without --http */
+    struct mover *mover; /* branch moves (move.c); NULL when stopped */
     bool stopping;
     int exit_code;
     /* A fresh data dir given --bootstrap waits for the other initial members before it

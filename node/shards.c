@@ -984,6 +984,7 @@ void shards_start(struct node *n)
     n->shard_timer_on = true;
     n->last_spread_ms = uv_now(n->loop);
     uv_timer_start(&n->shard_timer, tick, 0, TICK_MS);
+    move_service_start(n);
 }
 
 static void shard_timer_closed(uv_handle_t *h)
@@ -993,6 +994,7 @@ static void shard_timer_closed(uv_handle_t *h)
 
 void shards_stop(struct node *n, void (*cb)(struct node *n))
 {
+    move_service_stop(n);
     if (n->shard_timer_on) {
         n->shard_timer_on = false;
         uv_close((uv_handle_t *)&n->shard_timer, shard_timer_closed);

@@ -431,21 +431,24 @@ static int move_release(struct exec *x)
 
 /* ---- Target: drop a partial copy --------------------------------------------------------- */
 
-/* move.abort {name, move_id}: delete the branch if it is this move's unfinished copy.
- * Never touches a branch that is not (a live one, or another move's). */
+/* move.abort {name, move_id, force?}: delete the branch if it is this move's copy and
+ * unfinished — or finished, with `force` (the driver's abort, which runs only while the
+ * table still names the source). Never touches a branch that is not this move's copy. */
 static int move_abort(struct exec *x)
 {
     struct branch *b;
     uint64_t id;
+    bool force = false;
     int rc;
-    if ((rc = arg_branch_opt(x, &b)) || (rc = arg_move_id(x, &id)))
+    if ((rc = arg_branch_opt(x, &b)) || (rc = arg_move_id(x, &id)) ||
+        (rc = arg_bool_opt(x, "force", &force)))
         return rc;
     struct import_marker m;
     if (b == NULL || !move_import_get(b, &m) || m.move_id != id) {
         msgpack_pack_false(x->pk);
         return 0;
     }
-    if (m.state == IMPORT_DONE)
+    if (m.state == IMPORT_DONE && !force)
         return err_set(x->err, STRATA_CONFLICT,
                        "branch '%s' was imported completely: it is live here", b->name);
     if (msgpack_pack_true(x->pk))
@@ -467,7 +470,7 @@ static int move_status(struct exec *x)
         return rc;
     struct branch *b = branch_find(x->s, n, len);
     msgpack_packer *pk = x->pk;
-    msgpack_pack_map(pk, b ? 6 : 2);
+    msgpack_pack_map(pk, b ? 7 : 2);
     mp_pack_cstr(pk, "exists");
     msgpack_pack_bool(pk, b != NULL);
     mp_pack_cstr(pk, "version");
@@ -478,6 +481,11 @@ static int move_status(struct exec *x)
     msgpack_pack_uint64(pk, b->id);
     mp_pack_cstr(pk, "log_len");
     msgpack_pack_uint64(pk, b->nlog);
+    uint32_t forks = 0;
+    for (size_t i = 0; i < x->s->nbranches; i++)
+        forks += x->s->branches[i]->parent == b;
+    mp_pack_cstr(pk, "forks");
+    msgpack_pack_uint32(pk, forks);
     mp_pack_cstr(pk, "fence");
     struct fence_marker f;
     if (move_fence_get(b, &f))

@@ -823,7 +823,7 @@ static int import_decide(struct exec *x, struct branch *b, const struct blob_hea
 static int pack_import_result(struct exec *x, bool applied, uint32_t n,
                               const struct import_marker *m)
 {
-    int rc = msgpack_pack_map(x->pk, 5);
+    int rc = msgpack_pack_map(x->pk, 7);
     mp_pack_cstr(x->pk, "applied");
     msgpack_pack_bool(x->pk, applied);
     mp_pack_cstr(x->pk, "records");
@@ -832,6 +832,10 @@ static int pack_import_result(struct exec *x, bool applied, uint32_t n,
     mp_pack_cstr(x->pk, m->state == IMPORT_DONE ? "done" : "importing");
     mp_pack_cstr(x->pk, "copy_complete");
     msgpack_pack_bool(x->pk, m->copy_complete);
+    mp_pack_cstr(x->pk, "copy_at");
+    msgpack_pack_uint64(x->pk, m->copy_at);
+    mp_pack_cstr(x->pk, "copy_pos");
+    pack_pos(x->pk, m->has_copy_pos, m->copy_key, m->copy_klen, m->copy_ver);
     mp_pack_cstr(x->pk, "log_pos");
     if (m->has_log_pos)
         rc |= msgpack_pack_uint64(x->pk, m->log_pos);

@@ -32,6 +32,9 @@ static const struct {
     {"file_crash", test_file_crash, 60},
     {"http", test_http, 120},
     {"shards", test_shards, 120},
+    {"move", test_move, 150},
+    {"move_resume", test_move_resume, 200},
+    {"move_bench", test_move_bench, 900},
 };
 
 int main(int argc, char **argv)

@@ -14,5 +14,8 @@ void test_file_durability(void);  /* test_file.c */
 void test_file_crash(void);       /* test_file.c */
 void test_http(void);             /* test_http.c */
 void test_shards(void);           /* test_shards.c */
+void test_move(void);             /* test_move.c */
+void test_move_resume(void);      /* test_move.c */
+void test_move_bench(void);       /* test_move.c (not a CTest test: prints figures) */
 
 #endif
