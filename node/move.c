@@ -72,7 +72,7 @@ struct drive {
     size_t copy_klen;
     /* Source side, FENCED. */
     bool fenced, sealed, seal_inflight;
-    uint64_t fenced_ms;
+    uint64_t fenced_ms, seal_seq, seal_ms;
     int rounds, conflicts;
     unsigned backoff;
     bool main;             /* a step is in flight */
@@ -192,8 +192,8 @@ static void call_done(void *arg, int code, const uint8_t *result, size_t len, co
     (void)leader;
     struct call *c = arg;
     struct drive *d = c->d;
-    bool current = !d->stopped && (c->seal || c->seq == d->seq);
-    if (c->seal)
+    bool current = !d->stopped && c->seq == (c->seal ? d->seal_seq : d->seq);
+    if (current && c->seal)
         d->seal_inflight = false;
     else if (current)
         d->main = d->remote = false;
@@ -232,8 +232,9 @@ static void shard_call(struct drive *d, uint32_t gid, const struct buf *inner, b
         d->step_ms = uv_now(n->loop);
     } else {
         d->seal_inflight = true;
+        d->seal_ms = uv_now(n->loop);
     }
-    *c = (struct call){d, d->seq, seal, done};
+    *c = (struct call){d, seal ? d->seal_seq : d->seq, seal, done};
     msgpack_packer pk;
     msgpack_packer_init(&pk, &b, node_buf_w);
     msgpack_pack_map(&pk, 3);
@@ -1046,6 +1047,10 @@ static void tick(uv_timer_t *t)
             d->seq++;
             d->main = d->remote = false;
             drive_retry(d, "a step", STRATA_TIMEOUT, "no answer");
+        } else if (!d->stopped && d->seal_inflight && now - d->seal_ms > OP_TIMEOUT_MS) {
+            d->seal_seq++;
+            d->seal_inflight = false;
+            drive_retry(d, "sealing the source", STRATA_TIMEOUT, "no answer");
         }
 }
 
@@ -1355,20 +1360,61 @@ static void listed(void *arg, int code, const char *msg, const struct migration 
     sm_free(r);
 }
 
-/* cluster.moves: the record, read linearizably on the meta leader. */
+static void listed_raw(void *arg, int code, const uint8_t *result, size_t len,
+                       const char *message, const char *leader)
+{
+    (void)leader;
+    struct list_req *r = arg;
+    struct migration *m = code ? NULL : sm_malloc(sizeof *m);
+    struct err err;
+    err_clear(&err);
+    if (code == 0 && m == NULL)
+        code = err_set(&err, STRATA_OUT_OF_MEMORY, "out of memory");
+    if (code == 0) {
+        /* nil (never written) is the empty record */
+        migration_init(m);
+        msgpack_zone z;
+        msgpack_zone_init(&z, 4096);
+        msgpack_object o;
+        size_t off = 0;
+        struct buf b;
+        buf_init(&b);
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &b, node_buf_w);
+        const msgpack_object *v = NULL;
+        if (msgpack_unpack((const char *)result, len, &off, &z, &o) != MSGPACK_UNPACK_SUCCESS)
+            code = err_set(&err, STRATA_INTERNAL, "the moves record cannot be read");
+        else if (o.type != MSGPACK_OBJECT_NIL && (v = node_map_get(&o, "value")) == NULL)
+            code = err_set(&err, STRATA_INTERNAL, "the moves cell has no value");
+        else if (v && msgpack_pack_object(&pk, *v) != 0)
+            code = err_set(&err, STRATA_OUT_OF_MEMORY, "out of memory");
+        else if (v)
+            code = migration_decode(m, b.data, b.len, &err);
+        buf_close(&b);
+        msgpack_zone_destroy(&z);
+    }
+    listed(r, code, code ? (err.msg[0] ? err.msg : message) : NULL, m);
+    sm_free(m);
+}
+
+/* cluster.moves: the record, read linearizably on the meta leader (beside the queue of
+ * changes: a reader never waits for a writer). */
 static void moves_local(struct node *n, const uint8_t *cmd, size_t len, const struct auth_key *key,
                         fwd_done_cb cb, void *arg)
 {
     (void)cmd, (void)len, (void)key;
+    struct node_group *g0 = node_group(n, 0);
     struct list_req *r = sm_malloc(sizeof *r);
-    if (r == NULL || n->mover == NULL) {
+    if (r == NULL || g0 == NULL || g0->group == NULL) {
         sm_free(r);
         cb(arg, r ? STRATA_UNAVAILABLE : STRATA_OUT_OF_MEMORY, NULL, 0,
-           r ? "the node is shutting down" : "out of memory", NULL);
+           r ? "the meta group is not hosted here" : "out of memory", NULL);
         return;
     }
     *r = (struct list_req){cb, arg};
-    cell_change(n->mover, NULL, NULL, listed, r);
+    size_t clen;
+    const uint8_t *get = cell_get_cmd(&clen);
+    repl_read(g0->group, get, clen, false, listed_raw, r);
 }
 
 /* cluster.move_abort {branch}: ask the branch's drive to abort before its cut-over. */

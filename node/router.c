@@ -766,7 +766,7 @@ static void moved_poll(uv_timer_t *t)
         submit_fail(s, s->moved_code, s->msg);
         return;
     }
-    if (s->moved_polls++ % 8 == 0)
+    if (s->moved_polls++ % 2 == 0)
         placement_wait(n, 0, true, nudged, NULL);
     uv_timer_start(t, moved_poll, MOVED_POLL_MS, 0);
 }
@@ -803,6 +803,12 @@ static bool moved_retry(struct submit *s, int code, const char *message)
         /* The new names were assigned to the old shard: give them back first. */
         send_assign(s, (const char *const *)s->names + 1, s->lens + 1, s->nnames - 1, 0, true,
                     fork_unassigned);
+        return true;
+    }
+    if (n->have_pl && n->pl.epoch > s->moved_epoch) { /* the table moved on already */
+        s->refreshed = false;
+        s->waited = false;
+        submit_step(s);
         return true;
     }
     moved_wait(s);

@@ -341,6 +341,11 @@ static void fresh_done(struct node *n, uint64_t seq, bool ok)
     n->pl_reading = false;
     if (ok && seq > n->pl_fresh_ok)
         n->pl_fresh_ok = seq;
+    /* A failed read (e.g. asked a node that does not lead the meta group) must not leave
+     * the waiters for a fresh one until their timeout: try again at the next tick. */
+    for (struct pl_waiter *w = n->pl_waiters; !ok && w; w = w->next)
+        if (w->fresh_seq > n->pl_fresh_ok)
+            n->pl_fresh_wanted = true;
     waiters_check(n);
 }
 

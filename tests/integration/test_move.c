@@ -229,10 +229,10 @@ static void *writer_main(void *arg)
                           "{\"op\":\"kv.put\",\"branch\":\"%s\",\"key\":\"%s\",\"value\":\"w%d-%zu\"}",
                           w->branch, w->key, w->idx, n);
         op->t1_us = now_us();
-        if (op->t1_us - op->t0_us > 100000 && getenv("STRATA_MOVE_SLOW"))
-            fprintf(stderr, "slow write w%d-%zu: %.0f ms, ended at %.3f (wall s) code %s\n", w->idx,
-                    n, (op->t1_us - op->t0_us) / 1000.0, (double)(clock_now_us() % 100000000) / 1e6,
-                    err_name(op->code));
+        if (op->t1_us - op->t0_us > (getenv("STRATA_MOVE_SLOW") ? (uint64_t)atoi(getenv("STRATA_MOVE_SLOW")) * 1000u : UINT64_MAX))
+            fprintf(stderr, "slow write w%d-%zu: %.0f ms, ended at second %.3f of the minute: %s\n",
+                    w->idx, n, (op->t1_us - op->t0_us) / 1000.0,
+                    (double)(clock_now_us() % 60000000) / 1e6, err_name(op->code));
         op->version = op->code == 0 ? answer_version(&res, NULL, 0) : 0;
         if (op->code && op->code != STRATA_UNKNOWN_OUTCOME && !w->first_problem[0])
             snprintf(w->first_problem, sizeof w->first_problem, "put w%d-%zu: %s %s", w->idx, n,
@@ -419,6 +419,19 @@ static void latencies(struct writer *w, int nw, uint64_t from, uint64_t to, uint
     free(l);
 }
 
+/* The longest write in flight at some time in [from, to]. */
+static uint64_t longest_overlapping(struct writer *w, int nw, uint64_t from, uint64_t to)
+{
+    uint64_t max = 0;
+    for (int i = 0; i < nw; i++)
+        for (size_t k = 0; k < w[i].nops; k++) {
+            const struct op_rec *op = &w[i].ops[k];
+            if (op->t0_us <= to && op->t1_us >= from && op->t1_us - op->t0_us > max)
+                max = op->t1_us - op->t0_us;
+        }
+    return max;
+}
+
 /* Preload `n` keys (history for the copy) and some versions of "hot". */
 static void preload(struct strata *db, const char *branch, size_t n, const char *prefix)
 {
@@ -504,6 +517,8 @@ static void move_under_load(struct h_cluster *c, struct strata *db, const char *
     uint64_t base_to = now_us();
     uint64_t *pauses = calloc((size_t)rounds, sizeof *pauses);
     uint64_t(*win)[2] = calloc((size_t)rounds, sizeof *win);
+    uint64_t(*cut)[2] = calloc((size_t)rounds, sizeof *cut);
+    uint64_t *cutp = calloc((size_t)rounds, sizeof *cutp);
     uint64_t all_from = 0, all_to = 0;
     int done = 0;
     for (int r = 0; r < rounds; r++) {
@@ -518,8 +533,23 @@ static void move_under_load(struct h_cluster *c, struct strata *db, const char *
               e.msg);
         if (id == 0)
             break;
-        char outcome[64];
-        bool ok = move_wait(db, id, 60000, outcome, sizeof outcome);
+        /* Follow the phases closely: the fence-to-cut-over interval, as seen from here,
+         * lies within [last seen before the fence, first seen after the cut-over]. */
+        char outcome[64] = "", phase[32] = "", msg[256];
+        uint64_t before_fence = t0, after_cut = 0;
+        for (uint64_t until = h_now_ms() + 60000; h_now_ms() < until && !outcome[0];
+             h_sleep_ms(5)) {
+            uint64_t t = now_us();
+            if (!move_state(db, id, phase, sizeof phase, outcome, sizeof outcome, msg, sizeof msg))
+                continue;
+            if (strcmp(phase, "copying") == 0 || strcmp(phase, "catching_up") == 0)
+                before_fence = t;
+            else if (after_cut == 0 && (strcmp(phase, "cutover") == 0 || outcome[0]))
+                after_cut = now_us();
+        }
+        bool ok = strcmp(outcome, "done") == 0;
+        if (!ok)
+            h_note("move %llu: %s %s", (unsigned long long)id, outcome[0] ? outcome : "timeout", msg);
         uint64_t t1 = now_us();
         CHECK(ok, "move %llu finished: %s (%.0f ms)", (unsigned long long)id, outcome,
               (double)(t1 - t0) / 1000.0);
@@ -534,6 +564,8 @@ static void move_under_load(struct h_cluster *c, struct strata *db, const char *
               err_name(rc));
         win[r][0] = t0;
         win[r][1] = t1;
+        cut[r][0] = before_fence;
+        cut[r][1] = after_cut ? after_cut : t1;
         if (r == 0)
             all_from = t0;
         all_to = t1;
@@ -566,10 +598,14 @@ static void move_under_load(struct h_cluster *c, struct strata *db, const char *
         size_t cnt;
         latencies(w, WRITERS, win[r][0], win[r][1], &p50, &p99, &max, &cnt);
         pauses[r] = max;
-        h_note("move %d: %zu writes during it, latency p50 %.1f ms, p99 %.1f ms, max %.1f ms",
-               r + 1, cnt, p50 / 1000.0, p99 / 1000.0, max / 1000.0);
+        cutp[r] = longest_overlapping(w, WRITERS, cut[r][0], cut[r][1]);
+        h_note("move %d: %zu writes during it, latency p50 %.1f ms, p99 %.1f ms, max %.1f ms; "
+               "longest write across the fence and cut-over (seen within %.0f ms): %.1f ms",
+               r + 1, cnt, p50 / 1000.0, p99 / 1000.0, max / 1000.0,
+               (cut[r][1] - cut[r][0]) / 1000.0, cutp[r] / 1000.0);
     }
     free(win);
+    free(cut);
     check_history(db, branch, "hot", w, WRITERS, preload_prefix);
     if (npreload)
         check_preload(db, branch, npreload, preload_prefix);
@@ -582,14 +618,21 @@ static void move_under_load(struct h_cluster *c, struct strata *db, const char *
                cnt, p50 / 1000.0, p99 / 1000.0, max / 1000.0);
         latencies(w, WRITERS, all_from, all_to, &p50, &p99, &max, &cnt);
         qsort(pauses, (size_t)done, sizeof *pauses, cmp_u64);
+        qsort(cutp, (size_t)done, sizeof *cutp, cmp_u64);
+        size_t i99 = (size_t)(done * 99) / 100 < (size_t)done ? (size_t)(done * 99) / 100
+                                                               : (size_t)done - 1;
+        h_note("FIGURES: %d moves: the write pause (longest write in flight across the fence "
+               "and the cut-over): p50 %.1f ms, p99 %.1f ms, max %.1f ms",
+               done, cutp[done / 2] / 1000.0, cutp[i99] / 1000.0, cutp[done - 1] / 1000.0);
         h_note("FIGURES: %d moves under %d writers: write latency during moves p50 %.1f ms, "
-               "p99 %.1f ms (%zu writes); longest write per move (the pause): p50 %.1f ms, "
-               "p99 %.1f ms, max %.1f ms",
+               "p99 %.1f ms (%zu writes); longest write per move window (copy, cut-over and "
+               "grace): p50 %.1f ms, p99 %.1f ms, max %.1f ms",
                done, WRITERS, p50 / 1000.0, p99 / 1000.0, cnt, pauses[done / 2] / 1000.0,
                pauses[(done * 99) / 100 < done ? (done * 99) / 100 : done - 1] / 1000.0,
                pauses[done - 1] / 1000.0);
     }
     free(pauses);
+    free(cutp);
     writers_free(w, WRITERS);
 }
 
@@ -690,6 +733,31 @@ void test_move_resume(void)
                        "{\"op\":\"kv.put\",\"branch\":\"rs\",\"key\":\"big%d\",\"value\":\"%s\"}", i,
                        big) == 0;
     CHECK(bigs == 300, "300 values of 6 KB written (%d)", bigs);
+
+    /* An abort before the cut-over gives the branch back untouched, the target keeps
+     * nothing. */
+    {
+        struct err e;
+        uint32_t from = branch_shard(db, "rs", NULL), to = other_shard(from, 2);
+        rc = h_exec(db, 0, NULL, &e, "{\"op\":\"cluster.move_abort\",\"branch\":\"rs\"}");
+        CHECK(rc == STRATA_NOT_FOUND, "aborting a move that is not there: %s %s", err_name(rc),
+              e.msg);
+        uint64_t id = move_start(db, "rs", to, 4096, &e);
+        REQUIRE(id > 0, "move of rs %u -> %u started (%s)", from, to, e.msg);
+        rc = h_exec(db, 0, NULL, &e, "{\"op\":\"cluster.move_abort\",\"branch\":\"rs\"}");
+        CHECK(rc == 0, "cluster.move_abort during the copy (%s %s)", err_name(rc), e.msg);
+        char outcome[64];
+        move_wait(db, id, 30000, outcome, sizeof outcome);
+        CHECK(strcmp(outcome, "aborted") == 0, "the move ended %s", outcome);
+        CHECK(branch_shard(db, "rs", NULL) == from, "rs is still on shard %u", from);
+        bool exists = true;
+        rc = shard_status(db, to, "rs", &exists);
+        CHECK(rc == 0 && !exists, "the target shard %u holds no copy (%s)", to, err_name(rc));
+        rc = h_exec(db, 0, NULL, &e,
+                    "{\"op\":\"kv.put\",\"branch\":\"rs\",\"key\":\"after-abort\",\"value\":1}");
+        CHECK(rc == 0, "rs takes writes after the abort (%s %s)", err_name(rc), e.msg);
+        check_preload(db, "rs", 4000, "pre");
+    }
     for (int part = 0; part < 2; part++) {
         volatile int stop = 0;
         struct writer w[2];

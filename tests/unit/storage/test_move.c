@@ -739,6 +739,13 @@ static void test_move_abort_and_leftovers(void **state)
     FAILS(dst, STRATA_CONFLICT, "{\"op\":\"move.abort\",\"name\":\"b\",\"move_id\":8}");
     assert_int_equal(import_blob(dst, "b", 7, 9, first.blob.data, first.blob.len, NULL, &e),
                      STRATA_BRANCH_EXISTS);
+    /* The driver's abort (before any cut-over) may drop even a complete copy, but only
+     * its own move's. */
+    FAILS(dst, STRATA_INVALID_ARGUMENT,
+          "{\"op\":\"move.abort\",\"name\":\"b\",\"move_id\":8,\"force\":1}");
+    EXPECT(dst, "false", "{\"op\":\"move.abort\",\"name\":\"b\",\"move_id\":9,\"force\":true}");
+    EXPECT(dst, "true", "{\"op\":\"move.abort\",\"name\":\"b\",\"move_id\":8,\"force\":true}");
+    EXPECT(dst, "[\"default\"]", "{\"op\":\"branch.list\"}");
     /* A plain branch of the name on the target: never touched. */
     struct storage *other = engine();
     OK(other, "{\"op\":\"branch.create\",\"name\":\"b\"}");
