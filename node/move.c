@@ -1474,3 +1474,25 @@ int node_move_admin(struct node *n, const char *op, const msgpack_object *cmd,
     }
     return 1;
 }
+
+void move_branch_start(struct node *n, const char *branch, uint32_t to_shard, uint32_t chunk,
+                       fwd_done_cb cb, void *arg)
+{
+    struct buf b;
+    buf_init(&b);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, node_buf_w);
+    msgpack_pack_map(&pk, chunk ? 4 : 3);
+    node_pack_str(&pk, "op");
+    node_pack_str(&pk, "cluster.move_branch");
+    node_pack_str(&pk, "branch");
+    node_pack_str(&pk, branch);
+    node_pack_str(&pk, "to_shard");
+    msgpack_pack_uint32(&pk, to_shard);
+    if (chunk) {
+        node_pack_str(&pk, "chunk_bytes");
+        msgpack_pack_uint32(&pk, chunk);
+    }
+    route_local(n, move_branch_local, 0, b.data, b.len, 0, node_key(n), cb, arg);
+    buf_close(&b);
+}
