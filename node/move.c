@@ -80,7 +80,7 @@ struct drive {
     uint64_t seq;          /* step number: an abandoned step's answer is ignored */
     uint64_t step_ms;
     unsigned refs;         /* callbacks that still hold the drive */
-    bool stopped, abort_requested, graced;
+    bool stopped, abort_requested, graced, in_grace;
     uv_timer_t timer;
     bool waiting;
 };
@@ -474,9 +474,9 @@ static void drive_stop(struct drive *d)
             *pp = d->next;
             break;
         }
-    if (d->waiting) {
+    if (d->waiting || d->in_grace) {
         uv_timer_stop(&d->timer);
-        d->waiting = false;
+        d->waiting = d->in_grace = false;
         d->refs--; /* the timer's hold: it will not fire */
     }
     drive_release(d); /* the list's hold */
@@ -956,7 +956,7 @@ static void drive_next(struct drive *d)
             /* Routers with an older table still send the branch's commands to the sealed
              * source for a moment: they get MOVED (retried) rather than BRANCH_NOT_FOUND. */
             d->graced = true;
-            d->main = true;
+            d->main = d->in_grace = true;
             d->refs++;
             uv_timer_start(&d->timer, grace_over, GRACE_MS, 0);
             return;
@@ -983,7 +983,7 @@ static void drive_next(struct drive *d)
 static void grace_over(uv_timer_t *t)
 {
     struct drive *d = t->data;
-    d->main = false;
+    d->main = d->in_grace = false;
     drive_next(d);
     drive_release(d);
 }

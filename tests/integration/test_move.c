@@ -11,6 +11,8 @@
 
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -758,10 +760,12 @@ void test_move_resume(void)
         CHECK(rc == 0, "rs takes writes after the abort (%s %s)", err_name(rc), e.msg);
         check_preload(db, "rs", 4000, "pre");
     }
-    for (int part = 0; part < 2; part++) {
+    /* Part 0: kill -9 the meta leader; 1: kill -9 the target's leader; 2: SIGTERM the
+     * meta leader (a clean stop with the move's steps in flight). */
+    for (int part = 0; part < 3; part++) {
         volatile int stop = 0;
         struct writer w[2];
-        const char *key = part == 0 ? "hot0" : "hot1";
+        const char *key = part == 0 ? "hot0" : part == 1 ? "hot1" : "hot2";
         writers_start(w, 2, &c, "rs", key, &stop);
         uint32_t from = branch_shard(db, "rs", NULL), to = other_shard(from, 1);
         struct err e;
@@ -771,15 +775,26 @@ void test_move_resume(void)
         for (uint64_t until = h_now_ms() + 10000; h_now_ms() < until && strcmp(phase, "copying");
              h_sleep_ms(10))
             move_state(db, id, phase, sizeof phase, outcome, sizeof outcome, msg, sizeof msg);
-        h_status_group = part == 0 ? 0 : to;
+        h_status_group = part == 1 ? to : 0;
         int victim = h_wait_leader(&c, 10000, -1);
         h_status_group = 1;
         CHECK(victim >= 0 && strcmp(phase, "copying") == 0,
-              "mid-copy (phase %s): kill -9 the %s leader, node %d", phase,
-              part == 0 ? "meta" : "target shard's", victim + 1);
+              "mid-copy (phase %s): %s the %s leader, node %d", phase,
+              part == 2 ? "SIGTERM" : "kill -9", part == 1 ? "target shard's" : "meta",
+              victim + 1);
         if (victim < 0)
             break;
-        h_node_kill9(&c, victim);
+        if (part == 2) {
+            h_node_signal(&c, victim, SIGTERM);
+            int status = h_node_wait_exit(&c, victim, 15000);
+            CHECK(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                  "node %d stopped cleanly with the move in flight (status %d)", victim + 1,
+                  status);
+            if (status < 0)
+                h_node_kill9(&c, victim);
+        } else {
+            h_node_kill9(&c, victim);
+        }
         h_sleep_ms(1000);
         CHECK(h_node_start(&c, victim) == 0, "node %d restarted", victim + 1);
         bool ok = move_wait(db, id, 90000, outcome, sizeof outcome);
