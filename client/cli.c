@@ -62,6 +62,8 @@ enum opt_bit {
     O_STRATEGY = 1 << 10,
     O_KEEP_LAST = 1 << 11,
     O_KEEP_FOR = 1 << 12,
+    O_TO_SHARD = 1 << 13,
+    O_CHUNK = 1 << 14,
 };
 #define O_AT (O_AT_VERSION | O_AS_OF)
 #define O_PAGE (O_PREFIX | O_LIMIT | O_CURSOR)
@@ -89,6 +91,8 @@ static const struct opt_def opt_defs[] = {
     {O_KEEP_FOR, "--keep-for-us", "US", "keep_for_us", K_I64, NULL},
     {O_AT_VERSION, "--at-version", "V", "at_version", K_U64, NULL},
     {O_AS_OF, "--as-of", "TS", "as_of", K_I64, NULL},
+    {O_TO_SHARD, "--to-shard", "S", "to_shard", K_U64, NULL},
+    {O_CHUNK, "--chunk-bytes", "N", "chunk_bytes", K_U64, NULL},
 };
 #define NOPTS (sizeof opt_defs / sizeof opt_defs[0])
 
@@ -233,6 +237,9 @@ static const struct verb_def verbs[] = {
      O_KEEP_LAST | O_KEEP_FOR, FMT_WRITE, SP_NONE, "set the retention policy (0 = keep all)"},
     {"branch", "prune", "branch.prune", V_WRITE, {STRV("name", "NAME")}, 0, FMT_WRITE, SP_NONE,
      "apply the retention policy now"},
+    {"branch", "move", "cluster.move_branch", V_WRITE, {STRV("branch", "NAME")},
+     O_TO_SHARD | O_CHUNK, FMT_AUTO, SP_NONE,
+     "move branch NAME to shard S (servers; follow it with cluster moves)"},
     {"branch", "use", NULL, 0, {STRV("name", "NAME")}, 0, FMT_AUTO, SP_BRANCH_USE,
      "make NAME the session's branch"},
 
@@ -269,6 +276,10 @@ static const struct verb_def verbs[] = {
      {{"id", "ID", K_U64, 0}, {"timeout_ms", "WAIT_MS", K_U64, P_OPT}}, 0, FMT_AUTO, SP_NONE,
      "drain node ID (its replicas move first), then remove it; waits up to WAIT_MS "
      "(default 60000; TIMEOUT: the drain goes on)"},
+    {"cluster", "moves", "cluster.moves", 0, {{0}}, 0, FMT_AUTO, SP_NONE,
+     "branch moves in flight and the last ones finished (servers)"},
+    {"cluster", "move-abort", "cluster.move_abort", V_WRITE, {STRV("branch", "NAME")}, 0,
+     FMT_AUTO, SP_NONE, "abort the move of branch NAME (before its cut-over)"},
     {"cluster", "transfer-leader", "cluster.transfer_leader", V_WRITE,
      {{"id", "ID", K_U64, P_OPT}, {"group", "GROUP", K_U64, P_OPT}}, 0, FMT_AUTO, SP_NONE,
      "hand leadership of GROUP (default 0, the meta group) to node ID (default: the most "

@@ -486,7 +486,7 @@ int node_admin(struct node *n, const char *op, const msgpack_object *cmd, const 
             return 0;
         }
         route_local(n, group_member_local, a.group, bytes, len, flags, key, cb, arg);
-    } else {
+    } else if (!node_move_admin(n, op, cmd, bytes, len, flags, key, cb, arg)) {
         cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0, "unknown cluster command", NULL);
     }
     return 0;

@@ -311,6 +311,24 @@ void authz_stop(struct node *n);
 void authz_command(struct node *n, const char *op, const msgpack_object *cmd,
                    const uint8_t *bytes, size_t len, uint32_t flags, const struct auth_key *key,
                    fwd_done_cb cb, void *arg);
+/* ---- Branch moves (move.c) ---------------------------------------------------------
+ * The meta leader drives every move in the meta group's `moves` record. docs/sharding.md
+ * "Branch moves". */
+struct mover;
+void move_service_start(struct node *n);
+void move_service_stop(struct node *n);
+/* cluster.move_branch / moves / move_abort / move_exec: returns 1 when `op` is one of
+ * them (cb is then called), 0 otherwise. */
+int node_move_admin(struct node *n, const char *op, const msgpack_object *cmd,
+                    const uint8_t *bytes, size_t len, uint32_t flags, const struct auth_key *key,
+                    fwd_done_cb cb, void *arg);
+/* Start moving `branch` to shard `to_shard` (chunk 0: default), as cluster.move_branch
+ * does (on the meta leader, forwarded there if needed). cb gets the move's record
+ * {id, branch, from, to, phase, chunk_bytes} once it is recorded, or the refusal
+ * (BRANCH_NOT_FOUND, INVALID_ARGUMENT: default / same shard / forks, ALREADY_EXISTS:
+ * moving already, UNAVAILABLE). The rebalancer's entry point. */
+void move_branch_start(struct node *n, const char *branch, uint32_t to_shard, uint32_t chunk,
+                       fwd_done_cb cb, void *arg);
 
 /* ---- The node (server.c) ---------------------------------------------------------- */
 struct node {
@@ -359,6 +377,7 @@ struct node {
     uint64_t forwarded; /* requests relayed to the leader (metric) */
     struct observe *obs; /* NULL without --http */
     struct backup_state *backup; /* backup files and restore staging (backup.c) */
+    struct mover *mover; /* branch moves (move.c); NULL when stopped */
     bool stopping;
     int exit_code;
     /* A fresh data dir given --bootstrap waits for the other initial members before it

@@ -9,6 +9,9 @@
 #include <string.h>
 
 #define ROUTE_HOPS 3
+#define MOVED_WAIT_MS 3000 /* a command refused by a moving branch waits this long at most */
+#define MOVED_POLL_MS 5
+#define NOT_FOUND_WAIT_MS 300 /* a branch its shard does not have: a newer table, briefly */
 
 /* ---- One command on one group ------------------------------------------------------------ */
 
@@ -268,10 +271,24 @@ struct submit {
     struct buf *parts;
     uint32_t *part_shard;
     size_t nparts;
+    /* Refused by a moving branch (MOVED) or one released by its old shard
+     * (BRANCH_NOT_FOUND): wait for a newer table, then run again. docs/sharding.md. */
+    uint64_t moved_until, moved_epoch, routed_epoch;
+    unsigned moved_polls;
+    int moved_code;
+    bool nf_retried;
+    uv_timer_t *moved_timer;
 };
+
+static void free_handle(uv_handle_t *h)
+{
+    sm_free(h);
+}
 
 static void submit_free(struct submit *s)
 {
+    if (s->moved_timer)
+        uv_close((uv_handle_t *)s->moved_timer, free_handle);
     for (size_t i = 0; i < s->nnames; i++)
         sm_free(s->names[i]);
     sm_free(s->names);
@@ -316,17 +333,26 @@ static uint32_t shard_of(struct node *n, const char *name, size_t len)
 static void deleted(void *arg, int code, const uint8_t *result, size_t len, const char *message,
                     const char *leader);
 
+static bool moved_retry(struct submit *s, int code, const char *message);
+
+static void shard_reply(void *arg, int code, const uint8_t *result, size_t len,
+                        const char *message, const char *leader)
+{
+    struct submit *s = arg;
+    if (moved_retry(s, code, message))
+        return;
+    s->cb(s->arg, code, result, len, message, leader);
+    submit_free(s);
+}
+
 static void run_on_shard(struct submit *s)
 {
     /* A client that names the shard it expects routes by itself: if this node does not
      * lead that shard it wants NOT_LEADER with the leader, not a silent forward. */
     uint32_t flags = s->flags | (s->expect.set ? PROTO_REQ_FORWARDED : 0);
-    if (s->kind == SK_DELETE) {
-        route_to_group(s->n, s->shard, s->cmd, s->len, flags, s->key, deleted, s);
-        return;
-    }
-    route_to_group(s->n, s->shard, s->cmd, s->len, flags, s->key, s->cb, s->arg);
-    submit_free(s);
+    s->routed_epoch = s->n->have_pl ? s->n->pl.epoch : 0; /* the table it was sent by */
+    route_to_group(s->n, s->shard, s->cmd, s->len, flags, s->key,
+                   s->kind == SK_DELETE ? deleted : shard_reply, s);
 }
 
 struct delete_reply {
@@ -355,6 +381,8 @@ static void deleted(void *arg, int code, const uint8_t *result, size_t len, cons
                     const char *leader)
 {
     struct submit *s = arg;
+    if (code && moved_retry(s, code, message))
+        return;
     if (code) {
         s->cb(s->arg, code, result, len, message, leader);
         submit_free(s);
@@ -705,6 +733,101 @@ static void submit_step(struct submit *s)
     }
 }
 
+/* ---- Commands refused by a moving branch ---------------------------------------------- */
+
+static void moved_poll(uv_timer_t *t);
+
+static void moved_wait(struct submit *s)
+{
+    struct node *n = s->n;
+    if (s->moved_timer == NULL) {
+        s->moved_timer = sm_malloc(sizeof *s->moved_timer);
+        if (s->moved_timer == NULL) {
+            submit_fail(s, s->moved_code, s->msg);
+            return;
+        }
+        uv_timer_init(n->loop, s->moved_timer);
+        s->moved_timer->data = s;
+    }
+    uv_timer_start(s->moved_timer, moved_poll, MOVED_POLL_MS, 0);
+}
+
+static void nudged(void *arg, int code)
+{
+    (void)arg, (void)code;
+}
+
+/* Every few ms: once the cached table is newer than the one the command was sent by, run
+ * it again where the table now says. The cache follows the meta group by itself; a
+ * fresh read is asked for now and then so it does so at once (its answer is not waited
+ * for: nothing here depends on one particular read succeeding). */
+static void moved_poll(uv_timer_t *t)
+{
+    struct submit *s = t->data;
+    struct node *n = s->n;
+    if (n->stopping) {
+        submit_fail(s, STRATA_UNAVAILABLE, "the node is shutting down");
+        return;
+    }
+    if (n->have_pl && n->pl.epoch > s->moved_epoch) {
+        s->refreshed = false;
+        s->waited = false;
+        submit_step(s);
+        return;
+    }
+    if (uv_now(n->loop) >= s->moved_until) {
+        submit_fail(s, s->moved_code, s->msg);
+        return;
+    }
+    if (s->moved_polls++ % 2 == 0)
+        placement_wait(n, 0, true, nudged, NULL);
+    uv_timer_start(t, moved_poll, MOVED_POLL_MS, 0);
+}
+
+static void fork_unassigned(void *arg, int code, const uint8_t *result, size_t len,
+                            const char *message, const char *leader)
+{
+    (void)code, (void)result, (void)len, (void)message, (void)leader;
+    moved_wait(arg);
+}
+
+/* A shard refused the command because the branch is moving away (MOVED: fenced or sealed
+ * source) or has moved (BRANCH_NOT_FOUND: the old shard released it). Nothing ran. The
+ * router that took the command from a client waits for the table to move on (at most
+ * MOVED_WAIT_MS) and runs it again; a forwarding hop just relays the answer. Returns
+ * whether it took the command over. */
+static bool moved_retry(struct submit *s, int code, const char *message)
+{
+    struct node *n = s->n;
+    if ((code != STRATA_MOVED && code != STRATA_BRANCH_NOT_FOUND) ||
+        (s->flags & PROTO_REQ_FORWARDED) || s->kind == SK_CREATE || s->kind == SK_LIST ||
+        n->stopping || (code == STRATA_BRANCH_NOT_FOUND && s->nf_retried))
+        return false;
+    uint64_t now = uv_now(n->loop);
+    if (s->moved_until == 0)
+        s->moved_until = now + (code == STRATA_MOVED ? MOVED_WAIT_MS : NOT_FOUND_WAIT_MS);
+    else if (now >= s->moved_until)
+        return false;
+    s->nf_retried = s->nf_retried || code == STRATA_BRANCH_NOT_FOUND;
+    s->moved_code = code;
+    s->moved_epoch = s->routed_epoch; /* a table newer than that may already be here */
+    snprintf(s->msg, sizeof s->msg, "%s", message ? message : err_name(code));
+    if (s->kind == SK_FORK && s->nnames > 1) {
+        /* The new names were assigned to the old shard: give them back first. */
+        send_assign(s, (const char *const *)s->names + 1, s->lens + 1, s->nnames - 1, 0, true,
+                    fork_unassigned);
+        return true;
+    }
+    if (n->have_pl && n->pl.epoch > s->moved_epoch) { /* the table moved on already */
+        s->refreshed = false;
+        s->waited = false;
+        submit_step(s);
+        return true;
+    }
+    moved_wait(s);
+    return true;
+}
+
 /* A create on an already-placed name: relay the shard's answer. */
 static void created(void *arg, int code, const uint8_t *result, size_t len, const char *message,
                     const char *leader)
@@ -769,6 +892,15 @@ void node_submit(struct node *n, const uint8_t *cmd, size_t len, uint32_t flags,
     char op[64] = "";
     if (opo && opo->type == MSGPACK_OBJECT_STR && opo->via.str.size < sizeof op)
         snprintf(op, sizeof op, "%.*s", (int)opo->via.str.size, opo->via.str.ptr);
+    if (strncmp(op, "move.", 5) == 0) {
+        /* Branch moves' shard steps: only the meta leader's driver sends them. */
+        sm_free(s->cmd);
+        sm_free(s);
+        msgpack_zone_destroy(&z);
+        cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0,
+           "move.* commands are internal to the cluster (use cluster.move_branch)", NULL);
+        return;
+    }
     s->kind = strcmp(op, "branch.create") == 0                                       ? SK_CREATE
               : strcmp(op, "branch.fork") == 0 || strcmp(op, "branch.fork_many") == 0 ? SK_FORK
               : strcmp(op, "branch.delete") == 0                                      ? SK_DELETE

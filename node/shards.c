@@ -384,6 +384,11 @@ static void fresh_done(struct node *n, uint64_t seq, bool ok)
     n->pl_reading = false;
     if (ok && seq > n->pl_fresh_ok)
         n->pl_fresh_ok = seq;
+    /* A failed read (e.g. asked a node that does not lead the meta group) must not leave
+     * the waiters for a fresh one until their timeout: try again at the next tick. */
+    for (struct pl_waiter *w = n->pl_waiters; !ok && w; w = w->next)
+        if (w->fresh_seq > n->pl_fresh_ok)
+            n->pl_fresh_wanted = true;
     waiters_check(n);
 }
 
@@ -1033,6 +1038,7 @@ void shards_start(struct node *n)
     n->shard_timer_on = true;
     n->last_spread_ms = uv_now(n->loop);
     uv_timer_start(&n->shard_timer, tick, 0, TICK_MS);
+    move_service_start(n);
 }
 
 static void shard_timer_closed(uv_handle_t *h)
@@ -1042,6 +1048,7 @@ static void shard_timer_closed(uv_handle_t *h)
 
 void shards_stop(struct node *n, void (*cb)(struct node *n))
 {
+    move_service_stop(n);
     if (n->shard_timer_on) {
         n->shard_timer_on = false;
         uv_close((uv_handle_t *)&n->shard_timer, shard_timer_closed);

@@ -7,7 +7,8 @@
 
 static const struct op_def *const tables[] = {kv_ops,     json_ops,   event_ops,
                                               state_ops,  vector_ops, branch_ops,
-                                              space_ops,  txn_ops,    merge_ops};
+                                              space_ops,  txn_ops,    merge_ops,
+                                              move_ops};
 
 static int op_batch(struct exec *x);
 
@@ -439,7 +440,8 @@ int storage_exec(struct storage *s, const uint8_t *cmd, size_t len, int64_t ts_u
                      .scratch = &s->scratch, .wver = s->version + 1,
                      .wts = storage_next_ts(s, ts_us)};
     const struct op_def *d;
-    if ((rc = decode_op(&x, &d)) || (rc = resolve_common(&x, d, NULL)))
+    if ((rc = decode_op(&x, &d)) || (rc = resolve_common(&x, d, NULL)) ||
+        (rc = move_check(&x, d)))
         goto done;
     if ((rc = d->fn(&x)))
         goto done;

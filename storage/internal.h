@@ -370,6 +370,7 @@ extern const struct op_def branch_ops[];
 extern const struct op_def space_ops[];
 extern const struct op_def txn_ops[];
 extern const struct op_def merge_ops[];
+extern const struct op_def move_ops[];
 
 const struct op_def *op_lookup(const char *name, size_t len);
 
@@ -379,6 +380,10 @@ const struct op_def *op_lookup(const char *name, size_t len);
 void pack_version_result(msgpack_packer *pk, const struct version *v, bool with_value);
 void pack_write_result(struct exec *x, int nextra);
 void mp_pack_raw(msgpack_packer *pk, const void *data, size_t len);
+/* move.c: refuse a command on a branch that is moving (MOVED: fenced source, writes;
+ * sealed source, everything) or being moved here (UNAVAILABLE until its import is done).
+ * Called for every command after its common arguments are resolved. */
+int move_check(struct exec *x, const struct op_def *d);
 /* Run an array of batchable sub-commands inside x (same branch, same stage). */
 int exec_sub_ops(struct exec *x, const msgpack_object *ops);
 

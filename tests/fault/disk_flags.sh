@@ -72,7 +72,9 @@ if ((!started)); then
     exit 1
 fi
 
-URI="strata://127.0.0.1:$PORT"
+# routing=server: this node's meta group refuses writes too, so the placement table is
+# never written and a routing client would spend its call waiting for it.
+URI="strata://127.0.0.1:$PORT?routing=server"
 refuses_write() {
     local out
     out=$(timeout 15 "$CLI" --uri "$URI" kv put k v 2>&1)

@@ -38,6 +38,9 @@ static const struct {
     {"client_route_unit", test_client_route_unit, 30},
     {"client_route_fallback", test_client_route_fallback, 30},
     {"backup", test_backup, 300},
+    {"move", test_move, 150},
+    {"move_resume", test_move_resume, 200},
+    {"move_bench", test_move_bench, 900},
 };
 
 int main(int argc, char **argv)

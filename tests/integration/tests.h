@@ -20,5 +20,8 @@ void test_client_route(void);      /* test_client_route.c */
 void test_client_route_unit(void); /* test_client_route.c */
 void test_client_route_fallback(void); /* test_client_route.c */
 void test_backup(void);           /* test_backup.c */
+void test_move(void);             /* test_move.c */
+void test_move_resume(void);      /* test_move.c */
+void test_move_bench(void);       /* test_move.c (not a CTest test: prints figures) */
 
 #endif
