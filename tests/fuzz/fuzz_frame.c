@@ -130,13 +130,18 @@ static void fuzz_request(const struct proto_frame *f)
         return;
     }
     CHECK(q.cmd_len > 0 && within(q.cmd, q.cmd_len, f));
-    CHECK(q.cmd + q.cmd_len == f->body + f->len);
+    /* The command ends the body, unless the optional route [shard, epoch] follows it. */
+    CHECK(q.route.set ? q.cmd + q.cmd_len < f->body + f->len
+                      : q.cmd + q.cmd_len == f->body + f->len);
     struct buf b;
     buf_init(&b);
-    CHECK(proto_request_append(&b, q.id, q.flags, q.cmd, q.cmd_len) == 0);
+    CHECK(proto_request_append_routed(&b, q.id, q.flags, q.cmd, q.cmd_len,
+                                      q.route.set ? &q.route : NULL) == 0);
     struct proto_frame g = reframe(&b);
     CHECK(proto_request_decode(&g, &q2, &e) == 0);
     CHECK(q2.id == q.id && q2.flags == q.flags);
+    CHECK(q2.route.set == q.route.set &&
+          (!q.route.set || (q2.route.shard == q.route.shard && q2.route.epoch == q.route.epoch)));
     CHECK(same((const char *)q2.cmd, q2.cmd_len, (const char *)q.cmd, q.cmd_len));
     buf_close(&b);
 }
