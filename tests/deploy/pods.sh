@@ -281,7 +281,12 @@ cli_at() { # cli_at ORDINAL ARGS... : the CLI against one pod's advertised addre
 }
 status_of() { cli_at "$1" --json cluster status 2>/dev/null; }
 remove_node() { # remove_node ORDINAL ID: drains first (replicas are copied): give it time
-    timeout 90 "$cli" --uri "strata://$key@$(fqdn "$1"):$strata_port" cluster remove-node "$2"
+    # (60 s was not always enough while other suites loaded the machine); on failure show
+    # what the rebalancer was doing.
+    timeout 170 "$cli" --uri "strata://$key@$(fqdn "$1"):$strata_port" cluster remove-node \
+        "$2" 150000 && return 0
+    grep -h "rebalance:" "$tmp"/*.log | tail -20 >&2
+    return 1
 }
 
 # Wait until pod ORDINAL sees a leader and exactly the voters VOTERS (e.g. "1,2,3").
