@@ -867,3 +867,16 @@ int authz_table_apply(struct authz_table *t, const struct authz_change *c, bool 
     *t = work;
     return 0;
 }
+
+const struct auth_key *node_self_key(const struct node *n)
+{
+    /* Node-to-node calls present the first configured key (every node has the same
+     * file); none in open mode. */
+    return n->open_mode || n->auth.nkeys == 0 ? NULL : &n->auth.keys[0];
+}
+
+const char *node_self_secret(const struct node *n)
+{
+    const struct auth_key *k = node_self_key(n);
+    return k ? k->key : NULL;
+}

@@ -87,10 +87,6 @@ static struct authz_state *state(struct node *n)
     return a;
 }
 
-static const char *node_key(struct node *n)
-{
-    return n->open_mode || n->auth.nkeys == 0 ? NULL : n->auth.keys[0].key;
-}
 
 enum source { SRC_OPEN, SRC_TABLE, SRC_FILE, SRC_UNKNOWN, SRC_STALE };
 
@@ -467,7 +463,7 @@ static void start_fresh(struct node *n)
     node_pack_str(&pk, "auth.sync");
     node_pack_str(&pk, "known");
     msgpack_pack_uint64(&pk, a->have ? a->table.version : 0);
-    fwd_request(n, to, node_key(n), b.data, b.len, PROTO_REQ_FORWARDED, remote_fresh_done, rc);
+    fwd_request(n, to, node_self_secret(n), b.data, b.len, PROTO_REQ_FORWARDED, remote_fresh_done, rc);
     buf_close(&b);
 }
 

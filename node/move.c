@@ -122,11 +122,6 @@ static bool obj_str_is(const msgpack_object *o, const char *s)
 
 /* ---- Shard steps: cluster.move_exec {group, cmd} ---------------------------------------- */
 
-static const struct auth_key *node_key(struct node *n)
-{
-    /* Node-to-node steps present the first configured key, as the table refresh does. */
-    return n->open_mode || n->auth.nkeys == 0 ? NULL : &n->auth.keys[0];
-}
 
 /* On the group's leader: run the engine command inside. Only move.* commands pass. */
 static void exec_local(struct node *n, const uint8_t *cmd, size_t len, const struct auth_key *key,
@@ -245,7 +240,7 @@ static void shard_call(struct drive *d, uint32_t gid, const struct buf *inner, b
     node_pack_str(&pk, "cmd");
     pk_bin(&pk, inner->data, inner->len);
     d->refs++;
-    route_local(n, exec_local, gid, b.data, b.len, 0, node_key(n), call_done, c);
+    route_local(n, exec_local, gid, b.data, b.len, 0, node_self_key(n), call_done, c);
     buf_close(&b);
 }
 
@@ -1227,7 +1222,7 @@ static void exec_send(struct node *n, uint32_t gid, const struct buf *inner, fwd
     msgpack_pack_uint32(&pk, gid);
     node_pack_str(&pk, "cmd");
     pk_bin(&pk, inner->data, inner->len);
-    route_local(n, exec_local, gid, b.data, b.len, 0, node_key(n), cb, arg);
+    route_local(n, exec_local, gid, b.data, b.len, 0, node_self_key(n), cb, arg);
     buf_close(&b);
 }
 
@@ -1493,6 +1488,6 @@ void move_branch_start(struct node *n, const char *branch, uint32_t to_shard, ui
         node_pack_str(&pk, "chunk_bytes");
         msgpack_pack_uint32(&pk, chunk);
     }
-    route_local(n, move_branch_local, 0, b.data, b.len, 0, node_key(n), cb, arg);
+    route_local(n, move_branch_local, 0, b.data, b.len, 0, node_self_key(n), cb, arg);
     buf_close(&b);
 }

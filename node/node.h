@@ -55,6 +55,11 @@ struct auth {
     size_t nkeys;
 };
 int auth_load(const char *path, struct auth *a, struct err *err);
+struct node;
+/* The key this node presents to the others (NULL in open mode). */
+const struct auth_key *node_self_key(const struct node *n);
+/* Its secret, as a forward link presents it (NULL in open mode). */
+const char *node_self_secret(const struct node *n);
 void auth_free(struct auth *a);
 /* The key for an API key string, or NULL. */
 const struct auth_key *auth_find(const struct auth *a, const char *key, size_t len);

@@ -34,12 +34,6 @@ struct rb_waiter {
     void *arg;
 };
 
-/* Node-to-node actions carry the node's own key (open mode: none), as the placement
- * reads do. */
-static const struct auth_key *internal_key(struct node *n)
-{
-    return n->open_mode || n->auth.nkeys == 0 ? NULL : &n->auth.keys[0];
-}
 
 static void action_done(void *arg, int code, const uint8_t *result, size_t len,
                         const char *message, const char *leader)
@@ -167,7 +161,7 @@ static void shard_status_done(void *arg, int code, const uint8_t *result, size_t
             continue;
         log_info("rebalance: shard %u: adding node %llu", sid, (unsigned long long)nd->id);
         begin(n);
-        admin_group_member(n, sid, true, nd->id, nd->address, internal_key(n), action_done, n);
+        admin_group_member(n, sid, true, nd->id, nd->address, node_self_key(n), action_done, n);
         return;
     }
     for (size_t i = 0; all_vote && i < m.n; i++) {
@@ -177,11 +171,11 @@ static void shard_status_done(void *arg, int code, const uint8_t *result, size_t
         if (m.ids[i] == m.leader) {
             log_info("rebalance: shard %u: its leader, node %llu, leaves: handing over to %llu",
                      sid, (unsigned long long)m.leader, (unsigned long long)s->replicas[0]);
-            admin_transfer(n, sid, s->replicas[0], internal_key(n), action_done, n);
+            admin_transfer(n, sid, s->replicas[0], node_self_key(n), action_done, n);
         } else {
             log_info("rebalance: shard %u: removing node %llu", sid,
                      (unsigned long long)m.ids[i]);
-            admin_group_member(n, sid, false, m.ids[i], NULL, internal_key(n), action_done, n);
+            admin_group_member(n, sid, false, m.ids[i], NULL, node_self_key(n), action_done, n);
         }
         return;
     }
@@ -209,7 +203,7 @@ static bool shard_converge(struct node *n, uint64_t now, bool *all_ok)
             return false;
         *sc = (struct shard_check){n, s->id, s->epoch};
         begin(n);
-        admin_group_members(n, s->id, internal_key(n), shard_status_done, sc);
+        admin_group_members(n, s->id, node_self_key(n), shard_status_done, sc);
         if (!ok)
             *all_ok = false;
         return true;

@@ -309,7 +309,7 @@ static void join_try(uv_timer_t *t)
              (unsigned long long)n->cfg.node_id, n->cfg.advertise);
     struct err err;
     if (storage_json_to_value(cmd, strlen(cmd), &b, &err) == 0)
-        fwd_request(n, addr, n->open_mode ? NULL : n->auth.keys[0].key, b.data, b.len, 0,
+        fwd_request(n, addr, node_self_secret(n), b.data, b.len, 0,
                     join_done, js);
     buf_close(&b);
 }
@@ -536,7 +536,7 @@ static void probe_tick(uv_timer_t *t)
                                          'e', 'r', '.', 's', 't', 'a', 't', 'u', 's'};
     for (size_t i = 0; i < n->cfg.nmembers; i++)
         if (n->cfg.members[i].id != n->cfg.node_id)
-            fwd_request(n, n->cfg.members[i].address, n->open_mode ? NULL : n->auth.keys[0].key,
+            fwd_request(n, n->cfg.members[i].address, node_self_secret(n),
                         status_cmd, sizeof status_cmd, 0, probe_done, n);
 }
 

@@ -558,7 +558,7 @@ static void start_fresh_read(struct node *n)
     static const uint8_t placement_cmd[] = {
         0x82, 0xa2, 'o', 'p', 0xb1, 'c', 'l', 'u', 's', 't', 'e', 'r', '.', 'p', 'l', 'a',
         'c', 'e', 'm', 'e', 'n', 't', 0xa5, 'f', 'r', 'e', 's', 'h', 0xc3};
-    fwd_request(n, to, n->open_mode ? NULL : n->auth.keys[0].key, placement_cmd,
+    fwd_request(n, to, node_self_secret(n), placement_cmd,
                 sizeof placement_cmd, PROTO_REQ_FORWARDED, remote_fresh_done, fr);
 }
 
