@@ -320,6 +320,23 @@ static void adopt(struct node *n, struct placement *p)
     n->have_pl = true;
 }
 
+/* A table held as a MessagePack object (inside a state.get result or a cluster.placement
+ * answer) into `p`, with its epoch. placement_decode validates every field. */
+static int decode_table(const msgpack_object *v, uint64_t epoch, struct placement *p,
+                        struct err *err)
+{
+    struct buf b;
+    buf_init(&b);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, node_buf_w);
+    int rc = msgpack_pack_object(&pk, *v) ? err_set(err, STRATA_OUT_OF_MEMORY, "out of memory")
+                                          : placement_decode(p, b.data, b.len, err);
+    buf_close(&b);
+    if (rc == 0)
+        p->epoch = epoch;
+    return rc;
+}
+
 /* A state.get result {value, counter, ...} or nil. Returns 0 (adopted), NOT_FOUND (no
  * table yet) or an error. */
 static int adopt_cell(struct node *n, const msgpack_object *o, struct err *err)
@@ -329,18 +346,11 @@ static int adopt_cell(struct node *n, const msgpack_object *o, struct err *err)
     const msgpack_object *v = node_map_get(o, "value"), *c = node_map_get(o, "counter");
     if (v == NULL || c == NULL || c->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
         return err_set(err, STRATA_INTERNAL, "the placement cell has no value/counter");
-    struct buf b;
-    buf_init(&b);
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, node_buf_w);
-    msgpack_pack_object(&pk, *v);
     struct placement p;
     placement_init(&p);
-    int rc = placement_decode(&p, b.data, b.len, err);
-    buf_close(&b);
+    int rc = decode_table(v, c->via.u64, &p, err);
     if (rc)
         return rc;
-    p.epoch = c->via.u64;
     adopt(n, &p);
     return 0;
 }
@@ -433,21 +443,14 @@ static void remote_fresh_done(void *arg, int code, const uint8_t *result, size_t
                 n->pl_absent = true;
                 ok = true;
             } else if (e && t && e->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
-                struct buf b;
-                buf_init(&b);
-                msgpack_packer pk;
-                msgpack_packer_init(&pk, &b, node_buf_w);
-                msgpack_pack_object(&pk, *t);
                 struct placement p;
                 placement_init(&p);
-                if (placement_decode(&p, b.data, b.len, &err) == 0) {
-                    p.epoch = e->via.u64;
+                if (decode_table(t, e->via.u64, &p, &err) == 0) {
                     adopt(n, &p);
                     ok = true;
                 } else {
                     log_warn("placement from a peer rejected: %s", err.msg);
                 }
-                buf_close(&b);
             }
             for (uint32_t i = 0; ld && ld->type == MSGPACK_OBJECT_ARRAY && i < ld->via.array.size;
                  i++) {
@@ -805,14 +808,8 @@ static void assign_read_done(void *arg, int code, const uint8_t *result, size_t 
         if (o.type == MSGPACK_OBJECT_NIL) {
             rc = err_set(&err, STRATA_UNAVAILABLE, "the placement table is not written yet");
         } else if (v && c && c->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
-            struct buf b;
-            buf_init(&b);
-            msgpack_packer pk;
-            msgpack_packer_init(&pk, &b, node_buf_w);
-            msgpack_pack_object(&pk, *v);
-            rc = placement_decode(&p, b.data, b.len, &err);
-            buf_close(&b);
             counter = c->via.u64;
+            rc = decode_table(v, counter, &p, &err);
         }
     }
     msgpack_zone_destroy(&z);
@@ -821,7 +818,6 @@ static void assign_read_done(void *arg, int code, const uint8_t *result, size_t 
         assign_finish(ar, rc, err.msg[0] ? err.msg : "cannot read the placement table", 0);
         return;
     }
-    p.epoch = counter;
     if (!assign_apply(&p, ar->batch)) {
         adopt(n, &p);
         assign_finish(ar, 0, NULL, counter);
