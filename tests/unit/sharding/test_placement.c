@@ -1,6 +1,6 @@
-/* sharding/placement: the initial layout, the MessagePack form and its validating decoder
- * (including hostile input: wrong types, broken order and references, every prefix, random
- * bit flips), lookups, load counts and every change with every error it can return. */
+/* sharding/placement: the MessagePack form and its validating decoder (including hostile
+ * input: wrong types, broken order and references, every prefix, random bit flips). The
+ * layout, lookups and changes: test_placement_ops.c. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,7 +14,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "placement.h"
+#include "test_placement.h"
 
 /* Under ASan a failed huge allocation aborts by default; msgpack-c allocates a
  * container's declared element count up front, so garbage may ask for gigabytes. The
@@ -24,142 +24,6 @@ const char *__asan_default_options(void) __attribute__((used));
 const char *__asan_default_options(void)
 {
     return "allocator_may_return_null=1";
-}
-
-/* ---- helpers --------------------------------------------------------------------------- */
-
-static uint64_t rng_state;
-
-static uint64_t rnd(void)
-{
-    /* xorshift64*: deterministic, so any failure reproduces. */
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return rng_state * 2685821657736338717ull;
-}
-
-static void expect_error(int rc, const struct err *e, int code, const char *needle)
-{
-    if (rc != code)
-        fail_msg("got %s (\"%s\"), want %s", err_name(rc), e->msg, err_name(code));
-    assert_int_equal(e->code, code);
-    if (strstr(e->msg, needle) == NULL)
-        fail_msg("message \"%s\" does not mention \"%s\"", e->msg, needle);
-}
-
-static void set_member(struct pl_node *m, uint64_t id)
-{
-    memset(m, 0, sizeof *m);
-    m->id = id;
-    snprintf(m->address, sizeof m->address, "127.0.0.%" PRIu64 ":7000", id % 250 + 1);
-}
-
-/* A three-node, three-shard table (ids 1, 2, 3; rf 3). */
-static void make_three(struct placement *p)
-{
-    struct pl_node m[3];
-    for (int i = 0; i < 3; i++)
-        set_member(&m[i], (uint64_t)i + 1);
-    struct err e;
-    placement_init(p);
-    assert_int_equal(placement_initial(p, m, 3, 3, 3, &e), 0);
-}
-
-static int name_order(const char *a, const char *b)
-{
-    size_t al = strlen(a), bl = strlen(b);
-    int c = memcmp(a, b, al < bl ? al : bl);
-    return c ? c : (al < bl ? -1 : al > bl);
-}
-
-/* Every invariant placement.h promises, checked independently of the decoder. */
-static void assert_valid(const struct placement *p)
-{
-    assert_true(p->rf >= 1 && p->rf <= PL_MAX_REPLICAS);
-    assert_true(p->nnodes <= PL_MAX_NODES && p->nshards <= PL_MAX_SHARDS);
-    for (size_t i = 0; i < p->nnodes; i++) {
-        assert_true(p->nodes[i].id > 0);
-        if (i > 0)
-            assert_true(p->nodes[i - 1].id < p->nodes[i].id);
-        size_t al = strnlen(p->nodes[i].address, sizeof p->nodes[i].address);
-        assert_true(al >= 1 && al <= PL_ADDRESS_MAX);
-        assert_true(p->nodes[i].state == PL_NODE_ACTIVE || p->nodes[i].state == PL_NODE_DRAINING);
-        for (size_t j = 0; j < i; j++)
-            assert_string_not_equal(p->nodes[j].address, p->nodes[i].address);
-    }
-    for (size_t i = 0; i < p->nshards; i++) {
-        const struct pl_shard *s = &p->shards[i];
-        assert_true(s->id >= 1 && s->id <= PL_MAX_SHARDS && s->epoch >= 1);
-        if (i > 0)
-            assert_true(p->shards[i - 1].id < s->id);
-        assert_true(s->nreplicas >= 1 && s->nreplicas <= PL_MAX_REPLICAS);
-        for (uint32_t r = 0; r < s->nreplicas; r++) {
-            assert_non_null(placement_node(p, s->replicas[r]));
-            for (uint32_t q = 0; q < r; q++)
-                assert_true(s->replicas[q] != s->replicas[r]);
-        }
-    }
-    assert_true(p->nbranches <= p->cap);
-    for (size_t i = 0; i < p->nbranches; i++) {
-        const struct pl_branch *b = &p->branches[i];
-        size_t len = strlen(b->name);
-        assert_true(len >= 1 && len <= PL_MAX_BRANCH_NAME && b->epoch >= 1);
-        assert_non_null(placement_shard(p, b->shard));
-        if (i > 0)
-            assert_true(name_order(p->branches[i - 1].name, b->name) < 0);
-    }
-    const struct pl_branch *d = placement_branch(p, PL_DEFAULT_BRANCH, 7);
-    assert_non_null(d);
-    assert_int_equal(d->shard, 1);
-}
-
-static void assert_tables_equal(const struct placement *a, const struct placement *b)
-{
-    assert_int_equal(a->rf, b->rf);
-    assert_int_equal(a->nnodes, b->nnodes);
-    for (size_t i = 0; i < a->nnodes; i++) {
-        assert_int_equal(a->nodes[i].id, b->nodes[i].id);
-        assert_string_equal(a->nodes[i].address, b->nodes[i].address);
-        assert_int_equal(a->nodes[i].state, b->nodes[i].state);
-    }
-    assert_int_equal(a->nshards, b->nshards);
-    for (size_t i = 0; i < a->nshards; i++) {
-        assert_int_equal(a->shards[i].id, b->shards[i].id);
-        assert_int_equal(a->shards[i].epoch, b->shards[i].epoch);
-        assert_int_equal(a->shards[i].nreplicas, b->shards[i].nreplicas);
-        assert_memory_equal(a->shards[i].replicas, b->shards[i].replicas,
-                            a->shards[i].nreplicas * sizeof(uint64_t));
-    }
-    assert_int_equal(a->nbranches, b->nbranches);
-    for (size_t i = 0; i < a->nbranches; i++) {
-        assert_string_equal(a->branches[i].name, b->branches[i].name);
-        assert_int_equal(a->branches[i].shard, b->branches[i].shard);
-        assert_int_equal(a->branches[i].epoch, b->branches[i].epoch);
-    }
-}
-
-/* Encode p, decode the bytes, and require the same table. */
-static void assert_roundtrip(const struct placement *p)
-{
-    struct buf b;
-    buf_init(&b);
-    assert_int_equal(placement_encode(p, &b), 0);
-    struct placement q;
-    struct err e;
-    placement_init(&q);
-    int rc = placement_decode(&q, b.data, b.len, &e);
-    if (rc)
-        fail_msg("decode of an encoded table failed: %s", e.msg);
-    assert_tables_equal(p, &q);
-    placement_free(&q);
-    buf_close(&b);
-}
-
-static bool is_empty(const struct placement *p)
-{
-    return p->nnodes == 0 && p->nshards == 0 && p->nbranches == 0 && p->branches == NULL &&
-           p->epoch == 0 && p->rf == 0;
 }
 
 /* ---- a table spec packed with msgpack-c, for hand-made (and broken) encodings ---------- */
@@ -406,190 +270,6 @@ static void expect_spec_error(const char *needle)
     struct err e;
     placement_init(&p);
     expect_error(decode_spec(&p, &e), &e, STRATA_PROTOCOL_ERROR, needle);
-    placement_free(&p);
-}
-
-/* ---- placement_initial ------------------------------------------------------------------ */
-
-/* Checks the rule of placement.h against members given in their (unsorted) order. */
-static void check_initial(const struct pl_node *m, size_t n, uint32_t nshards, uint32_t rf)
-{
-    struct placement p;
-    struct err e;
-    placement_init(&p);
-    assert_int_equal(placement_initial(&p, m, n, nshards, rf, &e), 0);
-    assert_valid(&p);
-    assert_int_equal(p.rf, rf);
-    assert_int_equal(p.nnodes, n);
-    for (size_t i = 0; i < n; i++) {
-        const struct pl_node *nd = placement_node(&p, m[i].id);
-        assert_non_null(nd);
-        assert_string_equal(nd->address, m[i].address);
-        assert_int_equal(nd->state, PL_NODE_ACTIVE);
-    }
-    assert_int_equal(p.nshards, nshards);
-    uint32_t want = rf < n ? rf : (uint32_t)n;
-    for (uint32_t s = 1; s <= nshards; s++) {
-        const struct pl_shard *sh = placement_shard(&p, s);
-        assert_non_null(sh);
-        assert_int_equal(sh->epoch, 1);
-        assert_int_equal(sh->nreplicas, want);
-        for (uint32_t i = 0; i < want; i++)
-            assert_int_equal(sh->replicas[i], m[(s - 1 + i) % n].id);
-    }
-    assert_int_equal(p.nbranches, 1);
-    assert_string_equal(p.branches[0].name, "default");
-    assert_int_equal(p.branches[0].shard, 1);
-    assert_int_equal(p.branches[0].epoch, 1);
-    assert_int_equal(p.epoch, 0);
-    assert_roundtrip(&p);
-    placement_free(&p);
-}
-
-static void test_initial_layout_one_three_five_nodes(void **state)
-{
-    (void)state;
-    /* Ids deliberately out of order: the node list comes out sorted, replicas follow the
-     * members' order. */
-    const uint64_t ids[] = {30, 10, 50, 20, 40};
-    struct pl_node m[5];
-    for (int i = 0; i < 5; i++)
-        set_member(&m[i], ids[i]);
-    const size_t ns[] = {1, 3, 5};
-    const uint32_t shards[] = {3, 9};
-    for (size_t a = 0; a < 3; a++)
-        for (size_t b = 0; b < 2; b++)
-            check_initial(m, ns[a], shards[b], 3);
-}
-
-static void test_initial_layout_explicit_values(void **state)
-{
-    (void)state;
-    const uint64_t ids[] = {30, 10, 50, 20, 40};
-    struct pl_node m[5];
-    for (int i = 0; i < 5; i++)
-        set_member(&m[i], ids[i]);
-    struct placement p;
-    struct err e;
-    placement_init(&p);
-
-    /* n = 3, 3 shards, rf 3: every shard on all three nodes, leaders 30, 10, 50. */
-    assert_int_equal(placement_initial(&p, m, 3, 3, 3, &e), 0);
-    const uint64_t want3[3][3] = {{30, 10, 50}, {10, 50, 30}, {50, 30, 10}};
-    for (int s = 0; s < 3; s++)
-        assert_memory_equal(p.shards[s].replicas, want3[s], sizeof want3[s]);
-    assert_int_equal(p.nodes[0].id, 10);
-    assert_int_equal(p.nodes[1].id, 30);
-    assert_int_equal(p.nodes[2].id, 50);
-
-    /* n = 5, 9 shards, rf 3: leaders rotate 30,10,50,20,40,30,10,50,20. */
-    assert_int_equal(placement_initial(&p, m, 5, 9, 3, &e), 0);
-    const uint64_t lead[9] = {30, 10, 50, 20, 40, 30, 10, 50, 20};
-    for (int s = 0; s < 9; s++)
-        assert_int_equal(p.shards[s].replicas[0], lead[s]);
-    const uint64_t s5[3] = {40, 30, 10};
-    assert_memory_equal(p.shards[4].replicas, s5, sizeof s5);
-    uint64_t sorted[5];
-    for (int i = 0; i < 5; i++)
-        sorted[i] = p.nodes[i].id;
-    const uint64_t want_sorted[5] = {10, 20, 30, 40, 50};
-    assert_memory_equal(sorted, want_sorted, sizeof sorted);
-
-    /* n = 1, 3 shards, rf 3: capped to one replica each, all on node 30. */
-    assert_int_equal(placement_initial(&p, m, 1, 3, 3, &e), 0);
-    for (int s = 0; s < 3; s++) {
-        assert_int_equal(p.shards[s].nreplicas, 1);
-        assert_int_equal(p.shards[s].replicas[0], 30);
-    }
-    assert_int_equal(p.rf, 3);
-    placement_free(&p);
-}
-
-static void test_initial_ignores_given_state(void **state)
-{
-    (void)state;
-    struct pl_node m[2];
-    set_member(&m[0], 1);
-    set_member(&m[1], 2);
-    m[1].state = PL_NODE_DRAINING;
-    struct placement p;
-    struct err e;
-    placement_init(&p);
-    assert_int_equal(placement_initial(&p, m, 2, 1, 3, &e), 0);
-    assert_int_equal(placement_node(&p, 2)->state, PL_NODE_ACTIVE);
-    placement_free(&p);
-}
-
-static void test_initial_bad_arguments(void **state)
-{
-    (void)state;
-    static struct pl_node m[PL_MAX_NODES + 1];
-    for (int i = 0; i <= PL_MAX_NODES; i++)
-        set_member(&m[i], (uint64_t)i + 1);
-    for (int i = 0; i <= PL_MAX_NODES; i++) /* distinct addresses for all 65 */
-        snprintf(m[i].address, sizeof m[i].address, "10.0.0.%d:7000", i);
-    struct placement p;
-    struct err e;
-    make_three(&p);
-
-    expect_error(placement_initial(&p, m, 0, 3, 3, &e), &e, STRATA_INVALID_ARGUMENT, "members");
-    expect_error(placement_initial(&p, m, PL_MAX_NODES + 1, 3, 3, &e), &e, STRATA_INVALID_ARGUMENT,
-                 "65");
-    expect_error(placement_initial(&p, m, 3, 0, 3, &e), &e, STRATA_INVALID_ARGUMENT, "shard");
-    expect_error(placement_initial(&p, m, 3, PL_MAX_SHARDS + 1, 3, &e), &e, STRATA_INVALID_ARGUMENT,
-                 "257");
-    expect_error(placement_initial(&p, m, 3, 3, 0, &e), &e, STRATA_INVALID_ARGUMENT,
-                 "replication factor");
-    expect_error(placement_initial(&p, m, 3, 3, PL_MAX_REPLICAS + 1, &e), &e,
-                 STRATA_INVALID_ARGUMENT, "replication factor");
-
-    struct pl_node bad[3];
-    memcpy(bad, m, sizeof bad);
-    bad[1].id = 0;
-    expect_error(placement_initial(&p, bad, 3, 3, 3, &e), &e, STRATA_INVALID_ARGUMENT, "id 0");
-    memcpy(bad, m, sizeof bad);
-    bad[2].id = bad[0].id;
-    expect_error(placement_initial(&p, bad, 3, 3, 3, &e), &e, STRATA_INVALID_ARGUMENT, "same id");
-    memcpy(bad, m, sizeof bad);
-    bad[1].address[0] = '\0';
-    expect_error(placement_initial(&p, bad, 3, 3, 3, &e), &e, STRATA_INVALID_ARGUMENT, "empty");
-    memcpy(bad, m, sizeof bad);
-    memset(bad[1].address, 'a', sizeof bad[1].address); /* no NUL at all */
-    expect_error(placement_initial(&p, bad, 3, 3, 3, &e), &e, STRATA_INVALID_ARGUMENT,
-                 "longer than 255");
-    memcpy(bad, m, sizeof bad);
-    strcpy(bad[2].address, bad[0].address);
-    expect_error(placement_initial(&p, bad, 3, 3, 3, &e), &e, STRATA_INVALID_ARGUMENT,
-                 "same address");
-
-    /* A 255-byte address and 64 members are the limits, not errors. */
-    memcpy(bad, m, sizeof bad);
-    memset(bad[1].address, 'a', PL_ADDRESS_MAX);
-    bad[1].address[PL_ADDRESS_MAX] = '\0';
-    assert_int_equal(placement_initial(&p, bad, 3, 3, 3, &e), 0);
-    assert_int_equal(placement_initial(&p, m, PL_MAX_NODES, PL_MAX_SHARDS, PL_MAX_REPLICAS, &e), 0);
-    assert_valid(&p);
-    assert_roundtrip(&p);
-    placement_free(&p);
-}
-
-static void test_initial_error_leaves_table_unchanged(void **state)
-{
-    (void)state;
-    struct placement p;
-    struct err e;
-    make_three(&p);
-    assert_int_equal(placement_assign(&p, "x", 1, 2, &e), 0);
-    struct pl_node m[1];
-    set_member(&m[0], 9);
-    expect_error(placement_initial(&p, m, 1, 0, 3, &e), &e, STRATA_INVALID_ARGUMENT, "shard");
-    assert_int_equal(p.nbranches, 2);
-    assert_int_equal(p.nnodes, 3);
-    sm_fail_after(1);
-    expect_error(placement_initial(&p, m, 1, 1, 1, &e), &e, STRATA_OUT_OF_MEMORY, "memory");
-    sm_fail_after(0);
-    assert_int_equal(p.nbranches, 2);
-    assert_valid(&p);
     placement_free(&p);
 }
 
@@ -1238,41 +918,7 @@ static void test_decode_out_of_memory(void **state)
     placement_free(&src);
 }
 
-/* ---- lookups and load -------------------------------------------------------------------- */
-
-static void test_lookups_present_and_absent(void **state)
-{
-    (void)state;
-    struct placement p;
-    struct err e;
-    make_three(&p);
-    assert_int_equal(placement_assign(&p, "ab", 2, 2, &e), 0);
-    assert_int_equal(placement_assign(&p, "a", 1, 3, &e), 0);
-    assert_int_equal(placement_branch(&p, "a", 1)->shard, 3);
-    assert_int_equal(placement_branch(&p, "abc", 2)->shard, 2); /* only len bytes count */
-    assert_null(placement_branch(&p, "abc", 3));
-    assert_null(placement_branch(&p, "", 0));
-    assert_null(placement_branch(&p, NULL, 0));
-    assert_null(placement_branch(&p, "def", 3));
-    assert_non_null(placement_node(&p, 2));
-    assert_null(placement_node(&p, 0));
-    assert_null(placement_node(&p, 4));
-    assert_non_null(placement_shard(&p, 3));
-    assert_null(placement_shard(&p, 0));
-    assert_null(placement_shard(&p, 4));
-    assert_true(placement_shard_has(placement_shard(&p, 1), 3));
-    const uint64_t one[] = {2};
-    assert_int_equal(placement_set_replicas(&p, 1, one, 1, &e), 0);
-    assert_false(placement_shard_has(placement_shard(&p, 1), 3));
-    assert_true(placement_shard_has(placement_shard(&p, 1), 2));
-    placement_free(&p);
-
-    struct placement empty;
-    placement_init(&empty);
-    assert_null(placement_branch(&empty, "default", 7));
-    assert_null(placement_node(&empty, 1));
-    assert_null(placement_shard(&empty, 1));
-}
+/* ---- lookups and changes that need hand-made tables ------------------------------- */
 
 static void test_least_loaded_ties_and_counts(void **state)
 {
@@ -1329,97 +975,6 @@ static void test_least_loaded_ties_and_counts(void **state)
     placement_free(&p);
 }
 
-/* ---- changes ------------------------------------------------------------------------------ */
-
-static void test_assign_sorted_and_errors(void **state)
-{
-    (void)state;
-    struct placement p;
-    struct err e;
-    make_three(&p);
-    /* Random order in, sorted order out. */
-    rng_state = 12345;
-    char name[24];
-    int added = 0;
-    for (int i = 0; i < 3000; i++) {
-        int n = snprintf(name, sizeof name, "n%" PRIu64, rnd() % 100000);
-        int rc = placement_assign(&p, name, (size_t)n, 1 + (uint32_t)(rnd() % 3), &e);
-        assert_true(rc == 0 || rc == STRATA_ALREADY_EXISTS);
-        added += rc == 0;
-    }
-    assert_int_equal(p.nbranches, (size_t)added + 1);
-    assert_valid(&p);
-
-    assert_int_equal(placement_assign(&p, "new", 3, 2, &e), 0);
-    const struct pl_branch *b = placement_branch(&p, "new", 3);
-    assert_int_equal(b->shard, 2);
-    assert_int_equal(b->epoch, 1);
-    size_t before = p.nbranches;
-    expect_error(placement_assign(&p, "new", 3, 3, &e), &e, STRATA_ALREADY_EXISTS,
-                 "already on shard 2");
-    assert_int_equal(placement_branch(&p, "new", 3)->shard, 2);
-    expect_error(placement_assign(&p, "default", 7, 1, &e), &e, STRATA_ALREADY_EXISTS, "default");
-    expect_error(placement_assign(&p, "", 0, 1, &e), &e, STRATA_INVALID_ARGUMENT, "1..128");
-    static char longname[PL_MAX_BRANCH_NAME + 1];
-    memset(longname, 'q', sizeof longname);
-    expect_error(placement_assign(&p, longname, PL_MAX_BRANCH_NAME + 1, 1, &e), &e,
-                 STRATA_INVALID_ARGUMENT, "got 129");
-    expect_error(placement_assign(&p, "a\0b", 3, 1, &e), &e, STRATA_INVALID_ARGUMENT, "NUL");
-    expect_error(placement_assign(&p, "fresh", 5, 0, &e), &e, STRATA_INVALID_ARGUMENT,
-                 "shard 0 does not exist");
-    expect_error(placement_assign(&p, "fresh", 5, 4, &e), &e, STRATA_INVALID_ARGUMENT,
-                 "shard 4 does not exist");
-    assert_int_equal(p.nbranches, before);
-    assert_int_equal(placement_assign(&p, longname, PL_MAX_BRANCH_NAME, 1, &e), 0);
-    assert_valid(&p);
-    assert_roundtrip(&p);
-    placement_free(&p);
-}
-
-static void test_assign_out_of_memory(void **state)
-{
-    (void)state;
-    struct placement p;
-    struct err e;
-    make_three(&p); /* one branch, capacity one: the next assign grows the array */
-    for (long k = 1; k <= 2; k++) {
-        sm_fail_after(k); /* 1: the array, 2: the name */
-        expect_error(placement_assign(&p, "b", 1, 2, &e), &e, STRATA_OUT_OF_MEMORY, "memory");
-        sm_fail_after(0);
-        assert_int_equal(p.nbranches, 1);
-        assert_null(placement_branch(&p, "b", 1));
-        assert_valid(&p);
-    }
-    assert_int_equal(placement_assign(&p, "b", 1, 2, &e), 0);
-    assert_valid(&p);
-    placement_free(&p);
-}
-
-static void test_unassign_success_and_errors(void **state)
-{
-    (void)state;
-    struct placement p;
-    struct err e;
-    make_three(&p);
-    assert_int_equal(placement_assign(&p, "a", 1, 2, &e), 0);
-    assert_int_equal(placement_assign(&p, "m", 1, 2, &e), 0);
-    assert_int_equal(placement_assign(&p, "z", 1, 3, &e), 0);
-    assert_int_equal(placement_unassign(&p, "m", 1, &e), 0);
-    assert_null(placement_branch(&p, "m", 1));
-    assert_int_equal(p.nbranches, 3);
-    assert_valid(&p);
-    expect_error(placement_unassign(&p, "m", 1, &e), &e, STRATA_NOT_FOUND, "'m'");
-    expect_error(placement_unassign(&p, "default", 7, &e), &e, STRATA_INVALID_ARGUMENT, "default");
-    expect_error(placement_unassign(&p, "", 0, &e), &e, STRATA_INVALID_ARGUMENT, "1..128");
-    expect_error(placement_unassign(&p, "a\0", 2, &e), &e, STRATA_INVALID_ARGUMENT, "NUL");
-    assert_int_equal(placement_unassign(&p, "z", 1, &e), 0); /* the last one */
-    assert_int_equal(placement_unassign(&p, "a", 1, &e), 0); /* the first one */
-    assert_int_equal(p.nbranches, 1);
-    assert_valid(&p);
-    assert_roundtrip(&p);
-    placement_free(&p);
-}
-
 static void test_move_success_and_errors(void **state)
 {
     (void)state;
@@ -1448,93 +1003,6 @@ static void test_move_success_and_errors(void **state)
     assert_int_equal(decode_spec(&p, &e), 0);
     expect_error(placement_move(&p, "a", 1, 1, &e), &e, STRATA_INVALID_ARGUMENT, "epoch");
     assert_int_equal(placement_branch(&p, "a", 1)->shard, 2);
-    placement_free(&p);
-}
-
-static void test_add_node_success_and_errors(void **state)
-{
-    (void)state;
-    struct placement p;
-    struct err e;
-    make_three(&p);
-    assert_int_equal(placement_add_node(&p, 100, "127.0.0.100:7000", &e), 0);
-    assert_int_equal(placement_add_node(&p, 0x7fffffffffffffffull, "h:2", &e), 0);
-    assert_int_equal(placement_add_node(&p, UINT64_MAX, "h:3", &e), 0);
-    assert_int_equal(p.nnodes, 6);
-    assert_int_equal(p.nodes[3].id, 100);
-    assert_int_equal(p.nodes[3].state, PL_NODE_ACTIVE);
-    assert_string_equal(p.nodes[3].address, "127.0.0.100:7000");
-    assert_valid(&p);
-    expect_error(placement_add_node(&p, 2, "new:1", &e), &e, STRATA_ALREADY_EXISTS, "node 2");
-    expect_error(placement_add_node(&p, 7, "h:2", &e), &e, STRATA_ALREADY_EXISTS, "address h:2");
-    expect_error(placement_add_node(&p, 0, "new:1", &e), &e, STRATA_INVALID_ARGUMENT, "id 0");
-    expect_error(placement_add_node(&p, 7, "", &e), &e, STRATA_INVALID_ARGUMENT, "empty");
-    expect_error(placement_add_node(&p, 7, NULL, &e), &e, STRATA_INVALID_ARGUMENT, "empty");
-    static char longaddr[PL_ADDRESS_MAX + 2];
-    memset(longaddr, 'a', PL_ADDRESS_MAX + 1);
-    expect_error(placement_add_node(&p, 7, longaddr, &e), &e, STRATA_INVALID_ARGUMENT,
-                 "longer than 255");
-    longaddr[PL_ADDRESS_MAX] = '\0';
-    assert_int_equal(placement_add_node(&p, 7, longaddr, &e), 0);
-    assert_int_equal(p.nnodes, 7);
-    /* Fill to the limit, then one more. */
-    char addr[32];
-    for (uint64_t id = 1000; p.nnodes < PL_MAX_NODES; id++) {
-        snprintf(addr, sizeof addr, "10.1.0.%" PRIu64 ":1", id);
-        assert_int_equal(placement_add_node(&p, id, addr, &e), 0);
-    }
-    expect_error(placement_add_node(&p, 5000, "full:1", &e), &e, STRATA_INVALID_ARGUMENT,
-                 "64 nodes");
-    assert_valid(&p);
-    assert_roundtrip(&p);
-    placement_free(&p);
-}
-
-static void test_drain_node_success_and_errors(void **state)
-{
-    (void)state;
-    struct placement p;
-    struct err e;
-    make_three(&p);
-    assert_int_equal(placement_drain_node(&p, 2, &e), 0);
-    assert_int_equal(placement_node(&p, 2)->state, PL_NODE_DRAINING);
-    assert_int_equal(placement_node(&p, 1)->state, PL_NODE_ACTIVE);
-    assert_int_equal(placement_drain_node(&p, 2, &e), 0); /* a retry is fine */
-    assert_int_equal(placement_node(&p, 2)->state, PL_NODE_DRAINING);
-    expect_error(placement_drain_node(&p, 9, &e), &e, STRATA_NOT_FOUND, "node 9");
-    expect_error(placement_drain_node(&p, 0, &e), &e, STRATA_NOT_FOUND, "node 0");
-    assert_valid(&p);
-    assert_roundtrip(&p);
-    placement_free(&p);
-}
-
-static void test_remove_node_success_and_errors(void **state)
-{
-    (void)state;
-    struct placement p;
-    struct err e;
-    make_three(&p);
-    expect_error(placement_remove_node(&p, 2, &e), &e, STRATA_INVALID_ARGUMENT,
-                 "still holds a replica of shard 1");
-    expect_error(placement_remove_node(&p, 9, &e), &e, STRATA_NOT_FOUND, "node 9");
-    assert_int_equal(placement_drain_node(&p, 2, &e), 0);
-    const uint64_t without[] = {1, 3};
-    for (uint32_t s = 1; s <= 3; s++) {
-        if (s < 3)
-            expect_error(placement_remove_node(&p, 2, &e), &e, STRATA_INVALID_ARGUMENT,
-                         "still holds");
-        assert_int_equal(placement_set_replicas(&p, s, without, 2, &e), 0);
-    }
-    assert_int_equal(placement_remove_node(&p, 2, &e), 0);
-    assert_null(placement_node(&p, 2));
-    assert_int_equal(p.nnodes, 2);
-    expect_error(placement_remove_node(&p, 2, &e), &e, STRATA_NOT_FOUND, "node 2");
-    /* A node that never held a replica can go straight away. */
-    assert_int_equal(placement_add_node(&p, 9, "h:9", &e), 0);
-    assert_int_equal(placement_remove_node(&p, 9, &e), 0);
-    assert_int_equal(p.nnodes, 2);
-    assert_valid(&p);
-    assert_roundtrip(&p);
     placement_free(&p);
 }
 
@@ -1584,66 +1052,9 @@ static void test_set_replicas_success_and_errors(void **state)
     placement_free(&p);
 }
 
-static void test_copy_is_deep(void **state)
-{
-    (void)state;
-    struct placement src, dst;
-    struct err e;
-    make_three(&src);
-    src.epoch = 17;
-    assert_int_equal(placement_assign(&src, "a", 1, 2, &e), 0);
-    assert_int_equal(placement_assign(&src, "b", 1, 3, &e), 0);
-    make_three(&dst); /* holds a table: freed first */
-    assert_int_equal(placement_assign(&dst, "old", 3, 2, &e), 0);
-    assert_int_equal(placement_copy(&dst, &src), 0);
-    assert_int_equal(dst.epoch, 17);
-    assert_tables_equal(&src, &dst);
-    for (size_t i = 0; i < src.nbranches; i++)
-        assert_ptr_not_equal(src.branches[i].name, dst.branches[i].name);
-    assert_ptr_not_equal(src.branches, dst.branches);
-
-    /* Changing or freeing the source leaves the copy alone. */
-    src.branches[0].name[0] = 'X';
-    assert_int_equal(placement_move(&src, "b", 1, 1, &e), 0);
-    placement_free(&src);
-    assert_string_equal(dst.branches[0].name, "a");
-    assert_int_equal(placement_branch(&dst, "b", 1)->shard, 3);
-    assert_null(placement_branch(&dst, "old", 3));
-    assert_valid(&dst);
-    /* The copy can still grow. */
-    assert_int_equal(placement_assign(&dst, "c", 1, 1, &e), 0);
-    assert_valid(&dst);
-    /* Copy onto itself is a no-op. */
-    assert_int_equal(placement_copy(&dst, &dst), 0);
-    assert_int_equal(dst.nbranches, 4);
-
-    /* Out of memory at any step leaves the destination as it was. */
-    struct placement other;
-    make_three(&other);
-    for (long k = 1; k <= 3; k++) {
-        sm_fail_after(k);
-        assert_int_equal(placement_copy(&other, &dst), STRATA_OUT_OF_MEMORY);
-        sm_fail_after(0);
-        assert_int_equal(other.nbranches, 1);
-        assert_valid(&other);
-    }
-    /* An empty source copies to an empty table. */
-    struct placement empty;
-    placement_init(&empty);
-    assert_int_equal(placement_copy(&other, &empty), 0);
-    assert_true(is_empty(&other));
-    placement_free(&other);
-    placement_free(&dst);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_initial_layout_one_three_five_nodes),
-        cmocka_unit_test(test_initial_layout_explicit_values),
-        cmocka_unit_test(test_initial_ignores_given_state),
-        cmocka_unit_test(test_initial_bad_arguments),
-        cmocka_unit_test(test_initial_error_leaves_table_unchanged),
         cmocka_unit_test(test_encode_exact_bytes),
         cmocka_unit_test(test_encode_appends_and_out_of_memory),
         cmocka_unit_test(test_decode_roundtrip_after_changes),
@@ -1661,17 +1072,9 @@ int main(void)
         cmocka_unit_test(test_decode_every_prefix_fails),
         cmocka_unit_test(test_decode_random_bit_flips_never_crash),
         cmocka_unit_test(test_decode_out_of_memory),
-        cmocka_unit_test(test_lookups_present_and_absent),
         cmocka_unit_test(test_least_loaded_ties_and_counts),
-        cmocka_unit_test(test_assign_sorted_and_errors),
-        cmocka_unit_test(test_assign_out_of_memory),
-        cmocka_unit_test(test_unassign_success_and_errors),
         cmocka_unit_test(test_move_success_and_errors),
-        cmocka_unit_test(test_add_node_success_and_errors),
-        cmocka_unit_test(test_drain_node_success_and_errors),
-        cmocka_unit_test(test_remove_node_success_and_errors),
         cmocka_unit_test(test_set_replicas_success_and_errors),
-        cmocka_unit_test(test_copy_is_deep),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
