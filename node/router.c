@@ -1007,5 +1007,13 @@ void node_placement(struct node *n, bool fresh, fwd_done_cb cb, void *arg)
         return;
     }
     *pr = (struct placement_req){n, cb, arg};
+    struct repl_status st;
+    node_group_status(n, 0, &st);
+    if (!n->have_pl && st.role == REPL_LEADER && st.disk_error[0]) {
+        /* The first table cannot be written here: say why instead of waiting for it. */
+        sm_free(pr);
+        cb(arg, STRATA_UNAVAILABLE, NULL, 0, st.disk_error, NULL);
+        return;
+    }
     placement_wait(n, 0, fresh, placement_answer, pr);
 }

@@ -72,9 +72,9 @@ if ((!started)); then
     exit 1
 fi
 
-# routing=server: this node's meta group refuses writes too, so the placement table is
-# never written and a routing client would spend its call waiting for it.
-URI="strata://127.0.0.1:$PORT?routing=server"
+# The meta group refuses writes too, so no placement table is ever written: the routing
+# client's probe must get the disk error at once (not wait for a table) and fall back.
+URI="strata://127.0.0.1:$PORT"
 refuses_write() {
     local out
     out=$(timeout 15 "$CLI" --uri "$URI" kv put k v 2>&1)
