@@ -316,7 +316,9 @@ void rebalance_tick(struct node *n, uint64_t now)
     bool leader = st.role == REPL_LEADER;
     /* Up to date: the cache was read at our replica's applied index, none in flight. */
     bool current = leader && !n->pl_reading && n->pl_applied == st.applied_index;
-    waiters_check(n, now, current, 0);
+    /* A removal is final once any table we adopted lacks the node (epochs only grow): no
+     * need to be the leader or current to answer its waiter. */
+    waiters_check(n, now, n->have_pl, 0);
     if (!leader) {
         n->rb_busy = false;
         memset(n->rb_ok_epoch, 0, sizeof n->rb_ok_epoch);
