@@ -57,6 +57,19 @@ static void admin_args(const msgpack_object *cmd, struct admin_args *a)
     }
 }
 
+/* The same from a command's bytes (an undecodable one gives all-unset arguments). */
+static void admin_args_bytes(const uint8_t *cmd, size_t len, struct admin_args *a)
+{
+    msgpack_zone z;
+    msgpack_zone_init(&z, 512);
+    msgpack_object o;
+    size_t off = 0;
+    memset(a, 0, sizeof *a);
+    if (msgpack_unpack((const char *)cmd, len, &off, &z, &o) == MSGPACK_UNPACK_SUCCESS)
+        admin_args(&o, a);
+    msgpack_zone_destroy(&z);
+}
+
 static bool is_member(const struct repl_status *st, uint64_t id)
 {
     for (size_t i = 0; i < st->nmembers; i++)
@@ -79,15 +92,8 @@ static void group_member_local(struct node *n, const uint8_t *cmd, size_t len,
                                const struct auth_key *key, fwd_done_cb cb, void *arg)
 {
     (void)key;
-    msgpack_zone z;
-    msgpack_zone_init(&z, 512);
-    msgpack_object o;
-    size_t off = 0;
     struct admin_args a;
-    memset(&a, 0, sizeof a);
-    if (msgpack_unpack((const char *)cmd, len, &off, &z, &o) == MSGPACK_UNPACK_SUCCESS)
-        admin_args(&o, &a);
-    msgpack_zone_destroy(&z);
+    admin_args_bytes(cmd, len, &a);
     struct node_group *g = node_group(n, a.group);
     if (g == NULL || a.id == 0 || (a.add && !a.address_ok)) {
         cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0,
@@ -141,15 +147,8 @@ static void group_members_local(struct node *n, const uint8_t *cmd, size_t len,
                                 const struct auth_key *key, fwd_done_cb cb, void *arg)
 {
     (void)key;
-    msgpack_zone z;
-    msgpack_zone_init(&z, 512);
-    msgpack_object o;
-    size_t off = 0;
     struct admin_args a;
-    memset(&a, 0, sizeof a);
-    if (msgpack_unpack((const char *)cmd, len, &off, &z, &o) == MSGPACK_UNPACK_SUCCESS)
-        admin_args(&o, &a);
-    msgpack_zone_destroy(&z);
+    admin_args_bytes(cmd, len, &a);
     struct node_group *g = node_group(n, a.group);
     if (g == NULL) {
         cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0, "no such group here", NULL);
@@ -422,15 +421,8 @@ static void transfer_local(struct node *n, const uint8_t *cmd, size_t len,
                            const struct auth_key *key, fwd_done_cb cb, void *arg)
 {
     (void)key;
-    msgpack_zone z;
-    msgpack_zone_init(&z, 512);
-    msgpack_object o;
-    size_t off = 0;
     struct admin_args a;
-    memset(&a, 0, sizeof a);
-    if (msgpack_unpack((const char *)cmd, len, &off, &z, &o) == MSGPACK_UNPACK_SUCCESS)
-        admin_args(&o, &a);
-    msgpack_zone_destroy(&z);
+    admin_args_bytes(cmd, len, &a);
     struct node_group *g = node_group(n, a.group);
     if (g == NULL) {
         cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0, "no such group here", NULL);
