@@ -140,6 +140,7 @@ struct repl_group {
     char snap_from[REPL_ADDRESS_MAX + 1];
     bool snap_held;
     uint64_t snap_held_total;
+    uint64_t snap_stripped_total; /* installs ignored by raft whose payload we freed */
 
     /* faultio.c, watchdog.c: disk writes watched, writes refused while the disk fails */
     struct faultio fio;
@@ -169,7 +170,7 @@ int raft_code_to_strata(int rv);
 void fsm_setup(struct repl_group *g);
 
 /* snapguard.c: works around a libraft 0.22.1 crash (an InstallSnapshot arriving while the
- * node writes its own snapshot). init wraps io.start (after raft_init, before raft_start);
+ * node writes its own snapshot) and a leak (one arriving while it installs another). init wraps io.start (after raft_init, before raft_start);
  * flush hands a held install to raft once the own snapshot is written (from the pump);
  * free drops one still held at close. */
 void snapguard_init(struct repl_group *g);

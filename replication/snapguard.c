@@ -13,7 +13,15 @@
  * is written — raft then never sees the overlap its legacy layer mishandles. Delaying a
  * message is something the network may do anyway, so raft's logic is not affected; if
  * the leader sends another snapshot meanwhile, only the newest is kept (the older one
- * is superseded). Thread: the loop thread. */
+ * is superseded).
+ *
+ * Second trap, a leak: an InstallSnapshot that arrives while raft is still installing
+ * an earlier one (raft.snapshot.installing) is ignored by replicationInstallSnapshot,
+ * which reports it "async" so recvInstallSnapshot returns without freeing its payload
+ * (the snapshot data and configuration; LeakSanitizer shows it at exit). raft reads
+ * nothing of the payload on that path — only the term and the sender, to keep the leader
+ * and the election timer current — so the guard frees the payload itself and hands raft
+ * the message without it. Thread: the loop thread. */
 #include "group.h"
 
 #include <stddef.h>
@@ -32,11 +40,30 @@ static void drop_held(struct repl_group *g)
     g->snap_held = false;
 }
 
+/* Hands m to raft; an install raft will ignore (it is installing one already) loses its
+ * payload first, which raft would never free. The check and raft's own run in the same
+ * synchronous call, so the state cannot change between them. */
+static void pass_to_raft(struct repl_group *g, struct raft_message *m)
+{
+    if (m->type == RAFT_INSTALL_SNAPSHOT && g->raft.snapshot.installing) {
+        struct raft_install_snapshot *is = &m->install_snapshot;
+        raft_configuration_close(&is->conf);
+        raft_configuration_init(&is->conf);
+        raft_free(is->data.base);
+        is->data.base = NULL;
+        is->data.len = 0;
+        g->snap_stripped_total++;
+        log_info("group %u: snapshot install from %llu ignored, one is being installed",
+                 g->group_id, (unsigned long long)m->server_id);
+    }
+    g->raft_recv(&g->io, m);
+}
+
 static void recv_guard(struct raft_io *io, struct raft_message *m)
 {
     struct repl_group *g = io_group(io);
     if (m->type != RAFT_INSTALL_SNAPSHOT || !g->raft.legacy.snapshot_taking) {
-        g->raft_recv(io, m);
+        pass_to_raft(g, m);
         return;
     }
     drop_held(g); /* superseded: the newer snapshot covers at least as much */
@@ -69,7 +96,7 @@ void snapguard_flush(struct repl_group *g)
         return;
     struct raft_message m = g->snap_msg;
     g->snap_held = false; /* ownership of the buffers passes to raft */
-    g->raft_recv(&g->io, &m);
+    pass_to_raft(g, &m);
 }
 
 void snapguard_free(struct repl_group *g)
