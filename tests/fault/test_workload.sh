@@ -28,6 +28,7 @@ expect 2 'unknown subcommand' -- bogus --uri mem:
 expect 2 "bad value '0' for --threads" -- run --uri strata://127.0.0.1:1 --history "$TMP/h" --threads 0
 expect 2 "bad value 'x' for --duration" -- run --uri strata://127.0.0.1:1 --history "$TMP/h" --duration x
 expect 2 "bad value '99' for --branches" -- run --uri strata://127.0.0.1:1 --history "$TMP/h" --branches 99
+expect 2 "bad value 'maybe' for --merges" -- run --uri strata://127.0.0.1:1 --history "$TMP/h" --merges maybe
 expect 2 'run needs --uri and --history' -- run --uri strata://127.0.0.1:1
 expect 2 'compare needs --nodes and --history' -- compare --history "$TMP/h"
 expect 2 'unexpected argument' -- probe --uri strata://127.0.0.1:1 extra

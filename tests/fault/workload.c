@@ -6,6 +6,7 @@
  *                           [--branches B] [--logs L] [--duration S] [--max-ops N]
  *                           [--rotate OPS] [--seed S] [--op-timeout-ms MS]
  *                           [--nodes HOST:PORT,...]   (odd threads pinned to one node)
+ *                           [--merges on|off]         (fork/merge cycles, default on)
  *   strata_workload probe   --uri URI [--within-ms MS]
  *   strata_workload final   --uri URI --history FILE [--within-ms MS]
  *   strata_workload compare --nodes HOST:PORT,... --history FILE [--within-ms MS]
@@ -21,6 +22,14 @@
  * state.get/state.set/state.cas/state.init); a log is the event log of one space
  * ("e<epoch>-<i>"). Every written value is unique ("p<proc>-<n>"), so a cell's value names
  * its counter and a CAS on the counter is a CAS on the value.
+ *
+ * Forks and merges (run_merge): now and then a thread forks "default", writes 1-3 of the
+ * current KV registers in the fork, merges the fork back (strict or source_wins) and
+ * deletes it. The merge is recorded as one write per merged register on "default", each
+ * by a process of its own with the merge's invoke and completion (a strict merge refused
+ * with CONFLICT is a fail: it wrote nothing), the merge's version on the first only (one
+ * merge is one version). The fork's own writes are not in the history: nobody else reads
+ * the fork, and its values reach "default" only through the merge.
  *
  * Exit codes: 0 done (and every check passed), 1 a check failed (anomaly, or no service
  * within the bound), 2 bad usage or unreadable history, 3 could not set up. */
@@ -61,6 +70,7 @@ struct opts {
     long rotate;
     unsigned long seed;
     int op_timeout_ms, within_ms;
+    bool merges; /* fork-write-merge cycles on "default" (run) */
 };
 
 static volatile sig_atomic_t stop_requested;
@@ -235,6 +245,8 @@ struct shared {
     long counts[4][O_N];
     long errors[32];
     long unexpected; /* errors that a correct run never produces (workload bugs) */
+    long merges[O_N];
+    atomic_long merge_proc; /* process ids of merged writes, one each */
 };
 
 struct worker {
@@ -249,6 +261,7 @@ struct worker {
     long counts[4][O_N];
     long errors[32];
     long unexpected;
+    long merges[O_N], nmerge;
     int noted; /* error messages printed (bounded) */
 };
 
@@ -485,6 +498,120 @@ static void run_one(struct worker *w, struct buf *cmd, struct buf *res)
         w->proc += sh->o->threads;
 }
 
+#define MERGE_PCT 2     /* of a thread's steps */
+#define MERGE_KEYS_MAX 3
+
+static int exec_retry(struct strata *db, const struct buf *cmd, int ok_code, unsigned within_ms,
+                      struct buf *res, struct err *e);
+
+static void pack_branch_op(struct buf *cmd, const char *op, const char *k1, const char *v1,
+                           const char *k2, const char *v2)
+{
+    buf_reset(cmd);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, cmd, buf_w);
+    msgpack_pack_map(&pk, k2 ? 3 : 2);
+    pk_kv(&pk, "op", op);
+    pk_kv(&pk, k1, v1);
+    if (k2)
+        pk_kv(&pk, k2, v2);
+}
+
+/* One fork-write-merge-delete cycle on "default" (see the header). */
+static void run_merge(struct worker *w, struct buf *cmd, struct buf *res)
+{
+    struct shared *sh = w->sh;
+    const struct opts *o = sh->o;
+    char fork[NAME_MAX_];
+    snprintf(fork, sizeof fork, "mg%d-%ld", w->index, ++w->nmerge);
+    struct err e;
+    err_clear(&e);
+    pack_branch_op(cmd, "branch.fork", "name", fork, "source", "default");
+    int code = exec_retry(w->db, cmd, STRATA_BRANCH_EXISTS, 5000, NULL, &e);
+    if (code) {
+        if (w->noted++ < 20)
+            fprintf(stderr, "workload: fork %s: %s: %s\n", fork, err_name(code), e.msg);
+        return;
+    }
+    /* Distinct registers of the current epoch, written in the fork. */
+    struct op ops[MERGE_KEYS_MAX];
+    int nk = 1 + (int)rng_below(&w->rng, MERGE_KEYS_MAX);
+    if (nk > o->keys)
+        nk = o->keys;
+    uint64_t epoch = (uint64_t)(atomic_load(&sh->started) / o->rotate);
+    int first = (int)rng_below(&w->rng, (unsigned)o->keys);
+    for (int i = 0; i < nk && code == 0; i++) {
+        ops[i] = (struct op){.f = F_WRITE, .prim = P_KV, .branch = 0, .epoch = epoch,
+                             .slot = (first + i) % o->keys};
+        key_name(ops[i].key, sizeof ops[i].key, P_KV, epoch, ops[i].slot);
+        snprintf(ops[i].value, sizeof ops[i].value, "m%d-%ld", w->index, ++w->seq);
+        buf_reset(cmd);
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, cmd, buf_w);
+        msgpack_pack_map(&pk, 4);
+        pk_kv(&pk, "op", "kv.put");
+        pk_kv(&pk, "branch", fork);
+        pk_kv(&pk, "key", ops[i].key);
+        pk_kv(&pk, "value", ops[i].value);
+        /* A retry rewrites the same value in a branch only this thread uses: harmless. */
+        code = exec_retry(w->db, cmd, 0, 5000, NULL, &e);
+    }
+    if (code == 0) {
+        bool strict = rng_below(&w->rng, 2) == 0;
+        long procs[MERGE_KEYS_MAX];
+        for (int i = 0; i < nk; i++) {
+            procs[i] = atomic_fetch_add(&sh->merge_proc, 1);
+            hist_emit(&sh->hist, op_line(sh, &ops[i], (int)procs[i], "invoke"), true);
+        }
+        buf_reset(cmd);
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, cmd, buf_w);
+        msgpack_pack_map(&pk, 4);
+        pk_kv(&pk, "op", "branch.merge");
+        pk_kv(&pk, "source", fork);
+        pk_kv(&pk, "target", "default");
+        pk_kv(&pk, "strategy", strict ? "strict" : "source_wins");
+        buf_reset(res);
+        err_clear(&e);
+        code = strata_exec(w->db, cmd->data, cmd->len, res, &e);
+        struct res r = {0};
+        uint64_t version = 0, changes = 0;
+        bool unexpected = false;
+        if (code == 0 && (res_parse(&r, res) != 0 || r.o->type != MSGPACK_OBJECT_MAP ||
+                          !map_u64(r.o, "version", &version)))
+            code = STRATA_PROTOCOL_ERROR; /* an answer we cannot read: fate unknown */
+        enum outcome oc = O_OK;
+        if (code == 0) {
+            /* The fork changed exactly these registers since it was made. */
+            unexpected = !map_u64(r.o, "changes", &changes) || changes != (uint64_t)nk;
+        } else if (code == STRATA_CONFLICT) {
+            oc = O_FAIL;
+            unexpected = !strict;
+        } else {
+            oc = classify(&ops[0], code, &unexpected);
+        }
+        for (int i = 0; i < nk; i++) {
+            json_t *l = op_line(sh, &ops[i], (int)procs[i], outcome_names[oc]);
+            if (oc == O_OK && i == 0)
+                json_object_set_new(l, "version", json_integer((json_int_t)version));
+            if (oc != O_OK)
+                json_object_set_new(l, "error", json_string(err_name(code)));
+            hist_emit(&sh->hist, l, true);
+        }
+        if ((unexpected || (code && code != STRATA_CONFLICT)) && w->noted++ < 20)
+            fprintf(stderr, "workload: merge %s -> default: %s: %s%s\n", fork,
+                    code ? err_name(code) : "ok", code ? e.msg : "",
+                    unexpected && code == 0 ? " (changes differ from the keys written)" : "");
+        res_free(&r);
+        w->merges[oc]++;
+        w->errors[code >= 0 && code < 32 ? code : 31]++;
+        w->unexpected += unexpected;
+    }
+    pack_branch_op(cmd, "branch.delete", "name", fork, NULL, NULL);
+    err_clear(&e);
+    (void)exec_retry(w->db, cmd, STRATA_BRANCH_NOT_FOUND, 5000, NULL, &e);
+}
+
 static int open_db(const char *uri, int op_ms, struct strata **db)
 {
     struct err e;
@@ -516,7 +643,10 @@ static void *worker_main(void *arg)
                 w->db = fresh;
             }
         }
-        run_one(w, &cmd, &res);
+        if (w->sh->o->merges && rng_below(&w->rng, 100) < MERGE_PCT)
+            run_merge(w, &cmd, &res);
+        else
+            run_one(w, &cmd, &res);
     }
     buf_close(&cmd);
     buf_close(&res);
@@ -526,6 +656,8 @@ static void *worker_main(void *arg)
             w->sh->counts[f][oc] += w->counts[f][oc];
     for (int c = 0; c < 32; c++)
         w->sh->errors[c] += w->errors[c];
+    for (int oc = 0; oc < O_N; oc++)
+        w->sh->merges[oc] += w->merges[oc];
     w->sh->unexpected += w->unexpected;
     pthread_mutex_unlock(&w->sh->stats_mu);
     return NULL;
@@ -549,7 +681,7 @@ static int exec_retry(struct strata *db, const struct buf *cmd, int ok_code, uns
         if (code == STRATA_INVALID_ARGUMENT || code == STRATA_WRONG_TYPE)
             return code;
         sleep_ms(100);
-    } while (now_ms() < deadline);
+    } while (now_ms() < deadline && !stop_requested);
     return code;
 }
 
@@ -607,6 +739,7 @@ static int cmd_run(const struct opts *o)
     static struct shared sh; /* large; lives for the whole run */
     memset(&sh, 0, sizeof sh);
     sh.o = o;
+    atomic_store(&sh.merge_proc, 1L << 24); /* above any worker's process numbers */
     pthread_mutex_init(&sh.hist.mu, NULL);
     pthread_mutex_init(&sh.stats_mu, NULL);
     sh.hist.f = fopen(o->history, "w");
@@ -683,6 +816,10 @@ static int cmd_run(const struct opts *o)
         json_object_set_new(sum, outcome_names[oc], json_integer(tot_oc[oc]));
     json_object_set_new(sum, "seconds", json_real(secs));
     json_object_set_new(sum, "by_f", byf);
+    json_t *mg = json_object();
+    for (int oc = 0; oc < O_N; oc++)
+        json_object_set_new(mg, outcome_names[oc], json_integer(sh.merges[oc]));
+    json_object_set_new(sum, "merges", mg);
     json_object_set_new(sum, "errors", errs);
     json_object_set_new(sum, "unexpected", json_integer(sh.unexpected));
     char *txt = json_dumps(sum, JSON_COMPACT);
@@ -1450,6 +1587,7 @@ static void usage(FILE *out)
           "                          [--branches B] [--logs L] [--duration S] [--max-ops N]\n"
           "                          [--rotate OPS] [--seed S] [--op-timeout-ms MS]\n"
           "                          [--nodes HOST:PORT,...]  (odd threads use one node each)\n"
+          "                          [--merges on|off]  (fork/merge cycles on default, on)\n"
           "  strata_workload probe   --uri URI [--within-ms MS]\n"
           "  strata_workload final   --uri URI --history FILE [--within-ms MS]\n"
           "  strata_workload compare --nodes HOST:PORT,... --history FILE [--within-ms MS]\n"
@@ -1487,7 +1625,8 @@ int main(int argc, char **argv)
         return EXIT_USAGE;
     }
     struct opts o = {.threads = 5, .keys = 5, .branches = 3, .logs = 2, .duration_s = 10,
-                     .rotate = 1000, .seed = 1, .op_timeout_ms = 2000, .within_ms = 15000};
+                     .rotate = 1000, .seed = 1, .op_timeout_ms = 2000, .within_ms = 15000,
+                     .merges = true};
     static const struct option longopts[] = {
         {"uri", required_argument, NULL, 'u'},      {"history", required_argument, NULL, 'H'},
         {"nodes", required_argument, NULL, 'n'},    {"threads", required_argument, NULL, 't'},
@@ -1495,7 +1634,8 @@ int main(int argc, char **argv)
         {"logs", required_argument, NULL, 'l'},     {"duration", required_argument, NULL, 'd'},
         {"max-ops", required_argument, NULL, 'm'},  {"rotate", required_argument, NULL, 'r'},
         {"seed", required_argument, NULL, 's'},     {"op-timeout-ms", required_argument, NULL, 'o'},
-        {"within-ms", required_argument, NULL, 'w'}, {NULL, 0, NULL, 0}};
+        {"within-ms", required_argument, NULL, 'w'}, {"merges", required_argument, NULL, 'g'},
+        {NULL, 0, NULL, 0}};
     optind = 2;
     int c, idx = 0;
     long v;
@@ -1515,6 +1655,10 @@ int main(int argc, char **argv)
         case 's': ok = parse_long(optarg, 0, 2147483647L, &v), o.seed = (unsigned long)v; break;
         case 'o': ok = parse_long(optarg, 100, 600000, &v), o.op_timeout_ms = (int)v; break;
         case 'w': ok = parse_long(optarg, 100, 600000, &v), o.within_ms = (int)v; break;
+        case 'g':
+            ok = strcmp(optarg, "on") == 0 || strcmp(optarg, "off") == 0;
+            o.merges = strcmp(optarg, "on") == 0;
+            break;
         default: usage(stderr); return EXIT_USAGE;
         }
         if (!ok) {
