@@ -499,6 +499,16 @@ static void record_read_start(struct node *n)
     buf_close(&b);
 }
 
+/* The answer to a branch request: the rebalancer's action is over; the map when it
+ * succeeded and the rebalancer still runs (z is initialized either way). */
+static const msgpack_object *bm_answer(struct bm_req *r, int code, const uint8_t *result,
+                                       size_t len, msgpack_zone *z, msgpack_object *o)
+{
+    r->n->rb_busy = false;
+    msgpack_zone_init(z, 512);
+    return code || r->n->rb_auto == NULL ? NULL : answer_map(result, len, z, o);
+}
+
 /* move.status of the branch on its shard answered: standalone or not. */
 static void branch_checked(void *arg, int code, const uint8_t *result, size_t len,
                            const char *message, const char *leader)
@@ -507,12 +517,10 @@ static void branch_checked(void *arg, int code, const uint8_t *result, size_t le
     struct bm_req *r = arg;
     struct node *n = r->n;
     struct rb_auto *a = n->rb_auto;
-    n->rb_busy = false;
     uint64_t now = uv_now(n->loop);
     msgpack_zone z;
-    msgpack_zone_init(&z, 512);
     msgpack_object o;
-    const msgpack_object *m = code || a == NULL ? NULL : answer_map(result, len, &z, &o);
+    const msgpack_object *m = bm_answer(r, code, result, len, &z, &o);
     if (a == NULL) {
         /* stopped meanwhile */
     } else if (m == NULL) {
@@ -579,12 +587,10 @@ static void branch_move_started(void *arg, int code, const uint8_t *result, size
     struct bm_req *r = arg;
     struct node *n = r->n;
     struct rb_auto *a = n->rb_auto;
-    n->rb_busy = false;
     uint64_t now = uv_now(n->loop);
     msgpack_zone z;
-    msgpack_zone_init(&z, 512);
     msgpack_object o;
-    const msgpack_object *m = code || a == NULL ? NULL : answer_map(result, len, &z, &o);
+    const msgpack_object *m = bm_answer(r, code, result, len, &z, &o);
     uint64_t id = 0;
     if (a == NULL) {
         /* stopped meanwhile */

@@ -268,6 +268,21 @@ static void fact_set(struct facts *fs, const char *name, enum pl_bkind kind)
     qsort(fs->f, fs->n, sizeof fs->f[0], fact_cmp);
 }
 
+/* Plan with `fs` (NULL: no facts) and `in_flight`; the step must be `kind` (and for CHECK
+ * or MOVE, of `branch` from shard `from` to shard `to`). */
+static void expect_step(const struct placement *p, size_t in_flight, const struct facts *fs,
+                        enum pl_bplan kind, const char *branch, uint32_t from, uint32_t to)
+{
+    struct pl_bstep st;
+    placement_plan_branch(p, in_flight, fs ? fs->f : NULL, fs ? fs->n : 0, &st);
+    assert_int_equal(st.kind, kind);
+    if (kind == PL_BPLAN_NONE)
+        return;
+    assert_string_equal(st.branch, branch);
+    assert_int_equal(st.from, from);
+    assert_int_equal(st.to, to);
+}
+
 static void branch_spread(const struct placement *p, size_t *min, size_t *max)
 {
     size_t c[PL_MAX_SHARDS];
@@ -301,18 +316,13 @@ static void test_plan_branch_even_table_is_left_alone(void **state)
     (void)state;
     struct placement p;
     make(&p, 3, 3, 3);
-    struct pl_bstep st;
-    placement_plan_branch(&p, 0, NULL, 0, &st); /* only "default" */
-    assert_int_equal(st.kind, PL_BPLAN_NONE);
+    expect_step(&p, 0, NULL, PL_BPLAN_NONE, NULL, 0, 0); /* only "default" */
     add_branches(&p, "a", 1, 2); /* 1 1 0: a difference of one */
-    placement_plan_branch(&p, 0, NULL, 0, &st);
-    assert_int_equal(st.kind, PL_BPLAN_NONE);
+    expect_step(&p, 0, NULL, PL_BPLAN_NONE, NULL, 0, 0);
     add_branches(&p, "b", 1, 2); /* 1 2 0 */
+    expect_step(&p, 0, NULL, PL_BPLAN_CHECK, "a-00", 2, 3);
+    struct pl_bstep st;
     placement_plan_branch(&p, 0, NULL, 0, &st);
-    assert_int_equal(st.kind, PL_BPLAN_CHECK);
-    assert_string_equal(st.branch, "a-00");
-    assert_int_equal(st.from, 2);
-    assert_int_equal(st.to, 3);
     assert_int_equal(st.from_load, 2);
     assert_int_equal(st.to_load, 0);
     placement_free(&p);
@@ -326,15 +336,9 @@ static void test_plan_branch_large_shards_need_ten_percent(void **state)
     add_branches(&p, "a", 104, 1); /* + default: 105 */
     add_branches(&p, "b", 100, 2);
     add_branches(&p, "c", 95, 3); /* total 300, spread 10: not more than 10 % of 100 */
-    struct pl_bstep st;
-    placement_plan_branch(&p, 0, NULL, 0, &st);
-    assert_int_equal(st.kind, PL_BPLAN_NONE);
+    expect_step(&p, 0, NULL, PL_BPLAN_NONE, NULL, 0, 0);
     add_branches(&p, "d", 1, 1); /* spread 11 */
-    placement_plan_branch(&p, 0, NULL, 0, &st);
-    assert_int_equal(st.kind, PL_BPLAN_CHECK);
-    assert_int_equal(st.from, 1);
-    assert_int_equal(st.to, 3);
-    assert_string_equal(st.branch, "a-00");
+    expect_step(&p, 0, NULL, PL_BPLAN_CHECK, "a-00", 1, 3);
     placement_free(&p);
 }
 
@@ -348,17 +352,8 @@ static void test_plan_branch_ties_go_to_lowest_ids(void **state)
     add_branches(&p, "z", 4, 3);
     add_branches(&p, "m", 4, 2);
     add_branches(&p, "x", 1, 4);
-    struct pl_bstep st, again;
-    placement_plan_branch(&p, 0, NULL, 0, &st);
-    assert_int_equal(st.kind, PL_BPLAN_CHECK);
-    assert_int_equal(st.from, 2);
-    assert_int_equal(st.to, 1);
-    assert_string_equal(st.branch, "m-00");
-    placement_plan_branch(&p, 0, NULL, 0, &again);
-    assert_int_equal(again.kind, st.kind);
-    assert_ptr_equal(again.branch, st.branch);
-    assert_int_equal(again.from, st.from);
-    assert_int_equal(again.to, st.to);
+    expect_step(&p, 0, NULL, PL_BPLAN_CHECK, "m-00", 2, 1);
+    expect_step(&p, 0, NULL, PL_BPLAN_CHECK, "m-00", 2, 1); /* and again */
     placement_free(&p);
 }
 
@@ -369,21 +364,12 @@ static void test_plan_branch_check_then_move_then_skip(void **state)
     make(&p, 3, 3, 3);
     add_branches(&p, "s", 4, 2);
     struct facts fs = {0};
-    struct pl_bstep st;
-    placement_plan_branch(&p, 0, fs.f, fs.n, &st);
-    assert_int_equal(st.kind, PL_BPLAN_CHECK);
-    assert_string_equal(st.branch, "s-00");
+    expect_step(&p, 0, &fs, PL_BPLAN_CHECK, "s-00", 2, 3);
     fact_set(&fs, "s-00", PL_BRANCH_STANDALONE);
-    placement_plan_branch(&p, 0, fs.f, fs.n, &st);
-    assert_int_equal(st.kind, PL_BPLAN_MOVE);
-    assert_string_equal(st.branch, "s-00");
-    assert_int_equal(st.from, 2);
-    assert_int_equal(st.to, 3);
+    expect_step(&p, 0, &fs, PL_BPLAN_MOVE, "s-00", 2, 3);
     /* The move driver refused it: the next branch is asked about. */
     fact_set(&fs, "s-00", PL_BRANCH_SKIP);
-    placement_plan_branch(&p, 0, fs.f, fs.n, &st);
-    assert_int_equal(st.kind, PL_BPLAN_CHECK);
-    assert_string_equal(st.branch, "s-01");
+    expect_step(&p, 0, &fs, PL_BPLAN_CHECK, "s-01", 2, 3);
     placement_free(&p);
 }
 
@@ -400,17 +386,12 @@ static void test_plan_branch_never_moves_forks_or_default(void **state)
         snprintf(name, sizeof name, "fam-%02d", i);
         fact_set(&fs, name, PL_BRANCH_FAMILY);
     }
-    struct pl_bstep st;
-    placement_plan_branch(&p, 0, fs.f, fs.n, &st);
-    assert_int_equal(st.kind, PL_BPLAN_NONE); /* 7 0 0, but only forks and default */
+    expect_step(&p, 0, &fs, PL_BPLAN_NONE, NULL, 0, 0); /* 7 0 0, but only forks and default */
     /* Shard 2 heavy enough against shard 3: its standalone branches move instead. */
     add_branches(&p, "solo", 3, 2);
     fact_set(&fs, "solo-00", PL_BRANCH_STANDALONE);
-    placement_plan_branch(&p, 0, fs.f, fs.n, &st);
-    assert_int_equal(st.kind, PL_BPLAN_MOVE);
-    assert_string_equal(st.branch, "solo-00");
-    assert_int_equal(st.from, 2);
-    assert_int_equal(st.to, 3);
+    expect_step(&p, 0, &fs, PL_BPLAN_MOVE, "solo-00", 2, 3);
+    struct pl_bstep st;
     /* Converge, treating every unknown branch as standalone once asked. */
     for (int steps = 0; steps < 20; steps++) {
         placement_plan_branch(&p, 0, fs.f, fs.n, &st);
@@ -484,17 +465,13 @@ static void test_plan_branch_waits_for_a_move_in_flight(void **state)
     add_branches(&p, "s", 8, 2);
     struct facts fs = {0};
     fact_set(&fs, "s-00", PL_BRANCH_STANDALONE);
-    struct pl_bstep st;
-    placement_plan_branch(&p, 1, fs.f, fs.n, &st);
-    assert_int_equal(st.kind, PL_BPLAN_NONE);
-    placement_plan_branch(&p, 0, fs.f, fs.n, &st);
-    assert_int_equal(st.kind, PL_BPLAN_MOVE);
+    expect_step(&p, 1, &fs, PL_BPLAN_NONE, NULL, 0, 0);
+    expect_step(&p, 0, &fs, PL_BPLAN_MOVE, "s-00", 2, 3);
     /* One shard: nowhere to go. */
     struct placement one;
     make(&one, 1, 1, 1);
     add_branches(&one, "s", 8, 1);
-    placement_plan_branch(&one, 0, NULL, 0, &st);
-    assert_int_equal(st.kind, PL_BPLAN_NONE);
+    expect_step(&one, 0, NULL, PL_BPLAN_NONE, NULL, 0, 0);
     placement_free(&one);
     placement_free(&p);
 }
