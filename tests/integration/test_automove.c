@@ -324,6 +324,66 @@ static int log_total(const struct h_cluster *c, const char *needle)
     return n;
 }
 
+/* Poll (bounded) until no move is in flight and the counts are even; the last table and
+ * how long it took go out. */
+static bool wait_even(struct strata *db, unsigned ms, struct table *t, uint64_t *took)
+{
+    uint64_t t0 = h_now_ms();
+    struct moves mv;
+    size_t total;
+    for (;;) {
+        if (read_table(db, t) == 0 && read_moves(db, &mv) == 0 && mv.in_flight == 0) {
+            size_t spread = table_spread(t, &total);
+            if (!placement_branches_uneven(spread, total, 3))
+                break;
+        }
+        if (h_now_ms() - t0 >= ms) {
+            *took = h_now_ms() - t0;
+            return false;
+        }
+        h_sleep_ms(250);
+    }
+    *took = h_now_ms() - t0;
+    return true;
+}
+
+/* An operator moves a standalone branch from the lightest to the heaviest shard: the
+ * skew is evened out again, but with another branch — the operator's stays put. */
+static void operator_move_stays(struct strata *db, char (*keep)[32], size_t nkeep)
+{
+    struct table t;
+    REQUIRE(read_table(db, &t) == 0, "table read");
+    uint32_t lo = 1, hi = 1;
+    for (uint32_t s = 2; s <= 3; s++) {
+        lo = t.counts[s] < t.counts[lo] ? s : lo;
+        hi = t.counts[s] >= t.counts[hi] ? s : hi;
+    }
+    const char *x = NULL;
+    for (size_t i = 0; i < nkeep && x == NULL; i++)
+        x = shard_of(&t, keep[i]) == lo ? keep[i] : NULL;
+    REQUIRE(x != NULL && hi != lo, "a standalone branch on the lightest shard %u", lo);
+    struct err e;
+    err_clear(&e);
+    int rc = h_exec(db, 0, NULL, &e,
+                    "{\"op\":\"cluster.move_branch\",\"branch\":\"%s\",\"to_shard\":%u}", x, hi);
+    REQUIRE(rc == 0, "operator moves %s: shard %u -> %u (%s %s)", x, lo, hi, err_name(rc), e.msg);
+    struct moves mv;
+    bool landed = false;
+    for (uint64_t until = h_now_ms() + 20000; !landed && h_now_ms() < until; h_sleep_ms(100))
+        landed = read_table(db, &t) == 0 && shard_of(&t, x) == hi && read_moves(db, &mv) == 0 &&
+                 mv.in_flight == 0;
+    REQUIRE(landed, "the operator's move of %s finished", x);
+    size_t total, spread = table_spread(&t, &total);
+    CHECK(placement_branches_uneven(spread, total, 3),
+          "uneven after it: %zu %zu %zu", t.counts[1], t.counts[2], t.counts[3]);
+    uint64_t took;
+    bool even = wait_even(db, 30000, &t, &took);
+    CHECK(even && shard_of(&t, x) == hi,
+          "even again (%zu %zu %zu) in %.1f s, and %s is still on shard %u where the operator "
+          "put it (on %u)",
+          t.counts[1], t.counts[2], t.counts[3], (double)took / 1000.0, x, hi, shard_of(&t, x));
+}
+
 /* ---- The tests -------------------------------------------------------------------------- */
 
 void test_auto_move(void)
@@ -384,18 +444,9 @@ void test_auto_move(void)
            t1.counts[3]);
     CHECK(placement_branches_uneven(spread, total, 3), "the skew is uneven enough to act on");
     /* Even within the threshold, with no move in flight, in bounded time. */
-    uint64_t t_start = h_now_ms();
-    bool even = false;
     struct table t2;
-    struct moves mv;
-    while (!even && h_now_ms() - t_start < EVEN_WITHIN_MS) {
-        h_sleep_ms(250);
-        if (read_table(db, &t2) || read_moves(db, &mv))
-            continue;
-        spread = table_spread(&t2, &total);
-        even = mv.in_flight == 0 && !placement_branches_uneven(spread, total, 3);
-    }
-    uint64_t took = h_now_ms() - t_start;
+    uint64_t took;
+    bool even = wait_even(db, EVEN_WITHIN_MS, &t2, &took);
     CHECK(even, "branch counts even (%zu %zu %zu) in %.1f s (bound %d s)", t2.counts[1],
           t2.counts[2], t2.counts[3], (double)took / 1000.0, EVEN_WITHIN_MS / 1000);
     h_sleep_ms(1000); /* writes after the last move, on the new shards */
@@ -469,13 +520,14 @@ void test_auto_move(void)
           nkeep);
     /* What the rebalancer asked the shards: a fork names its parent, the root its forks. */
     struct bstatus st;
-    CHECK(shard_branch_status(db, fam_shard, family[3], &st) == 0 && st.exists &&
-              strcmp(st.parent, family[1]) == 0,
+    int rc = shard_branch_status(db, fam_shard, family[3], &st);
+    CHECK(rc == 0 && st.exists && strcmp(st.parent, family[1]) == 0,
           "move.status of %s names its parent (%s)", family[3], st.parent);
-    CHECK(shard_branch_status(db, fam_shard, family[0], &st) == 0 && st.exists &&
-              st.forks == 2 && !st.has_parent,
+    rc = shard_branch_status(db, fam_shard, family[0], &st);
+    CHECK(rc == 0 && st.exists && st.forks == 2 && !st.has_parent,
           "move.status of %s: %llu forks (2), no parent", family[0],
           (unsigned long long)st.forks);
+    operator_move_stays(db, keep, nkeep);
     strata_close(db);
 }
 
