@@ -17,12 +17,15 @@ static void usage(FILE *f)
             "                       [--idle-timeout-ms MS] [--shards N] [--replication-factor N]\n"
             "                       [--log-level debug|info|warn|error] [--http HOST:PORT]\n"
             "                       [--disk-reserve-mb N] [--disk-stall-ms MS]\n"
+            "                       [--auto-move-branches on|off]\n"
             "Defaults: --listen 127.0.0.1:9876, --advertise = --listen, no --http.\n"
             "--http serves /metrics (Prometheus), /healthz and /readyz over HTTP/1.1\n"
             "(docs/operations.md). A group refuses writes and hands leadership away while\n"
             "its disk has less than --disk-reserve-mb free (default 64) or a log write\n"
             "fails or takes longer than --disk-stall-ms (default 3000); 0 turns either\n"
-            "check off (docs/reliability.md). See docs/server.md.\n");
+            "check off (docs/reliability.md). --auto-move-branches off stops the\n"
+            "rebalancer from moving standalone branches between shards (default on,\n"
+            "docs/sharding.md \"Rebalancing\"). See docs/server.md.\n");
 }
 
 static int parse_members(const char *list, struct node_config *c)
@@ -74,6 +77,7 @@ int main(int argc, char **argv)
     c->idle_timeout_ms = 600000;
     c->shards = 3;
     c->rf = 3;
+    c->auto_move_branches = true;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -130,7 +134,14 @@ int main(int argc, char **argv)
             c->shards = (uint32_t)num(a, v);
         else if (strcmp(a, "--replication-factor") == 0)
             c->rf = (uint32_t)num(a, v);
-        else if (strcmp(a, "--http") == 0) {
+        else if (strcmp(a, "--auto-move-branches") == 0) {
+            if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0) {
+                fprintf(stderr, "stratadb-server: --auto-move-branches must be on or off, got '%s'\n",
+                        v);
+                return 2;
+            }
+            c->auto_move_branches = strcmp(v, "on") == 0;
+        } else if (strcmp(a, "--http") == 0) {
             char host[sizeof c->http];
             int port;
             if (strlen(v) >= sizeof c->http || parse_hostport(v, host, sizeof host, &port)) {

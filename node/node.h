@@ -29,6 +29,7 @@ struct node_config {
     uint32_t shards;          /* --shards: shard groups of a new cluster (default 3) */
     uint32_t rf;              /* --replication-factor of a new cluster (default 3) */
     char http[REPL_ADDRESS_MAX + 1]; /* --http HOST:PORT for /metrics etc., "" = none */
+    bool auto_move_branches;  /* --auto-move-branches: the rebalancer moves branches */
     struct repl_options repl; /* template for every group (group_id, data_dir set per group) */
 };
 
@@ -237,6 +238,7 @@ struct node_group {
 struct pl_waiter;
 struct assign_req;
 struct rb_waiter;
+struct rb_auto;
 
 /* The hosted group `id`, or NULL. */
 struct node_group *node_group(struct node *n, uint32_t id);
@@ -366,6 +368,7 @@ struct node {
     uint64_t rb_checked_ms[PL_MAX_SHARDS + 1];
     uint64_t rb_unassigned_ms[PL_MAX_SHARDS + 1]; /* since when the table drops a replica */
     struct rb_waiter *rb_waiters;
+    struct rb_auto *rb_auto; /* automatic branch moves (NULL until needed, freed at stop) */
     bool retiring[PL_MAX_SHARDS + 1]; /* a retired group is still closing */
     uv_timer_t shard_timer;
     bool shard_timer_on;
@@ -441,7 +444,9 @@ void admin_transfer(struct node *n, uint32_t gid, uint64_t to, const struct auth
 
 /* ---- The rebalancer (rebalance.c) -------------------------------------------------------
  * On the meta leader: group memberships follow the table; the table moves one step at a
- * time towards an even layout. On every node: replicas the table dropped are retired. */
+ * time towards an even layout; once it is settled, standalone branches move from the
+ * shard with the most branches to the one with the fewest (one move at a time, unless
+ * --auto-move-branches off). On every node: replicas the table dropped are retired. */
 void rebalance_tick(struct node *n, uint64_t now);
 void rebalance_stop(struct node *n);
 /* Answer cb once node `id` has left the table (TIMEOUT after timeout_ms). */

@@ -1,7 +1,8 @@
 /* The rebalancer: on the meta leader, make every group's Raft membership match the
  * placement table, then change the table one step at a time towards an even layout
- * (sharding/balance.h decides the step). On every node: retire the shard replicas the
- * table no longer gives it. docs/sharding.md "Rebalancing".
+ * (sharding/balance.h decides the step), then even out the branches between shards by
+ * moving standalone ones (one move at a time). On every node: retire the shard replicas
+ * the table no longer gives it. docs/sharding.md "Rebalancing".
  *
  * One action at a time (rb_busy): a status query, one membership change, one leadership
  * transfer or one table write; each completes through its callback. Actions are taken
@@ -14,8 +15,12 @@
  *                  → ask its leader for its members → add missing (before) remove extra
  *              all converged and RB_STEP_GAP_MS since the last step?
  *                  → placement_plan → one table change (meta_change)
+ *              nothing to change (and --auto-move-branches on)?
+ *                  → placement_plan_branch → read the moves record / ask a shard whether
+ *                    a branch is standalone / start one branch move (node/move.c)
  * Thread: the loop thread. */
 #include "balance.h"
+#include "migration.h"
 #include "node.h"
 
 #include <stdio.h>
@@ -236,6 +241,424 @@ static void step_done(void *arg, int code, const uint8_t *result, size_t len,
         n->rb_steps++;
 }
 
+/* ---- Automatic branch moves ---------------------------------------------------------------
+ * Once the replica plan is settled: sharding/balance.h picks a standalone branch on the
+ * shard with the most branches, asked about first (move.status on its shard: no parent,
+ * no forks), and node/move.c moves it like cluster.move_branch. One move cluster-wide:
+ * nothing starts while the `moves` record lists one in flight, nor within
+ * RB_BM_COOLDOWN_MS of the last one seen. What was learnt about branches is kept as
+ * facts with an expiry, so a refused branch or a fork family is not asked about on every
+ * tick. Each step is one rebalancer action (rb_busy). */
+
+#define RB_BM_COOLDOWN_MS 2000   /* after the last move seen in flight, before the next */
+#define RB_BM_RECORD_MS 1000     /* a moves record read this recently is current enough */
+#define RB_BM_FRESH_MS 3000      /* "standalone" is trusted this long (a fork may come) */
+#define RB_BM_FAMILY_MS 60000    /* a fork family member is asked about again after this */
+#define RB_BM_REFUSED_MS 300000  /* a branch whose move was refused or aborted */
+#define RB_BM_OPERATOR_MS 600000 /* a branch an operator moved: left where it was put */
+#define RB_BM_MAX_FACTS 4096
+#define RB_BM_OWN 32             /* ids of the moves this leader started */
+
+struct rb_fact {
+    char name[PL_MAX_BRANCH_NAME + 1];
+    enum pl_bkind kind;
+    uint64_t until_ms;
+};
+
+struct rb_auto {
+    struct rb_fact *facts; /* sorted by name (strcmp) */
+    size_t nfacts, cap;
+    uint64_t record_ms;    /* when the moves record was last read (0: not since leading) */
+    size_t in_flight;      /* moves in flight in it (or started by us since) */
+    uint64_t busy_ms;      /* last time a move was seen in flight or started here */
+    uint64_t seen_id;      /* finished moves up to this id were looked at */
+    uint64_t own[RB_BM_OWN];
+    size_t nown;
+};
+
+struct bm_req {
+    struct node *n;
+    struct pl_bstep step;
+    char name[PL_MAX_BRANCH_NAME + 1]; /* step.branch points here */
+};
+
+static struct rb_auto *auto_state(struct node *n)
+{
+    if (n->rb_auto == NULL)
+        n->rb_auto = sm_calloc(1, sizeof *n->rb_auto);
+    return n->rb_auto;
+}
+
+static void auto_free(struct node *n)
+{
+    if (n->rb_auto)
+        sm_free(n->rb_auto->facts);
+    sm_free(n->rb_auto);
+    n->rb_auto = NULL;
+}
+
+/* Position of `name` in the facts (or where it goes). */
+static size_t fact_find(const struct rb_auto *a, const char *name, bool *found)
+{
+    size_t lo = 0, hi = a->nfacts;
+    *found = false;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(a->facts[mid].name, name);
+        if (c == 0) {
+            *found = true;
+            return mid;
+        }
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static void fact_drop(struct rb_auto *a, size_t i)
+{
+    memmove(&a->facts[i], &a->facts[i + 1], (a->nfacts - i - 1) * sizeof *a->facts);
+    a->nfacts--;
+}
+
+/* Remember `kind` for `name` until `until_ms` (replacing what was known). Out of memory
+ * or room only forgets: the branch is asked about again. */
+static void fact_put(struct rb_auto *a, const char *name, enum pl_bkind kind, uint64_t until_ms)
+{
+    bool found;
+    size_t at = fact_find(a, name, &found);
+    if (found) {
+        a->facts[at].kind = kind;
+        a->facts[at].until_ms = until_ms;
+        return;
+    }
+    if (a->nfacts == RB_BM_MAX_FACTS) {
+        size_t oldest = 0; /* the one that would expire first makes room */
+        for (size_t i = 1; i < a->nfacts; i++)
+            if (a->facts[i].until_ms < a->facts[oldest].until_ms)
+                oldest = i;
+        fact_drop(a, oldest);
+        at = fact_find(a, name, &found);
+    }
+    if (a->nfacts == a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 64;
+        struct rb_fact *f = sm_realloc(a->facts, cap * sizeof *f);
+        if (f == NULL)
+            return;
+        a->facts = f;
+        a->cap = cap;
+    }
+    memmove(&a->facts[at + 1], &a->facts[at], (a->nfacts - at) * sizeof *a->facts);
+    struct rb_fact *f = &a->facts[at];
+    snprintf(f->name, sizeof f->name, "%s", name);
+    f->kind = kind;
+    f->until_ms = until_ms;
+    a->nfacts++;
+}
+
+static void facts_expire(struct rb_auto *a, uint64_t now)
+{
+    for (size_t i = a->nfacts; i-- > 0;)
+        if (a->facts[i].until_ms <= now)
+            fact_drop(a, i);
+}
+
+/* The branch step for the cached table, as if `in_flight` moves were in flight. */
+static int plan_branch(struct node *n, struct rb_auto *a, size_t in_flight, struct pl_bstep *st)
+{
+    struct pl_bfact *view = a->nfacts ? sm_malloc(a->nfacts * sizeof *view) : NULL;
+    if (a->nfacts && view == NULL)
+        return STRATA_OUT_OF_MEMORY;
+    for (size_t i = 0; i < a->nfacts; i++)
+        view[i] = (struct pl_bfact){a->facts[i].name, a->facts[i].kind};
+    placement_plan_branch(&n->pl, in_flight, view, a->nfacts, st);
+    sm_free(view);
+    return 0;
+}
+
+static bool own_move(const struct rb_auto *a, uint64_t id)
+{
+    for (size_t i = 0; i < a->nown && i < RB_BM_OWN; i++)
+        if (a->own[i] == id)
+            return true;
+    return false;
+}
+
+/* Run a cluster.move* command of node/move.c (through its admin entry point, as a client
+ * command would be; forwarded to the group's leader when it is not here). */
+static void move_call(struct node *n, const char *op, const struct buf *cmd, fwd_done_cb cb,
+                      void *arg)
+{
+    msgpack_zone z;
+    msgpack_zone_init(&z, 256);
+    msgpack_object o;
+    size_t off = 0;
+    if (msgpack_unpack((const char *)cmd->data, cmd->len, &off, &z, &o) != MSGPACK_UNPACK_SUCCESS ||
+        !node_move_admin(n, op, &o, cmd->data, cmd->len, 0, node_self_key(n), cb, arg))
+        cb(arg, STRATA_INTERNAL, NULL, 0, "the move driver did not take the command", NULL);
+    msgpack_zone_destroy(&z);
+}
+
+static const msgpack_object *answer_map(const uint8_t *result, size_t len, msgpack_zone *z,
+                                        msgpack_object *o)
+{
+    size_t off = 0;
+    if (result == NULL ||
+        msgpack_unpack((const char *)result, len, &off, z, o) != MSGPACK_UNPACK_SUCCESS ||
+        o->type != MSGPACK_OBJECT_MAP)
+        return NULL;
+    return o;
+}
+
+static bool get_u64(const msgpack_object *m, const char *key, uint64_t *v)
+{
+    const msgpack_object *x = node_map_get(m, key);
+    if (x == NULL || x->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return false;
+    *v = x->via.u64;
+    return true;
+}
+
+static bool get_str(const msgpack_object *m, const char *key, char *out, size_t cap)
+{
+    const msgpack_object *x = node_map_get(m, key);
+    if (x == NULL || x->type != MSGPACK_OBJECT_STR || x->via.str.size >= cap)
+        return false;
+    memcpy(out, x->via.str.ptr, x->via.str.size);
+    out[x->via.str.size] = '\0';
+    return true;
+}
+
+/* cluster.moves answered: how many are in flight; finished ones not looked at yet. */
+static void record_read(void *arg, int code, const uint8_t *result, size_t len,
+                        const char *message, const char *leader)
+{
+    (void)leader;
+    struct node *n = arg;
+    struct rb_auto *a = n->rb_auto;
+    n->rb_busy = false;
+    if (a == NULL)
+        return;
+    uint64_t now = uv_now(n->loop);
+    msgpack_zone z;
+    msgpack_zone_init(&z, 4096);
+    msgpack_object o;
+    const msgpack_object *m = code ? NULL : answer_map(result, len, &z, &o);
+    const msgpack_object *moves = m ? node_map_get(m, "moves") : NULL;
+    const msgpack_object *recent = m ? node_map_get(m, "recent") : NULL;
+    if (moves == NULL || moves->type != MSGPACK_OBJECT_ARRAY || recent == NULL ||
+        recent->type != MSGPACK_OBJECT_ARRAY) {
+        log_info("rebalance: the moves record cannot be read: %s: %s",
+                 err_name(code ? code : STRATA_INTERNAL), code && message ? message : "");
+        n->rb_retry_at = now + RB_RETRY_MS;
+        msgpack_zone_destroy(&z);
+        return;
+    }
+    a->record_ms = now;
+    a->in_flight = moves->via.array.size;
+    if (a->in_flight)
+        a->busy_ms = now;
+    uint64_t newest = a->seen_id;
+    for (uint32_t i = 0; i < recent->via.array.size; i++) {
+        const msgpack_object *r = &recent->via.array.ptr[i];
+        uint64_t id = 0;
+        char name[PL_MAX_BRANCH_NAME + 1], outcome[16] = "", msg[MIG_MESSAGE_MAX + 1] = "";
+        if (!get_u64(r, "id", &id) || id <= a->seen_id || !get_str(r, "branch", name, sizeof name))
+            continue;
+        get_str(r, "outcome", outcome, sizeof outcome);
+        get_str(r, "message", msg, sizeof msg);
+        newest = id > newest ? id : newest;
+        if (!own_move(a, id)) {
+            /* An operator put it there: the rebalancer does not undo that for a while. */
+            fact_put(a, name, PL_BRANCH_SKIP, now + RB_BM_OPERATOR_MS);
+        } else if (strcmp(outcome, "done") == 0) {
+            log_info("rebalance: move %llu of branch '%s' done", (unsigned long long)id, name);
+        } else {
+            log_info("rebalance: move %llu of branch '%s' %s (%s): leaving it alone for %d s",
+                     (unsigned long long)id, name, outcome, msg, RB_BM_REFUSED_MS / 1000);
+            fact_put(a, name, PL_BRANCH_SKIP, now + RB_BM_REFUSED_MS);
+        }
+    }
+    a->seen_id = newest;
+    msgpack_zone_destroy(&z);
+}
+
+static void record_read_start(struct node *n)
+{
+    struct buf b;
+    buf_init(&b);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, node_buf_w);
+    msgpack_pack_map(&pk, 1);
+    node_pack_str(&pk, "op");
+    node_pack_str(&pk, "cluster.moves");
+    begin(n);
+    move_call(n, "cluster.moves", &b, record_read, n);
+    buf_close(&b);
+}
+
+/* The answer to a branch request: the rebalancer's action is over; the map when it
+ * succeeded and the rebalancer still runs (z is initialized either way). */
+static const msgpack_object *bm_answer(struct bm_req *r, int code, const uint8_t *result,
+                                       size_t len, msgpack_zone *z, msgpack_object *o)
+{
+    r->n->rb_busy = false;
+    msgpack_zone_init(z, 512);
+    return code || r->n->rb_auto == NULL ? NULL : answer_map(result, len, z, o);
+}
+
+/* move.status of the branch on its shard answered: standalone or not. */
+static void branch_checked(void *arg, int code, const uint8_t *result, size_t len,
+                           const char *message, const char *leader)
+{
+    (void)leader;
+    struct bm_req *r = arg;
+    struct node *n = r->n;
+    struct rb_auto *a = n->rb_auto;
+    uint64_t now = uv_now(n->loop);
+    msgpack_zone z;
+    msgpack_object o;
+    const msgpack_object *m = bm_answer(r, code, result, len, &z, &o);
+    if (a == NULL) {
+        /* stopped meanwhile */
+    } else if (m == NULL) {
+        log_info("rebalance: branch '%s' on shard %u: no status: %s: %s", r->name, r->step.from,
+                 err_name(code ? code : STRATA_INTERNAL), code && message ? message : "");
+        n->rb_retry_at = now + RB_RETRY_MS;
+    } else {
+        const msgpack_object *ex = node_map_get(m, "exists"), *parent = node_map_get(m, "parent");
+        uint64_t forks = 0;
+        bool exists = ex && ex->type == MSGPACK_OBJECT_BOOLEAN && ex->via.boolean;
+        /* No "parent" field (a server from before it was reported): cannot tell. */
+        bool standalone = exists && get_u64(m, "forks", &forks) && forks == 0 && parent &&
+                          parent->type == MSGPACK_OBJECT_NIL;
+        if (standalone)
+            fact_put(a, r->name, PL_BRANCH_STANDALONE, now + RB_BM_FRESH_MS);
+        else
+            fact_put(a, r->name, exists ? PL_BRANCH_FAMILY : PL_BRANCH_SKIP,
+                     now + RB_BM_FAMILY_MS);
+        if (!standalone)
+            log_debug("rebalance: branch '%s' on shard %u %s: not moved", r->name, r->step.from,
+                      exists ? "has a parent or forks" : "is not there");
+    }
+    msgpack_zone_destroy(&z);
+    sm_free(r);
+}
+
+static void branch_check_start(struct node *n, struct bm_req *r)
+{
+    struct buf inner, b;
+    buf_init(&inner);
+    buf_init(&b);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &inner, node_buf_w);
+    msgpack_pack_map(&pk, 2);
+    node_pack_str(&pk, "op");
+    node_pack_str(&pk, "move.status");
+    node_pack_str(&pk, "name");
+    node_pack_str(&pk, r->name);
+    msgpack_packer_init(&pk, &b, node_buf_w);
+    msgpack_pack_map(&pk, 3);
+    node_pack_str(&pk, "op");
+    node_pack_str(&pk, "cluster.move_exec");
+    node_pack_str(&pk, "group");
+    msgpack_pack_uint32(&pk, r->step.from);
+    node_pack_str(&pk, "cmd");
+    msgpack_pack_bin(&pk, inner.len);
+    msgpack_pack_bin_body(&pk, inner.data, inner.len);
+    begin(n);
+    move_call(n, "cluster.move_exec", &b, branch_checked, r);
+    buf_close(&inner);
+    buf_close(&b);
+}
+
+static bool transient(int code)
+{
+    return code == STRATA_UNAVAILABLE || code == STRATA_NOT_LEADER || code == STRATA_TIMEOUT ||
+           code == STRATA_UNKNOWN_OUTCOME || code == STRATA_OUT_OF_MEMORY;
+}
+
+static void branch_move_started(void *arg, int code, const uint8_t *result, size_t len,
+                                const char *message, const char *leader)
+{
+    (void)leader;
+    struct bm_req *r = arg;
+    struct node *n = r->n;
+    struct rb_auto *a = n->rb_auto;
+    uint64_t now = uv_now(n->loop);
+    msgpack_zone z;
+    msgpack_object o;
+    const msgpack_object *m = bm_answer(r, code, result, len, &z, &o);
+    uint64_t id = 0;
+    if (a == NULL) {
+        /* stopped meanwhile */
+    } else if (code == 0) {
+        if (m)
+            get_u64(m, "id", &id);
+        log_info("rebalance: move %llu of branch '%s' recorded", (unsigned long long)id, r->name);
+        a->own[a->nown++ % RB_BM_OWN] = id;
+        a->in_flight++;
+        a->busy_ms = now;
+    } else if (transient(code) || code == STRATA_ALREADY_EXISTS) {
+        /* Not a refusal of the branch: the record is read again before anything else. */
+        log_info("rebalance: moving branch '%s': %s: %s; trying again later", r->name,
+                 err_name(code), message ? message : "");
+        a->record_ms = 0;
+        n->rb_retry_at = now + RB_RETRY_MS;
+    } else {
+        log_info("rebalance: the move of branch '%s' was refused: %s: %s; leaving it alone "
+                 "for %d s",
+                 r->name, err_name(code), message ? message : "", RB_BM_REFUSED_MS / 1000);
+        fact_put(a, r->name, PL_BRANCH_SKIP, now + RB_BM_REFUSED_MS);
+    }
+    msgpack_zone_destroy(&z);
+    sm_free(r);
+}
+
+/* One branch action, if one is due (the caller found the replica plan settled). */
+static void branch_tick(struct node *n, uint64_t now)
+{
+    if (!n->cfg.auto_move_branches)
+        return;
+    struct rb_auto *a = auto_state(n);
+    if (a == NULL)
+        return;
+    facts_expire(a, now);
+    if (a->busy_ms && now - a->busy_ms < RB_BM_COOLDOWN_MS)
+        return;
+    struct pl_bstep st;
+    /* Anything to do at all? (Only then is the record read.) */
+    if (plan_branch(n, a, 0, &st) || st.kind == PL_BPLAN_NONE)
+        return;
+    if (a->record_ms == 0 || now - a->record_ms >= RB_BM_RECORD_MS) {
+        record_read_start(n);
+        return;
+    }
+    if (a->in_flight)
+        return;
+    struct bm_req *r = sm_calloc(1, sizeof *r);
+    if (r == NULL)
+        return;
+    r->n = n;
+    r->step = st;
+    snprintf(r->name, sizeof r->name, "%s", st.branch);
+    r->step.branch = r->name; /* the table may be replaced before the answer */
+    char why[PL_MAX_BRANCH_NAME + 160];
+    placement_plan_branch_describe(&r->step, why, sizeof why);
+    if (st.kind == PL_BPLAN_CHECK) {
+        log_debug("rebalance: %s", why);
+        branch_check_start(n, r);
+        return;
+    }
+    log_info("rebalance: %s", why);
+    /* Counted as in flight at once: nothing else starts before the record shows it. */
+    a->record_ms = now;
+    begin(n);
+    move_branch_start(n, r->name, st.to, 0, branch_move_started, r);
+}
+
 /* ---- Waiting for a removal ------------------------------------------------------------- */
 
 void rebalance_wait_removed(struct node *n, uint64_t id, uint64_t timeout_ms, fwd_done_cb cb,
@@ -321,6 +744,8 @@ void rebalance_tick(struct node *n, uint64_t now)
     waiters_check(n, now, n->have_pl, 0);
     if (!leader) {
         n->rb_busy = false;
+        if (n->rb_auto)
+            n->rb_auto->record_ms = 0; /* read again once leading */
         memset(n->rb_ok_epoch, 0, sizeof n->rb_ok_epoch);
         return;
     }
@@ -349,8 +774,10 @@ void rebalance_tick(struct node *n, uint64_t now)
         return;
     struct pl_step step;
     placement_plan(&n->pl, &step);
-    if (step.kind == PL_PLAN_NONE)
+    if (step.kind == PL_PLAN_NONE) {
+        branch_tick(n, now); /* replicas and leaderships settled: branches may move */
         return;
+    }
     if (step.kind == PL_PLAN_REMOVE && meta_member(&st, step.node, NULL))
         return; /* meta_converge takes it out of the meta group first */
     char why[200];
@@ -363,4 +790,5 @@ void rebalance_tick(struct node *n, uint64_t now)
 void rebalance_stop(struct node *n)
 {
     waiters_check(n, 0, false, STRATA_UNAVAILABLE);
+    auto_free(n);
 }

@@ -222,3 +222,86 @@ void placement_plan_describe(const struct pl_step *s, char *out, size_t cap)
         break;
     }
 }
+
+/* ---- Branch moves ------------------------------------------------------------------------ */
+
+bool placement_branches_uneven(size_t spread, size_t total, size_t nshards)
+{
+    /* spread > PCT% of total / nshards, in integers. */
+    return nshards > 0 && spread >= PL_BMOVE_MIN_SPREAD &&
+           spread * 100 * nshards > (size_t)PL_BMOVE_SPREAD_PCT * total;
+}
+
+static enum pl_bkind fact_of(const struct pl_bfact *facts, size_t nfacts, const char *name)
+{
+    size_t lo = 0, hi = nfacts;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(facts[mid].name, name);
+        if (c == 0)
+            return facts[mid].kind;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return PL_BRANCH_UNKNOWN;
+}
+
+void placement_plan_branch(const struct placement *p, size_t moves_in_flight,
+                           const struct pl_bfact *facts, size_t nfacts, struct pl_bstep *step)
+{
+    memset(step, 0, sizeof *step);
+    if (moves_in_flight > 0 || p->nshards < 2)
+        return;
+    size_t counts[PL_MAX_SHARDS], order[PL_MAX_SHARDS], total = 0, lo = 0;
+    placement_branch_counts(p, counts);
+    for (size_t i = 0; i < p->nshards; i++) {
+        total += counts[i];
+        if (counts[i] < counts[lo])
+            lo = i; /* shards are sorted by id: the first minimum is the lowest id */
+    }
+    /* Shards by load, heaviest first, ties by id (insertion sort: stable, at most 256). */
+    for (size_t i = 0; i < p->nshards; i++) {
+        size_t j = i;
+        for (; j > 0 && counts[order[j - 1]] < counts[i]; j--)
+            order[j] = order[j - 1];
+        order[j] = i;
+    }
+    for (size_t k = 0; k < p->nshards; k++) {
+        size_t s = order[k];
+        if (s == lo)
+            continue;
+        if (!placement_branches_uneven(counts[s] - counts[lo], total, p->nshards))
+            return; /* the rest are lighter still */
+        uint32_t sid = p->shards[s].id;
+        for (size_t b = 0; b < p->nbranches; b++) {
+            const struct pl_branch *br = &p->branches[b];
+            if (br->shard != sid || strcmp(br->name, PL_DEFAULT_BRANCH) == 0)
+                continue;
+            enum pl_bkind kind = fact_of(facts, nfacts, br->name);
+            if (kind == PL_BRANCH_FAMILY || kind == PL_BRANCH_SKIP)
+                continue;
+            *step = (struct pl_bstep){kind == PL_BRANCH_STANDALONE ? PL_BPLAN_MOVE : PL_BPLAN_CHECK,
+                                      br->name, sid, p->shards[lo].id, counts[s], counts[lo]};
+            return;
+        }
+    }
+}
+
+void placement_plan_branch_describe(const struct pl_bstep *s, char *out, size_t cap)
+{
+    switch (s->kind) {
+    case PL_BPLAN_NONE:
+        snprintf(out, cap, "branches even");
+        break;
+    case PL_BPLAN_CHECK:
+        snprintf(out, cap, "checking whether branch '%s' on shard %u (%zu branches) is standalone",
+                 s->branch, s->from, s->from_load);
+        break;
+    case PL_BPLAN_MOVE:
+        snprintf(out, cap, "moving branch '%s' from shard %u (%zu branches) to shard %u (%zu branches)",
+                 s->branch, s->from, s->from_load, s->to, s->to_load);
+        break;
+    }
+}

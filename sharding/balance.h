@@ -41,4 +41,60 @@ void placement_plan_describe(const struct pl_step *step, char *out, size_t cap);
 /* Replicas per node: counts[i] for p->nodes[i]; leaders[i]: shards preferring it. */
 void placement_node_loads(const struct placement *p, size_t *counts, size_t *leaders);
 
+/* ---- Branch moves ------------------------------------------------------------------------
+ * The rebalancer also evens out branches between shards, moving standalone branches (not
+ * "default", no parent, no forks live or hidden on their shard: a fork family stays
+ * together on its shard, merges across shards being refused). A shard's load is the
+ * number of branches the table assigns to it (placement_branch_counts: what new-branch
+ * placement evens out). docs/sharding.md "Rebalancing". */
+
+/* Two shards are uneven enough for a move when their loads differ by at least
+ * PL_BMOVE_MIN_SPREAD (a difference of one only mirrors itself) and by more than
+ * PL_BMOVE_SPREAD_PCT percent of the mean load (many branches per shard: a few more on
+ * one shard do not pay for copying a branch). */
+#define PL_BMOVE_MIN_SPREAD 2
+#define PL_BMOVE_SPREAD_PCT 10
+
+/* What the caller knows about a branch beyond the table (its shard's move.status). */
+enum pl_bkind {
+    PL_BRANCH_UNKNOWN = 0, /* not checked (recently enough): ask its shard first */
+    PL_BRANCH_STANDALONE,  /* just checked: no parent, no forks */
+    PL_BRANCH_FAMILY,      /* has a parent or forks: never moved automatically */
+    PL_BRANCH_SKIP,        /* refused, aborted or moved by an operator: left alone */
+};
+
+/* One fact; an array of them is sorted by name in strcmp order (the table's order). */
+struct pl_bfact {
+    const char *name; /* borrowed */
+    enum pl_bkind kind;
+};
+
+enum pl_bplan {
+    PL_BPLAN_NONE = 0, /* even enough, nothing movable, or a move is in flight */
+    PL_BPLAN_CHECK,    /* ask `branch`'s shard whether it is standalone, then plan again */
+    PL_BPLAN_MOVE,     /* move `branch` from shard `from` to shard `to` */
+};
+
+struct pl_bstep {
+    enum pl_bplan kind;
+    const char *branch;           /* borrowed from the table given to the planner */
+    uint32_t from, to;            /* shards */
+    size_t from_load, to_load;    /* their branch counts */
+};
+
+/* Is a spread of `spread` branches uneven enough, with `total` branches on `nshards`? */
+bool placement_branches_uneven(size_t spread, size_t total, size_t nshards);
+
+/* The next branch step for table `p`, given how many moves are in flight (any: nothing
+ * is planned) and what is known about branches (`facts`, sorted, may be NULL when
+ * nfacts is 0). The source is the most loaded shard (ties: lowest id) that is uneven
+ * against the least loaded one (ties: lowest id) and holds a branch that is neither
+ * "default", FAMILY nor SKIP; the next such shard when one holds none. The branch is
+ * its first in name order: CHECK when UNKNOWN, MOVE when STANDALONE. Pure. */
+void placement_plan_branch(const struct placement *p, size_t moves_in_flight,
+                           const struct pl_bfact *facts, size_t nfacts, struct pl_bstep *step);
+
+/* A one-line description of a branch step, for logs. */
+void placement_plan_branch_describe(const struct pl_bstep *step, char *out, size_t cap);
+
 #endif

@@ -460,7 +460,9 @@ static int move_abort(struct exec *x)
 
 /* ---- Both: status ---------------------------------------------------------------------- */
 
-/* move.status {name}: {exists, version, branch_id?, log_len?, fence?, import?}. */
+/* move.status {name}: {exists, version, branch_id?, log_len?, forks?, parent?, fence?,
+ * import?}. parent: the name of the branch it was forked from (live or deleted), nil for
+ * a root branch — the rebalancer moves only branches without parent and forks. */
 static int move_status(struct exec *x)
 {
     const char *n;
@@ -470,7 +472,7 @@ static int move_status(struct exec *x)
         return rc;
     struct branch *b = branch_find(x->s, n, len);
     msgpack_packer *pk = x->pk;
-    msgpack_pack_map(pk, b ? 7 : 2);
+    msgpack_pack_map(pk, b ? 8 : 2);
     mp_pack_cstr(pk, "exists");
     msgpack_pack_bool(pk, b != NULL);
     mp_pack_cstr(pk, "version");
@@ -486,6 +488,13 @@ static int move_status(struct exec *x)
         forks += x->s->branches[i]->parent == b;
     mp_pack_cstr(pk, "forks");
     msgpack_pack_uint32(pk, forks);
+    mp_pack_cstr(pk, "parent");
+    if (b->parent) {
+        msgpack_pack_str(pk, b->parent->name_len);
+        msgpack_pack_str_body(pk, b->parent->name, b->parent->name_len);
+    } else {
+        msgpack_pack_nil(pk);
+    }
     mp_pack_cstr(pk, "fence");
     struct fence_marker f;
     if (move_fence_get(b, &f))

@@ -41,6 +41,8 @@ static const struct {
     {"move", test_move, 150},
     {"move_resume", test_move_resume, 200},
     {"move_bench", test_move_bench, 900},
+    {"auto_move", test_auto_move, 120},
+    {"auto_move_off", test_auto_move_off, 60},
 };
 
 int main(int argc, char **argv)

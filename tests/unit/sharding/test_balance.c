@@ -9,6 +9,7 @@
 #include <cmocka.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "balance.h"
@@ -227,6 +228,266 @@ static void test_plan_describe_names_the_step(void **state)
     assert_string_equal(out, "drain: shard 2 drops its replica on node 3");
 }
 
+/* ---- Branch moves ------------------------------------------------------------------------ */
+
+/* Assign `n` branches PREFIX-00.. to `shard`. */
+static void add_branches(struct placement *p, const char *prefix, int n, uint32_t shard)
+{
+    for (int i = 0; i < n; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "%s-%02d", prefix, i);
+        struct err e;
+        err_clear(&e);
+        assert_int_equal(placement_assign(p, name, strlen(name), shard, &e), 0);
+    }
+}
+
+/* Facts, kept sorted by name as the planner expects. */
+struct facts {
+    char names[64][32];
+    struct pl_bfact f[64];
+    size_t n;
+};
+
+static int fact_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct pl_bfact *)a)->name, ((const struct pl_bfact *)b)->name);
+}
+
+static void fact_set(struct facts *fs, const char *name, enum pl_bkind kind)
+{
+    for (size_t i = 0; i < fs->n; i++)
+        if (strcmp(fs->f[i].name, name) == 0) {
+            fs->f[i].kind = kind;
+            return;
+        }
+    assert_true(fs->n < 64);
+    snprintf(fs->names[fs->n], sizeof fs->names[fs->n], "%s", name);
+    fs->f[fs->n] = (struct pl_bfact){fs->names[fs->n], kind};
+    fs->n++;
+    qsort(fs->f, fs->n, sizeof fs->f[0], fact_cmp);
+}
+
+/* Plan with `fs` (NULL: no facts) and `in_flight`; the step must be `kind` (and for CHECK
+ * or MOVE, of `branch` from shard `from` to shard `to`). */
+static void expect_step(const struct placement *p, size_t in_flight, const struct facts *fs,
+                        enum pl_bplan kind, const char *branch, uint32_t from, uint32_t to)
+{
+    struct pl_bstep st;
+    placement_plan_branch(p, in_flight, fs ? fs->f : NULL, fs ? fs->n : 0, &st);
+    assert_int_equal(st.kind, kind);
+    if (kind == PL_BPLAN_NONE)
+        return;
+    assert_string_equal(st.branch, branch);
+    assert_int_equal(st.from, from);
+    assert_int_equal(st.to, to);
+}
+
+static void branch_spread(const struct placement *p, size_t *min, size_t *max)
+{
+    size_t c[PL_MAX_SHARDS];
+    placement_branch_counts(p, c);
+    *min = SIZE_MAX;
+    *max = 0;
+    for (size_t i = 0; i < p->nshards; i++) {
+        *min = c[i] < *min ? c[i] : *min;
+        *max = c[i] > *max ? c[i] : *max;
+    }
+}
+
+static void test_branches_uneven_thresholds(void **state)
+{
+    (void)state;
+    /* A difference of one is as even as it gets. */
+    assert_false(placement_branches_uneven(0, 0, 3));
+    assert_false(placement_branches_uneven(1, 3, 3));
+    assert_true(placement_branches_uneven(2, 4, 3));
+    /* Mean 100: more than 10 (10 %) is needed. */
+    assert_false(placement_branches_uneven(10, 300, 3));
+    assert_true(placement_branches_uneven(11, 300, 3));
+    /* Small means: the absolute minimum of 2 decides. */
+    assert_true(placement_branches_uneven(2, 57, 3)); /* 2 > 1.9 */
+    assert_false(placement_branches_uneven(2, 60, 3)); /* 2 is not > 2 */
+    assert_false(placement_branches_uneven(5, 0, 0));
+}
+
+static void test_plan_branch_even_table_is_left_alone(void **state)
+{
+    (void)state;
+    struct placement p;
+    make(&p, 3, 3, 3);
+    expect_step(&p, 0, NULL, PL_BPLAN_NONE, NULL, 0, 0); /* only "default" */
+    add_branches(&p, "a", 1, 2); /* 1 1 0: a difference of one */
+    expect_step(&p, 0, NULL, PL_BPLAN_NONE, NULL, 0, 0);
+    add_branches(&p, "b", 1, 2); /* 1 2 0 */
+    expect_step(&p, 0, NULL, PL_BPLAN_CHECK, "a-00", 2, 3);
+    struct pl_bstep st;
+    placement_plan_branch(&p, 0, NULL, 0, &st);
+    assert_int_equal(st.from_load, 2);
+    assert_int_equal(st.to_load, 0);
+    placement_free(&p);
+}
+
+static void test_plan_branch_large_shards_need_ten_percent(void **state)
+{
+    (void)state;
+    struct placement p;
+    make(&p, 3, 3, 3);
+    add_branches(&p, "a", 104, 1); /* + default: 105 */
+    add_branches(&p, "b", 100, 2);
+    add_branches(&p, "c", 95, 3); /* total 300, spread 10: not more than 10 % of 100 */
+    expect_step(&p, 0, NULL, PL_BPLAN_NONE, NULL, 0, 0);
+    add_branches(&p, "d", 1, 1); /* spread 11 */
+    expect_step(&p, 0, NULL, PL_BPLAN_CHECK, "a-00", 1, 3);
+    placement_free(&p);
+}
+
+static void test_plan_branch_ties_go_to_lowest_ids(void **state)
+{
+    (void)state;
+    struct placement p;
+    make(&p, 3, 4, 3);
+    /* Loads 1 4 4 1: the heaviest are 2 and 3, the lightest 1 and 4. Assigned in an
+     * order unlike the names' to show only names and ids count. */
+    add_branches(&p, "z", 4, 3);
+    add_branches(&p, "m", 4, 2);
+    add_branches(&p, "x", 1, 4);
+    expect_step(&p, 0, NULL, PL_BPLAN_CHECK, "m-00", 2, 1);
+    expect_step(&p, 0, NULL, PL_BPLAN_CHECK, "m-00", 2, 1); /* and again */
+    placement_free(&p);
+}
+
+static void test_plan_branch_check_then_move_then_skip(void **state)
+{
+    (void)state;
+    struct placement p;
+    make(&p, 3, 3, 3);
+    add_branches(&p, "s", 4, 2);
+    struct facts fs = {0};
+    expect_step(&p, 0, &fs, PL_BPLAN_CHECK, "s-00", 2, 3);
+    fact_set(&fs, "s-00", PL_BRANCH_STANDALONE);
+    expect_step(&p, 0, &fs, PL_BPLAN_MOVE, "s-00", 2, 3);
+    /* The move driver refused it: the next branch is asked about. */
+    fact_set(&fs, "s-00", PL_BRANCH_SKIP);
+    expect_step(&p, 0, &fs, PL_BPLAN_CHECK, "s-01", 2, 3);
+    placement_free(&p);
+}
+
+static void test_plan_branch_never_moves_forks_or_default(void **state)
+{
+    (void)state;
+    struct placement p;
+    make(&p, 3, 3, 3);
+    /* Shard 1: "default" and a fork family of 6; nothing movable there. */
+    add_branches(&p, "fam", 6, 1);
+    struct facts fs = {0};
+    for (int i = 0; i < 6; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "fam-%02d", i);
+        fact_set(&fs, name, PL_BRANCH_FAMILY);
+    }
+    expect_step(&p, 0, &fs, PL_BPLAN_NONE, NULL, 0, 0); /* 7 0 0, but only forks and default */
+    /* Shard 2 heavy enough against shard 3: its standalone branches move instead. */
+    add_branches(&p, "solo", 3, 2);
+    fact_set(&fs, "solo-00", PL_BRANCH_STANDALONE);
+    expect_step(&p, 0, &fs, PL_BPLAN_MOVE, "solo-00", 2, 3);
+    struct pl_bstep st;
+    /* Converge, treating every unknown branch as standalone once asked. */
+    for (int steps = 0; steps < 20; steps++) {
+        placement_plan_branch(&p, 0, fs.f, fs.n, &st);
+        if (st.kind == PL_BPLAN_NONE)
+            break;
+        assert_int_not_equal(strcmp(st.branch, PL_DEFAULT_BRANCH), 0);
+        assert_int_not_equal(strncmp(st.branch, "fam-", 4), 0);
+        if (st.kind == PL_BPLAN_CHECK) {
+            fact_set(&fs, st.branch, PL_BRANCH_STANDALONE);
+            continue;
+        }
+        struct err e;
+        err_clear(&e);
+        assert_int_equal(placement_move(&p, st.branch, strlen(st.branch), st.to, &e), 0);
+    }
+    assert_int_equal(st.kind, PL_BPLAN_NONE);
+    const struct pl_branch *d = placement_branch(&p, PL_DEFAULT_BRANCH, 7);
+    assert_int_equal(d->shard, 1);
+    for (int i = 0; i < 6; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "fam-%02d", i);
+        assert_int_equal(placement_branch(&p, name, strlen(name))->shard, 1);
+    }
+    /* 7 2 1: shard 2 gave one to shard 3; a difference of one is left, and shard 1 has
+     * nothing movable. */
+    size_t c[PL_MAX_SHARDS];
+    placement_branch_counts(&p, c);
+    assert_int_equal(c[0], 7);
+    assert_int_equal(c[1], 2);
+    assert_int_equal(c[2], 1);
+    placement_free(&p);
+}
+
+static void test_plan_branch_converges_within_threshold(void **state)
+{
+    (void)state;
+    struct placement p;
+    make(&p, 3, 3, 3);
+    add_branches(&p, "a", 12, 1);
+    add_branches(&p, "b", 9, 2);
+    add_branches(&p, "c", 2, 3); /* 13 9 2 */
+    struct facts fs = {0};
+    int moves = 0;
+    struct pl_bstep st;
+    for (int steps = 0; steps < 60; steps++) {
+        placement_plan_branch(&p, 0, fs.f, fs.n, &st);
+        if (st.kind == PL_BPLAN_NONE)
+            break;
+        if (st.kind == PL_BPLAN_CHECK) {
+            fact_set(&fs, st.branch, PL_BRANCH_STANDALONE);
+            continue;
+        }
+        struct err e;
+        err_clear(&e);
+        assert_int_equal(placement_move(&p, st.branch, strlen(st.branch), st.to, &e), 0);
+        moves++;
+    }
+    assert_int_equal(st.kind, PL_BPLAN_NONE);
+    size_t min, max;
+    branch_spread(&p, &min, &max);
+    assert_true(max - min <= 1);
+    assert_int_equal(moves, 6); /* 13 9 2 -> 8 8 8: 5 off shard 1, 1 off shard 2 */
+    placement_free(&p);
+}
+
+static void test_plan_branch_waits_for_a_move_in_flight(void **state)
+{
+    (void)state;
+    struct placement p;
+    make(&p, 3, 3, 3);
+    add_branches(&p, "s", 8, 2);
+    struct facts fs = {0};
+    fact_set(&fs, "s-00", PL_BRANCH_STANDALONE);
+    expect_step(&p, 1, &fs, PL_BPLAN_NONE, NULL, 0, 0);
+    expect_step(&p, 0, &fs, PL_BPLAN_MOVE, "s-00", 2, 3);
+    /* One shard: nowhere to go. */
+    struct placement one;
+    make(&one, 1, 1, 1);
+    add_branches(&one, "s", 8, 1);
+    expect_step(&one, 0, NULL, PL_BPLAN_NONE, NULL, 0, 0);
+    placement_free(&one);
+    placement_free(&p);
+}
+
+static void test_plan_branch_describe_names_the_branch(void **state)
+{
+    (void)state;
+    char out[200];
+    struct pl_bstep st = {PL_BPLAN_MOVE, "b7", 2, 3, 9, 2};
+    placement_plan_branch_describe(&st, out, sizeof out);
+    assert_string_equal(out, "moving branch 'b7' from shard 2 (9 branches) to shard 3 (2 branches)");
+    st.kind = PL_BPLAN_NONE;
+    placement_plan_branch_describe(&st, out, sizeof out);
+    assert_string_equal(out, "branches even");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -238,6 +499,15 @@ int main(void)
         cmocka_unit_test(test_plan_drain_keeps_a_last_replica),
         cmocka_unit_test(test_plan_stale_step_is_refused),
         cmocka_unit_test(test_plan_describe_names_the_step),
+        cmocka_unit_test(test_branches_uneven_thresholds),
+        cmocka_unit_test(test_plan_branch_even_table_is_left_alone),
+        cmocka_unit_test(test_plan_branch_large_shards_need_ten_percent),
+        cmocka_unit_test(test_plan_branch_ties_go_to_lowest_ids),
+        cmocka_unit_test(test_plan_branch_check_then_move_then_skip),
+        cmocka_unit_test(test_plan_branch_never_moves_forks_or_default),
+        cmocka_unit_test(test_plan_branch_converges_within_threshold),
+        cmocka_unit_test(test_plan_branch_waits_for_a_move_in_flight),
+        cmocka_unit_test(test_plan_branch_describe_names_the_branch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
