@@ -127,10 +127,13 @@ static void on_response(struct fwd_link *l, const struct proto_frame *f)
         *pp = r->next;
         char msg[ERR_MSG_MAX], leader[REPL_ADDRESS_MAX + 1];
         snprintf(msg, sizeof msg, "%.*s", (int)resp.message_len, resp.message ? resp.message : "");
+        /* The node that answered is the leader to remember, unless it answered that it
+         * did not run the command; then only the leader it names is a hint. */
+        bool not_run = resp.code == STRATA_NOT_LEADER || resp.code == STRATA_UNAVAILABLE;
         if (resp.leader)
             snprintf(leader, sizeof leader, "%.*s", (int)resp.leader_len, resp.leader);
         else
-            snprintf(leader, sizeof leader, "%s", l->address);
+            snprintf(leader, sizeof leader, "%s", not_run ? "" : l->address);
         r->cb(r->arg, resp.code, resp.result, resp.result_len, msg, leader);
         buf_close(&r->frame);
         sm_free(r);

@@ -84,7 +84,10 @@ static void forwarded_reply(void *arg, int code, const uint8_t *result, size_t l
     struct route *r = arg;
     struct node *n = r->n;
     bool not_run = code == STRATA_NOT_LEADER || code == STRATA_UNAVAILABLE;
-    if (not_run && leader && *leader)
+    /* A node that did not run the command is no leader hint itself, whatever the reply
+     * names: trusting it made a node ask a joining replica (which knows no leader) for
+     * ever (the meta leader's shard checks stalled the rebalancer). */
+    if (not_run && leader && *leader && strcmp(leader, r->target) != 0)
         node_group_hint(n, r->gid, leader, strlen(leader));
     else if (not_run && r->gid <= PL_MAX_SHARDS && strcmp(n->hints[r->gid], r->target) == 0)
         n->hints[r->gid][0] = '\0'; /* that node does not lead it: stop trying it first */
