@@ -94,15 +94,6 @@ static bool hex_decode32(const msgpack_object *o, uint8_t out[32])
     return true;
 }
 
-static bool get_u64(const msgpack_object *m, const char *key, uint64_t *v)
-{
-    const msgpack_object *o = node_map_get(m, key);
-    if (o == NULL || o->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-        return false;
-    *v = o->via.u64;
-    return true;
-}
-
 static void stage_path(struct node *n, uint32_t gid, char *out, size_t cap)
 {
     snprintf(out, cap, "%s/restore-%u.stage", n->cfg.data_dir, gid);
@@ -522,7 +513,7 @@ static bool arg_group(struct node *n, const uint8_t *cmd, size_t len, uint32_t *
     size_t off = 0;
     uint64_t v = 0;
     bool ok = msgpack_unpack((const char *)cmd, len, &off, &z, &o) == MSGPACK_UNPACK_SUCCESS &&
-              get_u64(&o, "group", &v) && v <= PL_MAX_SHARDS && node_group(n, (uint32_t)v);
+              node_map_u64(&o, "group", &v) && v <= PL_MAX_SHARDS && node_group(n, (uint32_t)v);
     msgpack_zone_destroy(&z);
     *gid = (uint32_t)v;
     return ok;
@@ -610,8 +601,8 @@ static void file_op(struct node *n, bool read, const msgpack_object *cmd, const 
     const msgpack_object *node = node_map_get(cmd, "node");
     uint64_t id = 0, off = 0, want = 0;
     if (node == NULL || node->type != MSGPACK_OBJECT_STR || node->via.str.size == 0 ||
-        node->via.str.size > REPL_ADDRESS_MAX || !get_u64(cmd, "id", &id) ||
-        (read && (!get_u64(cmd, "offset", &off) || !get_u64(cmd, "len", &want)))) {
+        node->via.str.size > REPL_ADDRESS_MAX || !node_map_u64(cmd, "id", &id) ||
+        (read && (!node_map_u64(cmd, "offset", &off) || !node_map_u64(cmd, "len", &want)))) {
         cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0,
            read ? "cluster.backup_read needs 'node', 'id', 'offset' and 'len'"
                 : "cluster.backup_done needs 'node' and 'id'",
@@ -807,7 +798,7 @@ static void restore_step_local(struct node *n, const uint8_t *cmd, size_t len,
     uint64_t gid = 0, v = 0;
     const char *bad = NULL;
     if (msgpack_unpack((const char *)cmd, len, &off, &z, &o) != MSGPACK_UNPACK_SUCCESS ||
-        !get_u64(&o, "group", &gid) || gid > PL_MAX_SHARDS || !node_group(n, (uint32_t)gid)) {
+        !node_map_u64(&o, "group", &gid) || gid > PL_MAX_SHARDS || !node_group(n, (uint32_t)gid)) {
         bad = "cluster.restore_* needs 'group' (hosted here)";
         goto out;
     }
@@ -819,7 +810,7 @@ static void restore_step_local(struct node *n, const uint8_t *cmd, size_t len,
     msgpack_packer_init(&pk, &b, node_buf_w);
     if (strcmp(op, "cluster.restore_begin") == 0) {
         uint8_t sha[32];
-        if (!get_u64(&o, "size", &v) || !hex_decode32(node_map_get(&o, "sha256"), sha)) {
+        if (!node_map_u64(&o, "size", &v) || !hex_decode32(node_map_get(&o, "sha256"), sha)) {
             bad = "cluster.restore_begin needs 'size' and 'sha256' (64 hex digits)";
             goto out;
         }
@@ -830,7 +821,7 @@ static void restore_step_local(struct node *n, const uint8_t *cmd, size_t len,
         msgpack_pack_bin_body(&pk, sha, 32);
     } else if (strcmp(op, "cluster.restore_chunk") == 0) {
         const msgpack_object *d = node_map_get(&o, "data");
-        if (!get_u64(&o, "offset", &v) || d == NULL || d->type != MSGPACK_OBJECT_BIN) {
+        if (!node_map_u64(&o, "offset", &v) || d == NULL || d->type != MSGPACK_OBJECT_BIN) {
             bad = "cluster.restore_chunk needs 'offset' and 'data' (bin)";
             goto out;
         }
@@ -988,7 +979,7 @@ int backup_command(struct node *n, const char *op, const msgpack_object *cmd, co
         return 0;
     }
     uint64_t gid = 0;
-    bool has_group = get_u64(cmd, "group", &gid) && gid <= PL_MAX_SHARDS;
+    bool has_group = node_map_u64(cmd, "group", &gid) && gid <= PL_MAX_SHARDS;
     if (strcmp(op, "cluster.backup_read") == 0 || strcmp(op, "cluster.backup_done") == 0) {
         file_op(n, op[15] == 'r', cmd, bytes, len, flags, key, cb, arg);
         return 0;

@@ -26,3 +26,12 @@ const msgpack_object *node_map_get(const msgpack_object *m, const char *key)
     }
     return NULL;
 }
+
+bool node_map_u64(const msgpack_object *m, const char *key, uint64_t *v)
+{
+    const msgpack_object *x = node_map_get(m, key);
+    if (x == NULL || x->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return false;
+    *v = x->via.u64;
+    return true;
+}

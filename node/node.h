@@ -463,10 +463,12 @@ void node_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b);
  * Returns 0, or a libuv error after which the caller closes the stream. */
 int stream_write(uv_stream_t *s, struct buf *data);
 /* MessagePack helpers (mp.c): a msgpack-c writer into a struct buf, a C-string packer,
- * and a string-key lookup in a map (NULL when absent or not a map). */
+ * a string-key lookup in a map (NULL when absent or not a map) and an unsigned integer
+ * member (false when absent or not one). */
 int node_buf_w(void *d, const char *p, size_t n);
 void node_pack_str(msgpack_packer *pk, const char *s);
 const msgpack_object *node_map_get(const msgpack_object *m, const char *key);
+bool node_map_u64(const msgpack_object *m, const char *key, uint64_t *v);
 /* Parse "host:port". */
 int parse_hostport(const char *s, char *host, size_t hostcap, int *port);
 

@@ -412,15 +412,6 @@ static const msgpack_object *answer_map(const uint8_t *result, size_t len, msgpa
     return o;
 }
 
-static bool get_u64(const msgpack_object *m, const char *key, uint64_t *v)
-{
-    const msgpack_object *x = node_map_get(m, key);
-    if (x == NULL || x->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-        return false;
-    *v = x->via.u64;
-    return true;
-}
-
 static bool get_str(const msgpack_object *m, const char *key, char *out, size_t cap)
 {
     const msgpack_object *x = node_map_get(m, key);
@@ -465,7 +456,7 @@ static void record_read(void *arg, int code, const uint8_t *result, size_t len,
         const msgpack_object *r = &recent->via.array.ptr[i];
         uint64_t id = 0;
         char name[PL_MAX_BRANCH_NAME + 1], outcome[16] = "", msg[MIG_MESSAGE_MAX + 1] = "";
-        if (!get_u64(r, "id", &id) || id <= a->seen_id || !get_str(r, "branch", name, sizeof name))
+        if (!node_map_u64(r, "id", &id) || id <= a->seen_id || !get_str(r, "branch", name, sizeof name))
             continue;
         get_str(r, "outcome", outcome, sizeof outcome);
         get_str(r, "message", msg, sizeof msg);
@@ -532,7 +523,7 @@ static void branch_checked(void *arg, int code, const uint8_t *result, size_t le
         uint64_t forks = 0;
         bool exists = ex && ex->type == MSGPACK_OBJECT_BOOLEAN && ex->via.boolean;
         /* No "parent" field (a server from before it was reported): cannot tell. */
-        bool standalone = exists && get_u64(m, "forks", &forks) && forks == 0 && parent &&
+        bool standalone = exists && node_map_u64(m, "forks", &forks) && forks == 0 && parent &&
                           parent->type == MSGPACK_OBJECT_NIL;
         if (standalone)
             fact_put(a, r->name, PL_BRANCH_STANDALONE, now + RB_BM_FRESH_MS);
@@ -596,7 +587,7 @@ static void branch_move_started(void *arg, int code, const uint8_t *result, size
         /* stopped meanwhile */
     } else if (code == 0) {
         if (m)
-            get_u64(m, "id", &id);
+            node_map_u64(m, "id", &id);
         log_info("rebalance: move %llu of branch '%s' recorded", (unsigned long long)id, r->name);
         a->own[a->nown++ % RB_BM_OWN] = id;
         a->in_flight++;
