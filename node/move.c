@@ -1461,7 +1461,7 @@ int node_move_admin(struct node *n, const char *op, const msgpack_object *cmd,
         if (!obj_u64(node_map_get(cmd, "group"), &gid) || gid == 0 || gid > PL_MAX_SHARDS) {
             cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0, "cluster.move_exec needs 'group' (a shard)",
                NULL);
-            return 0;
+            return 1; /* answered: the caller must not answer again */
         }
         route_local(n, exec_local, (uint32_t)gid, bytes, len, flags, key, cb, arg);
     } else {

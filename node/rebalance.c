@@ -255,6 +255,7 @@ static void step_done(void *arg, int code, const uint8_t *result, size_t len,
 #define RB_BM_FRESH_MS 3000      /* "standalone" is trusted this long (a fork may come) */
 #define RB_BM_FAMILY_MS 60000    /* a fork family member is asked about again after this */
 #define RB_BM_REFUSED_MS 300000  /* a branch whose move was refused or aborted */
+#define RB_BM_UNREACHABLE_MS 30000 /* a branch whose shard did not answer its status */
 #define RB_BM_OPERATOR_MS 600000 /* a branch an operator moved: left where it was put */
 #define RB_BM_MAX_FACTS 4096
 #define RB_BM_OWN 32             /* ids of the moves this leader started */
@@ -378,11 +379,15 @@ static int plan_branch(struct node *n, struct rb_auto *a, size_t in_flight, stru
     return 0;
 }
 
-static bool own_move(const struct rb_auto *a, uint64_t id)
+/* Whether move `id` is one this leader started and whose outcome it has not seen yet;
+ * if so, it is taken off the list (its outcome is handled once). */
+static bool own_move_take(struct rb_auto *a, uint64_t id)
 {
-    for (size_t i = 0; i < a->nown && i < RB_BM_OWN; i++)
-        if (a->own[i] == id)
+    for (size_t i = 0; id && i < a->nown && i < RB_BM_OWN; i++)
+        if (a->own[i] == id) {
+            a->own[i] = 0;
             return true;
+        }
     return false;
 }
 
@@ -456,12 +461,17 @@ static void record_read(void *arg, int code, const uint8_t *result, size_t len,
         const msgpack_object *r = &recent->via.array.ptr[i];
         uint64_t id = 0;
         char name[PL_MAX_BRANCH_NAME + 1], outcome[16] = "", msg[MIG_MESSAGE_MAX + 1] = "";
-        if (!node_map_u64(r, "id", &id) || id <= a->seen_id || !get_str(r, "branch", name, sizeof name))
+        if (!node_map_u64(r, "id", &id) || !get_str(r, "branch", name, sizeof name))
+            continue;
+        /* Our own moves by id, whatever finished after them (an operator's later move may
+         * end first); others once, by the high-water mark. */
+        bool own = own_move_take(a, id);
+        if (!own && id <= a->seen_id)
             continue;
         get_str(r, "outcome", outcome, sizeof outcome);
         get_str(r, "message", msg, sizeof msg);
         newest = id > newest ? id : newest;
-        if (!own_move(a, id)) {
+        if (!own) {
             /* An operator put it there: the rebalancer does not undo that for a while. */
             fact_put(a, name, PL_BRANCH_SKIP, now + RB_BM_OPERATOR_MS);
         } else if (strcmp(outcome, "done") == 0) {
@@ -517,6 +527,9 @@ static void branch_checked(void *arg, int code, const uint8_t *result, size_t le
     } else if (m == NULL) {
         log_info("rebalance: branch '%s' on shard %u: no status: %s: %s", r->name, r->step.from,
                  err_name(code ? code : STRATA_INTERNAL), code && message ? message : "");
+        /* Left alone for a while, so a shard that stays unreachable does not keep the
+         * planner on this one branch while other shards could be balanced. */
+        fact_put(a, r->name, PL_BRANCH_SKIP, now + RB_BM_UNREACHABLE_MS);
         n->rb_retry_at = now + RB_RETRY_MS;
     } else {
         const msgpack_object *ex = node_map_get(m, "exists"), *parent = node_map_get(m, "parent");
