@@ -17,7 +17,9 @@
  *
  * On SIGTERM or SIGINT every held packet is accepted at once and one JSON line of
  * statistics is printed on stdout: {"queue", "delay_ms", "jitter_ms", "packets",
- * "released", "overflow", "max_held", "held_ms_avg", "held_ms_max", "lost_notifications"}.
+ * "released" (when due), "flushed" (early, at the stop), "overflow", "max_held",
+ * "held_ms_min", "held_ms_avg", "held_ms_max" (of the packets released when due),
+ * "lost_notifications", "verdict_errors"}.
  * --ready FILE is created once the queue is bound (the caller installs its rules after).
  * Exit: 0 done, 1 runtime error (queue not available: no root, no NFQUEUE support), 2 bad
  * usage. */
@@ -72,8 +74,8 @@ struct delayer {
     size_t npairs;
     uint64_t seq;
     /* statistics */
-    uint64_t packets, released, overflow, lost, max_held;
-    uint64_t held_ns_sum, held_ns_max;
+    uint64_t packets, released, flushed, overflow, lost, max_held;
+    uint64_t held_ns_sum, held_ns_min, held_ns_max; /* of packets released when due */
     int verdict_errors;
 };
 
@@ -158,8 +160,13 @@ static void accept_packet(struct delayer *d, uint32_t id)
 static void release(struct delayer *d, const struct held *h, uint64_t now)
 {
     accept_packet(d, h->id);
-    d->released++;
-    uint64_t held = now > h->arrived_ns ? now - h->arrived_ns : 0;
+    if (now < h->due_ns) {
+        d->flushed++; /* let go early, at the stop */
+        return;
+    }
+    uint64_t held = now - h->arrived_ns;
+    if (d->released++ == 0 || held < d->held_ns_min)
+        d->held_ns_min = held;
     d->held_ns_sum += held;
     if (held > d->held_ns_max)
         d->held_ns_max = held;
@@ -398,10 +405,11 @@ int main(int argc, char **argv)
     }
     rc = serve(&d, h);
     printf("{\"queue\":%lu,\"delay_ms\":%lu,\"jitter_ms\":%lu,\"packets\":%" PRIu64
-           ",\"released\":%" PRIu64 ",\"overflow\":%" PRIu64 ",\"max_held\":%" PRIu64
-           ",\"held_ms_avg\":%.2f,\"held_ms_max\":%.2f,\"lost_notifications\":%" PRIu64
-           ",\"verdict_errors\":%d}\n",
-           queue, delay, jitter, d.packets, d.released, d.overflow, d.max_held,
+           ",\"released\":%" PRIu64 ",\"flushed\":%" PRIu64 ",\"overflow\":%" PRIu64
+           ",\"max_held\":%" PRIu64 ",\"held_ms_min\":%.2f,\"held_ms_avg\":%.2f"
+           ",\"held_ms_max\":%.2f,\"lost_notifications\":%" PRIu64 ",\"verdict_errors\":%d}\n",
+           queue, delay, jitter, d.packets, d.released, d.flushed, d.overflow, d.max_held,
+           (double)d.held_ns_min / 1e6,
            d.released ? (double)d.held_ns_sum / (double)d.released / 1e6 : 0.0,
            (double)d.held_ns_max / 1e6, d.lost, d.verdict_errors);
     fflush(stdout);
