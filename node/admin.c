@@ -16,7 +16,7 @@ struct admin_args {
     uint32_t group;
     bool has_group;
     uint64_t timeout_ms; /* remove_member: how long to wait for the drain */
-    bool add; /* cluster.group_member: "add" (else "remove") */
+    bool add;            /* cluster.group_member: "add" (else "remove") */
 };
 
 static void admin_args(const msgpack_object *cmd, struct admin_args *a)
@@ -391,8 +391,8 @@ static void member_table_done(void *arg, int code, const uint8_t *result, size_t
         member_finish(m);
 }
 
-static void member_local(struct node *n, const uint8_t *cmd, size_t len,
-                         const struct auth_key *key, fwd_done_cb cb, void *arg)
+static void member_local(struct node *n, const uint8_t *cmd, size_t len, const struct auth_key *key,
+                         fwd_done_cb cb, void *arg)
 {
     msgpack_zone z;
     msgpack_zone_init(&z, 512);
@@ -456,8 +456,7 @@ static void transfer_local(struct node *n, const uint8_t *cmd, size_t len,
 /* ---- Entry ------------------------------------------------------------------------------- */
 
 int node_admin(struct node *n, const char *op, const msgpack_object *cmd, const uint8_t *bytes,
-               size_t len, uint32_t flags, const struct auth_key *key, fwd_done_cb cb,
-               void *arg)
+               size_t len, uint32_t flags, const struct auth_key *key, fwd_done_cb cb, void *arg)
 {
     if (key && (!key->write || key->npatterns == 0 || strcmp(key->patterns[0], "*") != 0)) {
         cb(arg, STRATA_PERMISSION_DENIED, NULL, 0,
@@ -485,12 +484,10 @@ int node_admin(struct node *n, const char *op, const msgpack_object *cmd, const 
         route_local(n, member_local, 0, bytes, len, flags, key, cb, arg);
     } else if (strcmp(op, "cluster.transfer_leader") == 0) {
         /* Without 'group': the meta group. */
-        route_local(n, transfer_local, a.has_group ? a.group : 0, bytes, len, flags, key, cb,
-                    arg);
+        route_local(n, transfer_local, a.has_group ? a.group : 0, bytes, len, flags, key, cb, arg);
     } else if (strcmp(op, "cluster.group_members") == 0) {
         if (!a.has_group) {
-            cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0, "cluster.group_members needs 'group'",
-               NULL);
+            cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0, "cluster.group_members needs 'group'", NULL);
             return 0;
         }
         route_local(n, group_members_local, a.group, bytes, len, flags, key, cb, arg);

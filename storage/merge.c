@@ -192,14 +192,14 @@ static void conflict_label(msgpack_packer *pk, int tag, const uint8_t *sp, size_
         const uint8_t *z = memchr(rest, 0, rlen);
         size_t cl = z ? (size_t)(z - rest) : rlen;
         n = snprintf(buf, sizeof buf, "%s:%.*s/%.*s/%.*s", kind_name(tag), (int)slen,
-                     (const char *)sp, (int)cl, (const char *)rest,
-                     z ? (int)(rlen - cl - 1) : 0, z ? (const char *)z + 1 : "");
+                     (const char *)sp, (int)cl, (const char *)rest, z ? (int)(rlen - cl - 1) : 0,
+                     z ? (const char *)z + 1 : "");
     } else if (tag == TAG_EVENT && rlen == 8) {
         n = snprintf(buf, sizeof buf, "event:%.*s/%llu", (int)slen, (const char *)sp,
                      (unsigned long long)get_be64(rest));
     } else {
-        n = snprintf(buf, sizeof buf, "%s:%.*s/%.*s%s", kind_name(tag), (int)slen,
-                     (const char *)sp, (int)rlen, (const char *)rest, suffix ? suffix : "");
+        n = snprintf(buf, sizeof buf, "%s:%.*s/%.*s%s", kind_name(tag), (int)slen, (const char *)sp,
+                     (int)rlen, (const char *)rest, suffix ? suffix : "");
     }
     mp_pack_str(pk, buf, n < 0 ? 0 : (size_t)n >= sizeof buf ? sizeof buf - 1 : (size_t)n);
 }
@@ -223,8 +223,8 @@ static void merge_key(uint8_t k[10], uint64_t src_id)
 
 /* Base of merging src into dst: the last merge src -> dst if any (src at the version it
  * was merged), else the common ancestor at the lower of the two lineage versions. */
-static int merge_base(struct storage *s, struct branch *src, struct branch *dst,
-                      struct view *base, bool *related, struct err *err)
+static int merge_base(struct storage *s, struct branch *src, struct branch *dst, struct view *base,
+                      bool *related, struct err *err)
 {
     uint8_t mk[10];
     merge_key(mk, src->id);
@@ -278,8 +278,7 @@ static int branch_diff(struct exec *x)
     uint64_t limit = DIFF_DEFAULT_LIMIT;
     int rc;
     if ((rc = arg_branch(x, "a", &a)) || (rc = arg_branch(x, "b", &b)) ||
-        (rc = arg_bool_opt(x, "three_way", &three)) ||
-        (rc = arg_u64_opt(x, "limit", &limit, NULL)))
+        (rc = arg_bool_opt(x, "three_way", &three)) || (rc = arg_u64_opt(x, "limit", &limit, NULL)))
         return rc;
     if (limit == 0 || limit > DIFF_MAX_LIMIT)
         return err_set(x->err, STRATA_INVALID_ARGUMENT, "limit must be between 1 and %d",
@@ -293,7 +292,8 @@ static int branch_diff(struct exec *x)
     if ((rc = add_candidates(&ks, va, vb, x->err)))
         goto out;
     if (three && related &&
-        ((rc = add_candidates(&ks, va, base, x->err)) || (rc = add_candidates(&ks, vb, base, x->err))))
+        ((rc = add_candidates(&ks, va, base, x->err)) ||
+         (rc = add_candidates(&ks, vb, base, x->err))))
         goto out;
     if (rc == STRATA_OUT_OF_MEMORY) {
         err_set(x->err, rc, "out of memory computing a diff");
@@ -340,11 +340,11 @@ static int branch_diff(struct exec *x)
         if (three) {
             mp_pack_cstr(&pk, "base");
             pack_opt_value(&pk, related ? basev : NULL);
-            const char *status = !related            ? "conflict"
-                                 : same(av, bv)      ? "both_same"
-                                 : same(bv, basev)   ? "a_only"
-                                 : same(av, basev)   ? "b_only"
-                                                     : "conflict";
+            const char *status = !related          ? "conflict"
+                                 : same(av, bv)    ? "both_same"
+                                 : same(bv, basev) ? "a_only"
+                                 : same(av, basev) ? "b_only"
+                                                   : "conflict";
             mp_pack_cstr(&pk, "status");
             mp_pack_cstr(&pk, status);
         }
@@ -467,7 +467,7 @@ static int branch_merge(struct exec *x)
             continue; /* source did not change it, or both made the same change */
         if (same(tv, bv)) {
             rc = stage_put(x->stage, dst, e->key, e->klen, sv ? sv->data : NULL, sv ? sv->len : 0);
-            changes++;
+            changes += !meta; /* a space registered on the source alone is no key change */
             if (rc) {
                 err_set(x->err, rc, "out of memory");
                 goto out;
@@ -562,9 +562,9 @@ static int branch_merge(struct exec *x)
         msgpack_zone_destroy(&z);
         stage_close(x->stage);
         stage_init(x->stage);
-        rc = err_set(x->err, STRATA_CONFLICT, "merge '%s' into '%s': %u conflict%s: %s%s",
-                     src->name, dst->name, nconf, nconf == 1 ? "" : "s", list,
-                     shown < nconf ? ", ..." : "");
+        rc =
+            err_set(x->err, STRATA_CONFLICT, "merge '%s' into '%s': %u conflict%s: %s%s", src->name,
+                    dst->name, nconf, nconf == 1 ? "" : "s", list, shown < nconf ? ", ..." : "");
         goto out;
     }
     /* Record the merge so the next one starts here (same version as the merge). */

@@ -8,9 +8,11 @@
 #define setup t_setup
 #define teardown t_teardown
 
-#define PUT(s, br, k, v) OK(s, "{\"op\":\"kv.put\",\"branch\":\"" br "\",\"key\":\"" k "\",\"value\":" v "}")
+#define PUT(s, br, k, v)                                                                           \
+    OK(s, "{\"op\":\"kv.put\",\"branch\":\"" br "\",\"key\":\"" k "\",\"value\":" v "}")
 #define DEL(s, br, k) OK(s, "{\"op\":\"kv.delete\",\"branch\":\"" br "\",\"key\":\"" k "\"}")
-#define FORK(s, src, dst) OK(s, "{\"op\":\"branch.fork\",\"source\":\"" src "\",\"name\":\"" dst "\"}")
+#define FORK(s, src, dst)                                                                          \
+    OK(s, "{\"op\":\"branch.fork\",\"source\":\"" src "\",\"name\":\"" dst "\"}")
 
 static void expect_kv(struct storage *s, const char *br, const char *k, const char *v)
 {
@@ -73,10 +75,11 @@ static void test_diff_siblings_and_unrelated(void **state)
     OK(s, "{\"op\":\"branch.create\",\"name\":\"u\"}");
     PUT(s, "u", "a", "2");
     PUT(s, "u", "z", "9");
-    EXPECT(s,
-           "{\"changes\":[{\"kind\":\"kv\",\"space\":\"default\",\"key\":\"z\",\"a\":null,\"b\":9}],"
-           "\"count\":1,\"truncated\":false}",
-           "{\"op\":\"branch.diff\",\"a\":\"default\",\"b\":\"u\"}");
+    EXPECT(
+        s,
+        "{\"changes\":[{\"kind\":\"kv\",\"space\":\"default\",\"key\":\"z\",\"a\":null,\"b\":9}],"
+        "\"count\":1,\"truncated\":false}",
+        "{\"op\":\"branch.diff\",\"a\":\"default\",\"b\":\"u\"}");
     FAILS(s, STRATA_BRANCH_NOT_FOUND, "{\"op\":\"branch.diff\",\"a\":\"default\",\"b\":\"nope\"}");
     FAILS(s, STRATA_INVALID_ARGUMENT, "{\"op\":\"branch.diff\",\"a\":\"default\"}");
 }
@@ -96,11 +99,16 @@ static void test_diff_three_way_status(void **state)
     PUT(s, "default", "both", "1");
     PUT(s, "f", "conf", "1");
     PUT(s, "default", "conf", "2");
-    const char *out = OK(s, "{\"op\":\"branch.diff\",\"a\":\"f\",\"b\":\"default\",\"three_way\":true}");
-    assert_non_null(strstr(out, "\"key\":\"src\",\"a\":1,\"b\":0,\"base\":0,\"status\":\"a_only\""));
-    assert_non_null(strstr(out, "\"key\":\"dst\",\"a\":0,\"b\":1,\"base\":0,\"status\":\"b_only\""));
-    assert_non_null(strstr(out, "\"key\":\"both\",\"a\":1,\"b\":1,\"base\":0,\"status\":\"both_same\""));
-    assert_non_null(strstr(out, "\"key\":\"conf\",\"a\":1,\"b\":2,\"base\":0,\"status\":\"conflict\""));
+    const char *out =
+        OK(s, "{\"op\":\"branch.diff\",\"a\":\"f\",\"b\":\"default\",\"three_way\":true}");
+    assert_non_null(
+        strstr(out, "\"key\":\"src\",\"a\":1,\"b\":0,\"base\":0,\"status\":\"a_only\""));
+    assert_non_null(
+        strstr(out, "\"key\":\"dst\",\"a\":0,\"b\":1,\"base\":0,\"status\":\"b_only\""));
+    assert_non_null(
+        strstr(out, "\"key\":\"both\",\"a\":1,\"b\":1,\"base\":0,\"status\":\"both_same\""));
+    assert_non_null(
+        strstr(out, "\"key\":\"conf\",\"a\":1,\"b\":2,\"base\":0,\"status\":\"conflict\""));
     assert_null(strstr(out, "\"key\":\"same\""));
     assert_non_null(strstr(out, "\"base\":{\"branch\":\"default\",\"version\":5}"));
 }
@@ -132,6 +140,20 @@ static void test_merge_fork_into_parent(void **state)
            "{\"op\":\"branch.merge\",\"source\":\"f\",\"target\":\"default\"}");
 }
 
+static void test_merge_changes_count_no_space_registration(void **state)
+{
+    struct storage *s = *state;
+    /* The parent never wrote, so the fork's first put also registers the space there;
+     * a registration is not a key change (it used to count as one). */
+    FORK(s, "default", "f");
+    PUT(s, "f", "a", "1");
+    PUT(s, "f", "b", "2");
+    const char *r = OK(s, "{\"op\":\"branch.merge\",\"source\":\"f\",\"target\":\"default\"}");
+    assert_non_null(strstr(r, "\"changes\":2,"));
+    expect_kv(s, "default", "a", "1");
+    expect_kv(s, "default", "b", "2");
+}
+
 static void test_merge_strict_conflict_writes_nothing(void **state)
 {
     struct storage *s = *state;
@@ -151,7 +173,8 @@ static void test_merge_strict_conflict_writes_nothing(void **state)
     EXPECT(s,
            "{\"version\":5,\"ts\":9000,\"merged\":true,\"changes\":2,"
            "\"conflicts\":[\"kv:default/a\"]}",
-           "{\"op\":\"branch.merge\",\"source\":\"f\",\"target\":\"default\",\"strategy\":\"source_wins\"}");
+           "{\"op\":\"branch.merge\",\"source\":\"f\",\"target\":\"default\",\"strategy\":\"source_"
+           "wins\"}");
     expect_kv(s, "default", "a", "2");
     expect_kv(s, "default", "x", "1");
 }
@@ -195,11 +218,15 @@ static void test_merge_bad_input(void **state)
     struct storage *s = *state;
     FORK(s, "default", "f");
     OK(s, "{\"op\":\"branch.create\",\"name\":\"u\"}");
-    FAILS(s, STRATA_INVALID_ARGUMENT, "{\"op\":\"branch.merge\",\"source\":\"f\",\"target\":\"f\"}");
     FAILS(s, STRATA_INVALID_ARGUMENT,
-          "{\"op\":\"branch.merge\",\"source\":\"f\",\"target\":\"default\",\"strategy\":\"ours\"}");
-    FAILS(s, STRATA_BRANCH_NOT_FOUND, "{\"op\":\"branch.merge\",\"source\":\"nope\",\"target\":\"default\"}");
-    FAILS(s, STRATA_INVALID_ARGUMENT, "{\"op\":\"branch.merge\",\"source\":\"u\",\"target\":\"default\"}");
+          "{\"op\":\"branch.merge\",\"source\":\"f\",\"target\":\"f\"}");
+    FAILS(
+        s, STRATA_INVALID_ARGUMENT,
+        "{\"op\":\"branch.merge\",\"source\":\"f\",\"target\":\"default\",\"strategy\":\"ours\"}");
+    FAILS(s, STRATA_BRANCH_NOT_FOUND,
+          "{\"op\":\"branch.merge\",\"source\":\"nope\",\"target\":\"default\"}");
+    FAILS(s, STRATA_INVALID_ARGUMENT,
+          "{\"op\":\"branch.merge\",\"source\":\"u\",\"target\":\"default\"}");
 }
 
 static void test_merge_state_and_spaces(void **state)
@@ -209,7 +236,8 @@ static void test_merge_state_and_spaces(void **state)
     OK(s, "{\"op\":\"kv.put\",\"branch\":\"f\",\"space\":\"newsp\",\"key\":\"k\",\"value\":1}");
     OK(s, "{\"op\":\"branch.merge\",\"source\":\"f\",\"target\":\"default\"}");
     EXPECT(s, "[\"default\",\"newsp\"]", "{\"op\":\"space.list\"}");
-    assert_non_null(strstr(OK(s, "{\"op\":\"kv.get\",\"space\":\"newsp\",\"key\":\"k\"}"), "\"value\":1"));
+    assert_non_null(
+        strstr(OK(s, "{\"op\":\"kv.get\",\"space\":\"newsp\",\"key\":\"k\"}"), "\"value\":1"));
 }
 
 static void test_merge_cost_independent_of_branch_size(void **state)
@@ -221,7 +249,8 @@ static void test_merge_cost_independent_of_branch_size(void **state)
         char items[8192];
         size_t n = 0;
         for (int j = i; j < i + 100; j++)
-            n += (size_t)snprintf(items + n, sizeof items - n, "%s[\"k%05d\",%d]", j > i ? "," : "", j, j);
+            n += (size_t)snprintf(items + n, sizeof items - n, "%s[\"k%05d\",%d]", j > i ? "," : "",
+                                  j, j);
         OK(s, "{\"op\":\"kv.batch_put\",\"items\":[%s]}", items);
     }
     FORK(s, "default", "f");
@@ -235,7 +264,8 @@ static void test_merge_cost_independent_of_branch_size(void **state)
 static void test_merge_json_per_path(void **state)
 {
     struct storage *s = *state;
-    OK(s, "{\"op\":\"json.set\",\"key\":\"doc\",\"path\":\"$\",\"value\":{\"a\":1,\"b\":1,\"c\":1}}");
+    OK(s,
+       "{\"op\":\"json.set\",\"key\":\"doc\",\"path\":\"$\",\"value\":{\"a\":1,\"b\":1,\"c\":1}}");
     FORK(s, "default", "f");
     OK(s, "{\"op\":\"json.set\",\"branch\":\"f\",\"key\":\"doc\",\"path\":\"$.a\",\"value\":2}");
     OK(s, "{\"op\":\"json.set\",\"key\":\"doc\",\"path\":\"$.b\",\"value\":3}");
@@ -244,28 +274,37 @@ static void test_merge_json_per_path(void **state)
     /* Same path changed differently on both sides: a conflict naming doc and path. */
     OK(s, "{\"op\":\"json.set\",\"branch\":\"f\",\"key\":\"doc\",\"path\":\"$.c\",\"value\":5}");
     OK(s, "{\"op\":\"json.set\",\"key\":\"doc\",\"path\":\"$.c\",\"value\":6}");
-    const char *msg = FAILS(s, STRATA_CONFLICT, "{\"op\":\"branch.merge\",\"source\":\"f\",\"target\":\"default\"}");
+    const char *msg = FAILS(s, STRATA_CONFLICT,
+                            "{\"op\":\"branch.merge\",\"source\":\"f\",\"target\":\"default\"}");
     assert_non_null(strstr(msg, "json:default/doc $.c"));
     EXPECT(s, "{\"a\":2,\"b\":3,\"c\":6}", "{\"op\":\"json.get\",\"key\":\"doc\"}");
-    OK(s, "{\"op\":\"branch.merge\",\"source\":\"f\",\"target\":\"default\",\"strategy\":\"source_wins\"}");
+    OK(s, "{\"op\":\"branch.merge\",\"source\":\"f\",\"target\":\"default\",\"strategy\":\"source_"
+          "wins\"}");
     EXPECT(s, "{\"a\":2,\"b\":3,\"c\":5}", "{\"op\":\"json.get\",\"key\":\"doc\"}");
 }
 
 static void test_merge_reports_every_conflict(void **state)
 {
     struct storage *s = *state;
-    OK(s, "{\"op\":\"json.set\",\"key\":\"doc\",\"path\":\"$\",\"value\":{\"a\":1,\"b\":1,\"c\":1}}");
+    OK(s,
+       "{\"op\":\"json.set\",\"key\":\"doc\",\"path\":\"$\",\"value\":{\"a\":1,\"b\":1,\"c\":1}}");
     PUT(s, "default", "k", "0");
     FORK(s, "default", "f");
-    OK(s, "{\"op\":\"json.set\",\"branch\":\"f\",\"key\":\"doc\",\"path\":\"$\",\"value\":{\"a\":2,\"b\":2,\"c\":2}}");
-    OK(s, "{\"op\":\"json.set\",\"key\":\"doc\",\"path\":\"$\",\"value\":{\"a\":3,\"b\":3,\"c\":1}}");
+    OK(s, "{\"op\":\"json.set\",\"branch\":\"f\",\"key\":\"doc\",\"path\":\"$\",\"value\":{\"a\":2,"
+          "\"b\":2,\"c\":2}}");
+    OK(s,
+       "{\"op\":\"json.set\",\"key\":\"doc\",\"path\":\"$\",\"value\":{\"a\":3,\"b\":3,\"c\":1}}");
     PUT(s, "f", "k", "1");
     PUT(s, "default", "k", "2");
-    const char *msg = FAILS(s, STRATA_CONFLICT, "{\"op\":\"branch.merge\",\"source\":\"f\",\"target\":\"default\"}");
-    assert_non_null(strstr(msg, "3 conflicts: json:default/doc $.a, json:default/doc $.b, kv:default/k"));
+    const char *msg = FAILS(s, STRATA_CONFLICT,
+                            "{\"op\":\"branch.merge\",\"source\":\"f\",\"target\":\"default\"}");
+    assert_non_null(
+        strstr(msg, "3 conflicts: json:default/doc $.a, json:default/doc $.b, kv:default/k"));
     EXPECT(s, "{\"a\":3,\"b\":3,\"c\":1}", "{\"op\":\"json.get\",\"key\":\"doc\"}");
-    const char *out = OK(s, "{\"op\":\"branch.merge\",\"source\":\"f\",\"target\":\"default\",\"strategy\":\"source_wins\"}");
-    assert_non_null(strstr(out, "\"conflicts\":[\"json:default/doc $.a\",\"json:default/doc $.b\",\"kv:default/k\"]"));
+    const char *out = OK(s, "{\"op\":\"branch.merge\",\"source\":\"f\",\"target\":\"default\","
+                            "\"strategy\":\"source_wins\"}");
+    assert_non_null(strstr(
+        out, "\"conflicts\":[\"json:default/doc $.a\",\"json:default/doc $.b\",\"kv:default/k\"]"));
     /* The non-conflicting path c came over too. */
     EXPECT(s, "{\"a\":2,\"b\":2,\"c\":2}", "{\"op\":\"json.get\",\"key\":\"doc\"}");
 }
@@ -287,10 +326,12 @@ static void test_merge_event_logs(void **state)
     /* Both sides append: strict refuses and writes nothing; source_wins appends after. */
     OK(s, "{\"op\":\"event.append\",\"branch\":\"f\",\"type\":\"t\",\"payload\":{\"i\":5}}");
     OK(s, "{\"op\":\"event.append\",\"type\":\"t\",\"payload\":{\"i\":50}}");
-    const char *msg = FAILS(s, STRATA_CONFLICT, "{\"op\":\"branch.merge\",\"source\":\"f\",\"target\":\"default\"}");
+    const char *msg = FAILS(s, STRATA_CONFLICT,
+                            "{\"op\":\"branch.merge\",\"source\":\"f\",\"target\":\"default\"}");
     assert_non_null(strstr(msg, "events:default"));
     EXPECT(s, "5", "{\"op\":\"event.len\"}");
-    OK(s, "{\"op\":\"branch.merge\",\"source\":\"f\",\"target\":\"default\",\"strategy\":\"source_wins\"}");
+    OK(s, "{\"op\":\"branch.merge\",\"source\":\"f\",\"target\":\"default\",\"strategy\":\"source_"
+          "wins\"}");
     EXPECT(s, "6", "{\"op\":\"event.len\"}");
     assert_non_null(strstr(OK(s, "{\"op\":\"event.get\",\"seq\":6}"), "\"payload\":{\"i\":5}"));
     EXPECT(s, "{\"ok\":true,\"len\":6,\"first_bad_seq\":null}", "{\"op\":\"event.verify_chain\"}");
@@ -302,13 +343,16 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_diff_two_way_fork, setup, teardown),
         cmocka_unit_test_setup_teardown(test_diff_siblings_and_unrelated, setup, teardown),
         cmocka_unit_test_setup_teardown(test_diff_three_way_status, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_merge_changes_count_no_space_registration, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_merge_fork_into_parent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_merge_strict_conflict_writes_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_merge_base_moves_after_merge, setup, teardown),
         cmocka_unit_test_setup_teardown(test_merge_parent_into_child_and_siblings, setup, teardown),
         cmocka_unit_test_setup_teardown(test_merge_bad_input, setup, teardown),
         cmocka_unit_test_setup_teardown(test_merge_state_and_spaces, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_merge_cost_independent_of_branch_size, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_merge_cost_independent_of_branch_size, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_merge_json_per_path, setup, teardown),
         cmocka_unit_test_setup_teardown(test_merge_event_logs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_merge_reports_every_conflict, setup, teardown),
