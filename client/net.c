@@ -732,6 +732,8 @@ static void on_response(struct net *n, int i, const struct proto_response *r, st
              * table we get may lag the answering node's: back off between tries. */
             n->stale = true;
             *redirect = *redirect || !n->moved;
+            if (!n->moved)
+                n->moved_ms = now_ms();
             n->moved = true;
         } else if (sl->routed) {
             if (named && routing_set_leader(n->rt, sl->pick.shard, r->leader, r->leader_len)) {
@@ -940,6 +942,7 @@ int net_exec_many(struct net *n, const uint8_t *const *cmds, const size_t *lens,
     err_clear(&cerr);
     n->refused = false;
     n->moved = false;
+    n->moved_ms = 0;
     /* One deadline for the whole call, retries included. */
     uint64_t deadline = now_ms() + (uint64_t)n->timeout_ms;
     n->call_deadline = deadline;
@@ -968,12 +971,18 @@ int net_exec_many(struct net *n, const uint8_t *const *cmds, const size_t *lens,
         backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
     }
     n->call_deadline = 0;
+    bool all_ok = true;
     for (size_t i = 0; i < cnt; i++) {
         if (!s[i].done && (n->refused || !s[i].code))
             s[i].code = err_set(s[i].err, cerr.code ? cerr.code : STRATA_UNAVAILABLE, "%s",
                                 cerr.msg[0] ? cerr.msg : "no server answered");
         codes[i] = s[i].code;
+        all_ok = all_ok && s[i].code == 0;
     }
+    if (n->moved_ms)
+        log_debug("net: %s %llu ms after the first MOVED (at %llu ms)",
+                  all_ok ? "answered" : "failed", (unsigned long long)(now_ms() - n->moved_ms),
+                  (unsigned long long)now_ms());
     if (s != st)
         sm_free(s);
     return 0;

@@ -73,6 +73,9 @@ struct drive {
     /* Source side, FENCED. */
     bool fenced, sealed, seal_inflight;
     uint64_t fenced_ms, seal_seq, seal_ms;
+    /* Where the writers' pause goes (logged at the cut-over): loop ms when the fence was
+     * sent, the last import answered and the table change was asked for. */
+    uint64_t fence_sent_ms, imported_ms, cas_sent_ms;
     int rounds, conflicts;
     unsigned backoff;
     bool main;             /* a step is in flight */
@@ -680,6 +683,8 @@ static void import_done(struct drive *d, int code, const msgpack_object *res, co
     d->conflicts = 0;
     d->backoff = 0;
     take_marker(d, res);
+    if (d->fenced)
+        d->imported_ms = uv_now(d->mv->n->loop);
     drive_next(d);
 }
 
@@ -838,6 +843,16 @@ static void cut_over(void *arg, int code, const uint8_t *result, size_t len, con
             log_info("move %llu of '%s': cut over to shard %u, %llu ms after the fence",
                      (unsigned long long)d->id, d->name, d->to,
                      (unsigned long long)(now - d->fenced_ms));
+            /* The pause, step by step (tests/bench/move_pause.sh sums these up); a step
+             * that ran before this leader took the move over counts as 0. */
+            uint64_t fs = d->fence_sent_ms ? d->fence_sent_ms : d->fenced_ms;
+            uint64_t im = d->imported_ms > d->fenced_ms ? d->imported_ms : d->fenced_ms;
+            uint64_t cs = d->cas_sent_ms > im ? d->cas_sent_ms : im;
+            log_info("move %llu of '%s': pause steps: fence %llu ms, final copy %llu ms, "
+                     "waiting %llu ms, table %llu ms (fence sent at %llu)",
+                     (unsigned long long)d->id, d->name, (unsigned long long)(d->fenced_ms - fs),
+                     (unsigned long long)(im - d->fenced_ms), (unsigned long long)(cs - im),
+                     (unsigned long long)(now - cs), (unsigned long long)fs);
             d->mv->n->pl_fresh_wanted = true; /* our own cache catches up at once */
             record(d, MIG_CUTOVER, false, 0, NULL);
         }
@@ -930,6 +945,8 @@ static void drive_next(struct drive *d)
         return;
     case MIG_FENCED:
         if (!d->fenced) {
+            if (d->fence_sent_ms == 0)
+                d->fence_sent_ms = uv_now(n->loop);
             send_simple(d, d->from, "move.fence", false, fence_done, true, false);
             return;
         }
@@ -942,7 +959,7 @@ static void drive_next(struct drive *d)
         if (!d->sealed)
             return; /* seal_done continues */
         d->main = true;
-        d->step_ms = uv_now(n->loop);
+        d->step_ms = d->cas_sent_ms = uv_now(n->loop);
         d->refs++;
         meta_change(n, mutate_cutover, d, cut_over, d);
         return;

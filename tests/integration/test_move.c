@@ -835,6 +835,8 @@ void test_move_bench(void)
     preload(db, "bench", 2000, "pre");
     const char *env = getenv("STRATA_MOVE_ROUNDS");
     int rounds = env ? atoi(env) : 20;
+    if (getenv("STRATA_MOVE_TRACE"))
+        log_set_level(LOG_DEBUG); /* the client library's "after the first MOVED" lines */
     if (rounds < 1 || rounds > 1000)
         rounds = 20;
     move_under_load(&c, db, "bench", rounds, 0, "pre", 2000);
