@@ -761,7 +761,6 @@ static void send_export(struct drive *d)
 
 static void fence_done(struct drive *d, int code, const msgpack_object *res, const char *msg)
 {
-    (void)res;
     if (code && transient(code)) {
         drive_retry(d, "fencing the source", code, msg);
         return;
@@ -773,8 +772,39 @@ static void fence_done(struct drive *d, int code, const msgpack_object *res, con
     if (!d->fenced)
         d->fenced_ms = uv_now(d->mv->n->loop);
     d->fenced = true;
+    d->sealed = d->sealed || obj_str_is(node_map_get(res, "state"), "sealed");
     d->backoff = 0;
+    const msgpack_object *ex = node_map_get(res, "export");
+    if (ex && ex->type == MSGPACK_OBJECT_MAP && !d->done) {
+        exported(d, 0, ex, NULL); /* the final delta came with the fence: import it */
+        return;
+    }
     drive_next(d);
+}
+
+/* move.fence, sealing at once (reads of the branch pause with its writes, which the
+ * cut-over waits for anyway) and asking for the delta from the target's log position,
+ * so the fence, the seal and the final export are one command of the source's log. */
+static void send_fence(struct drive *d)
+{
+    bool delta = d->has_marker && d->copy_complete && !d->done;
+    struct buf b;
+    msgpack_packer pk;
+    inner_begin(&b, &pk, "move.fence", d, 3 + (delta ? 2 : 0));
+    node_pack_str(&pk, "move_id");
+    msgpack_pack_uint64(&pk, d->id);
+    node_pack_str(&pk, "to_shard");
+    msgpack_pack_uint32(&pk, d->to);
+    node_pack_str(&pk, "seal");
+    msgpack_pack_true(&pk);
+    if (delta) {
+        node_pack_str(&pk, d->has_log_pos ? "from_pos" : "since");
+        msgpack_pack_uint64(&pk, d->has_log_pos ? d->log_pos : d->copy_at);
+        node_pack_str(&pk, "max_bytes");
+        msgpack_pack_uint32(&pk, d->chunk);
+    }
+    shard_call(d, d->from, &b, false, fence_done);
+    buf_close(&b);
 }
 
 static void seal_done(struct drive *d, int code, const msgpack_object *res, const char *msg)
@@ -829,6 +859,34 @@ static int mutate_cutover(struct placement *p, void *ctx, struct err *err)
     return placement_move(p, d->name, len, d->to, err);
 }
 
+static void nudged(void *arg, int code, const uint8_t *result, size_t len, const char *message,
+                   const char *leader)
+{
+    (void)arg, (void)code, (void)result, (void)len, (void)message, (void)leader;
+}
+
+/* After the cut-over: every other node holding a replica of the source or the target
+ * asks the meta leader for the table now. The source's router is holding the branch's
+ * commands until its table moves on, and clients that learn the new table go to the
+ * target's leader with its epoch, which that node waits for if it has not seen it: both
+ * would otherwise catch up only at their next periodic refresh. One fresh read per
+ * node, answered to nobody; a node that misses it catches up as before. */
+static void nudge_replicas(struct node *n, uint32_t from, uint32_t to)
+{
+    static const uint8_t fresh_cmd[] = {0x82, 0xa2, 'o', 'p', 0xb1, 'c', 'l', 'u', 's', 't',
+                                        'e',  'r',  '.', 'p', 'l',  'a', 'c', 'e', 'm', 'e',
+                                        'n',  't',  0xa5, 'f', 'r', 'e', 's', 'h', 0xc3};
+    const struct pl_shard *a = placement_shard(&n->pl, from), *b = placement_shard(&n->pl, to);
+    for (size_t i = 0; n->have_pl && i < n->pl.nnodes; i++) {
+        const struct pl_node *nd = &n->pl.nodes[i];
+        if (nd->id == n->cfg.node_id ||
+            !((a && placement_shard_has(a, nd->id)) || (b && placement_shard_has(b, nd->id))))
+            continue;
+        fwd_request(n, nd->address, node_self_secret(n), fresh_cmd, sizeof fresh_cmd,
+                    PROTO_REQ_FORWARDED, nudged, NULL);
+    }
+}
+
 static void cut_over(void *arg, int code, const uint8_t *result, size_t len, const char *message,
                      const char *leader)
 {
@@ -854,6 +912,7 @@ static void cut_over(void *arg, int code, const uint8_t *result, size_t len, con
                      (unsigned long long)(im - d->fenced_ms), (unsigned long long)(cs - im),
                      (unsigned long long)(now - cs), (unsigned long long)fs);
             d->mv->n->pl_fresh_wanted = true; /* our own cache catches up at once */
+            nudge_replicas(d->mv->n, d->from, d->to);
             record(d, MIG_CUTOVER, false, 0, NULL);
         }
     }
@@ -947,7 +1006,7 @@ static void drive_next(struct drive *d)
         if (!d->fenced) {
             if (d->fence_sent_ms == 0)
                 d->fence_sent_ms = uv_now(n->loop);
-            send_simple(d, d->from, "move.fence", false, fence_done, true, false);
+            send_fence(d);
             return;
         }
         if (!d->sealed && !d->seal_inflight)
