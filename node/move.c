@@ -21,6 +21,8 @@
 #define MAX_ROUNDS 16         /* catch-up rounds before fencing anyway */
 #define MAX_CONFLICTS 8       /* consecutive refused imports before aborting */
 #define OP_TIMEOUT_MS 15000   /* a step with no answer is abandoned and retried */
+#define FENCED_TIMEOUT_MS 2000 /* ... sooner while the branch is fenced: its writers wait
+                                * (the routers hold their commands 3 s at most) */
 #define CELL_ATTEMPTS 8
 #define KEY_MAX 2200          /* an internal key (storage: IKEY_MAX) */
 
@@ -82,6 +84,7 @@ struct drive {
     bool remote;           /* ... and it is a shard step (it can be abandoned) */
     uint64_t seq;          /* step number: an abandoned step's answer is ignored */
     uint64_t step_ms;
+    const char *op, *step_op, *seal_op; /* the command built last, the steps in flight */
     unsigned refs;         /* callbacks that still hold the drive */
     bool stopped, abort_requested, graced, in_grace;
     uv_timer_t timer;
@@ -228,9 +231,11 @@ static void shard_call(struct drive *d, uint32_t gid, const struct buf *inner, b
     if (!seal) {
         d->main = d->remote = true;
         d->step_ms = uv_now(n->loop);
+        d->step_op = d->op;
     } else {
         d->seal_inflight = true;
         d->seal_ms = uv_now(n->loop);
+        d->seal_op = d->op;
     }
     *c = (struct call){d, seal ? d->seal_seq : d->seq, seal, done};
     msgpack_packer pk;
@@ -248,9 +253,10 @@ static void shard_call(struct drive *d, uint32_t gid, const struct buf *inner, b
 }
 
 /* Start an inner command map {"op": op, "name": branch, ...nmore}. */
-static void inner_begin(struct buf *b, msgpack_packer *pk, const char *op, const struct drive *d,
+static void inner_begin(struct buf *b, msgpack_packer *pk, const char *op, struct drive *d,
                         uint32_t nmore)
 {
+    d->op = op;
     buf_init(b);
     msgpack_packer_init(pk, b, node_buf_w);
     msgpack_pack_map(pk, 2 + nmore);
@@ -1111,18 +1117,27 @@ static void tick(uv_timer_t *t)
         mv->loading = true;
         cell_change(mv, NULL, NULL, loaded, mv);
     }
-    /* A step with no answer for too long (a peer that stopped answering) is abandoned:
-     * every step is idempotent, so it is simply issued again. */
-    for (struct drive *d = mv->drives; d; d = d->next)
-        if (!d->stopped && d->main && d->remote && now - d->step_ms > OP_TIMEOUT_MS) {
+    /* A step with no answer for too long (a peer that stopped answering, an answer lost
+     * on the way) is abandoned: every step is idempotent, so it is simply issued again.
+     * Once the source is fenced the branch's writers are waiting on it, so soon. */
+    for (struct drive *d = mv->drives; d; d = d->next) {
+        uint64_t limit = d->phase == MIG_FENCED && d->fenced ? FENCED_TIMEOUT_MS : OP_TIMEOUT_MS;
+        if (!d->stopped && d->main && d->remote && now - d->step_ms > limit) {
             d->seq++;
             d->main = d->remote = false;
-            drive_retry(d, "a step", STRATA_TIMEOUT, "no answer");
-        } else if (!d->stopped && d->seal_inflight && now - d->seal_ms > OP_TIMEOUT_MS) {
+            log_warn("move %llu of '%s': %s got no answer in %llu ms: sending it again",
+                     (unsigned long long)d->id, d->name, d->step_op ? d->step_op : "a step",
+                     (unsigned long long)(now - d->step_ms));
+            drive_retry(d, d->step_op ? d->step_op : "a step", STRATA_TIMEOUT, "no answer");
+        } else if (!d->stopped && d->seal_inflight && now - d->seal_ms > limit) {
             d->seal_seq++;
             d->seal_inflight = false;
+            log_warn("move %llu of '%s': %s got no answer in %llu ms: sending it again",
+                     (unsigned long long)d->id, d->name, d->seal_op ? d->seal_op : "the seal",
+                     (unsigned long long)(now - d->seal_ms));
             drive_retry(d, "sealing the source", STRATA_TIMEOUT, "no answer");
         }
+    }
 }
 
 void move_service_start(struct node *n)

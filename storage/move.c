@@ -202,6 +202,17 @@ static int marker_put(struct exec *x, struct branch *b, int tag, const struct bu
     return 0;
 }
 
+/* Put the fence marker f. */
+static int fence_put(struct exec *x, struct branch *b, const struct fence_marker *f)
+{
+    struct buf val;
+    buf_init(&val);
+    int rc = move_fence_encode(f, &val) ? err_set(x->err, STRATA_OUT_OF_MEMORY, "out of memory")
+                                        : marker_put(x, b, MOVE_TAG_FENCE, &val);
+    buf_close(&val);
+    return rc;
+}
+
 bool move_has_children(const struct storage *s, const struct branch *b)
 {
     for (size_t i = 0; i < s->nbranches; i++)
@@ -359,13 +370,8 @@ static int move_fence(struct exec *x)
             goto out;
         }
     }
-    if (change) {
-        struct buf val;
-        buf_init(&val);
-        rc = move_fence_encode(&f, &val) ? err_set(x->err, STRATA_OUT_OF_MEMORY, "out of memory")
-                                         : marker_put(x, b, MOVE_TAG_FENCE, &val);
-        buf_close(&val);
-    }
+    if (change)
+        rc = fence_put(x, b, &f);
 out:
     buf_close(&ex);
     return rc;
@@ -394,13 +400,8 @@ static int move_seal(struct exec *x)
     f.state = FENCE_SEALED;
     if (pack_fence(x->pk, &f))
         return answer_oom(x);
-    if (change) {
-        struct buf val;
-        buf_init(&val);
-        rc = move_fence_encode(&f, &val) ? err_set(x->err, STRATA_OUT_OF_MEMORY, "out of memory")
-                                         : marker_put(x, b, MOVE_TAG_FENCE, &val);
-        buf_close(&val);
-    }
+    if (change)
+        rc = fence_put(x, b, &f);
     return rc;
 }
 
@@ -429,12 +430,7 @@ static int move_unfence(struct exec *x)
     f = (struct fence_marker){FENCE_UNFENCED, had ? f.to_shard : 0, id, move_marker_ver(x->s)};
     if (msgpack_pack_true(x->pk))
         return answer_oom(x);
-    struct buf val;
-    buf_init(&val);
-    rc = move_fence_encode(&f, &val) ? err_set(x->err, STRATA_OUT_OF_MEMORY, "out of memory")
-                                     : marker_put(x, b, MOVE_TAG_FENCE, &val);
-    buf_close(&val);
-    return rc;
+    return fence_put(x, b, &f);
 }
 
 /* move.release {name, move_id}: after the cut-over the source deletes its sealed copy.
