@@ -879,18 +879,27 @@ static void nudged(void *arg, int code, const uint8_t *result, size_t len, const
  * node, answered to nobody; a node that misses it catches up as before. */
 static void nudge_replicas(struct node *n, uint32_t from, uint32_t to)
 {
-    static const uint8_t fresh_cmd[] = {0x82, 0xa2, 'o', 'p', 0xb1, 'c', 'l', 'u', 's', 't',
-                                        'e',  'r',  '.', 'p', 'l',  'a', 'c', 'e', 'm', 'e',
-                                        'n',  't',  0xa5, 'f', 'r', 'e', 's', 'h', 0xc3};
+    if (!n->have_pl)
+        return;
+    struct buf cmd;
+    buf_init(&cmd);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &cmd, node_buf_w);
+    msgpack_pack_map(&pk, 2);
+    node_pack_str(&pk, "op");
+    node_pack_str(&pk, "cluster.placement");
+    node_pack_str(&pk, "fresh");
+    msgpack_pack_true(&pk);
     const struct pl_shard *a = placement_shard(&n->pl, from), *b = placement_shard(&n->pl, to);
-    for (size_t i = 0; n->have_pl && i < n->pl.nnodes; i++) {
+    for (size_t i = 0; i < n->pl.nnodes; i++) {
         const struct pl_node *nd = &n->pl.nodes[i];
         if (nd->id == n->cfg.node_id ||
             !((a && placement_shard_has(a, nd->id)) || (b && placement_shard_has(b, nd->id))))
             continue;
-        fwd_request(n, nd->address, node_self_secret(n), fresh_cmd, sizeof fresh_cmd,
-                    PROTO_REQ_FORWARDED, nudged, NULL);
+        fwd_request(n, nd->address, node_self_secret(n), cmd.data, cmd.len, PROTO_REQ_FORWARDED,
+                    nudged, NULL);
     }
+    buf_close(&cmd);
 }
 
 static void cut_over(void *arg, int code, const uint8_t *result, size_t len, const char *message,
