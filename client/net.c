@@ -30,6 +30,7 @@
 #define RETRIES                                                                                    \
     24 /* with the 200 ms cap: ~4.4 s, more than an election; the call deadline bounds it too */
 #define REDIRECTS_AT_ONCE 3 /* per call; later redirects wait the backoff */
+#define MOVED_AT_ONCE 8     /* per call: retries at once after MOVED taught a newer table */
 #define BACKOFF_MIN_MS 25
 #define BACKOFF_MAX_MS 200  /* a new leader is usually known within an election: poll it often */
 #define DOWN_MS 1000        /* a node that refused a connect is tried after the others this long */
@@ -571,13 +572,14 @@ static const uint8_t placement_cmd[2][29] = {
 /* Read the placement through the home connection; `fresh` asks the node for a
  * linearizable read from the meta leader. 0 when a table was adopted. *no_conn is set
  * when no server could be reached at all. */
-static int fetch_placement(struct net *n, bool fresh, bool *no_conn, struct err *err)
+static int fetch_placement_on(struct net *n, int conn, bool fresh, bool *no_conn,
+                              struct err *err)
 {
     *no_conn = false;
     for (size_t i = 0; i < n->nconns; i++)
         n->conns[i].checked = false;
     n->refreshed_ms = now_ms();
-    int h = home_conn(n, err);
+    int h = conn >= 0 && conn_alive(n, conn) ? conn : home_conn(n, err);
     if (h < 0) {
         *no_conn = true;
         return err->code ? err->code : STRATA_UNAVAILABLE;
@@ -594,6 +596,31 @@ static int fetch_placement(struct net *n, bool fresh, bool *no_conn, struct err 
     if (rc == 0)
         n->dirty = false;
     return rc;
+}
+
+static int fetch_placement(struct net *n, bool fresh, bool *no_conn, struct err *err)
+{
+    return fetch_placement_on(n, -1, fresh, no_conn, err);
+}
+
+/* After MOVED: re-read the table, first (without a linearizable read) from the node that
+ * answered MOVED — a router answers it only once its own table places the branch
+ * elsewhere, so that copy is new enough and costs no round in the meta group — then,
+ * if that taught nothing newer, freshly through the home connection (a MOVED from a
+ * fenced shard whose router gave up waiting). Returns whether the epoch advanced. */
+static bool moved_refresh(struct net *n)
+{
+    uint64_t before = n->rt->pl.epoch;
+    bool no_conn;
+    struct err e;
+    n->stale = false;
+    if (n->moved_conn >= 0 && (size_t)n->moved_conn < n->nconns)
+        fetch_placement_on(n, n->moved_conn, false, &no_conn, &e);
+    n->moved_conn = -1;
+    if (n->rt->pl.epoch == before && !n->refused &&
+        fetch_placement(n, true, &no_conn, &e) != 0 && !n->refused)
+        n->stale = true; /* no table read at all: the next attempt tries again */
+    return n->rt->pl.epoch > before;
 }
 
 /* Before each attempt: find out whether the servers are sharded (PROBE), or re-read a
@@ -724,14 +751,21 @@ static void on_response(struct net *n, int i, const struct proto_response *r, st
         not_run = true;
     }
     if (not_run) {
+        if (n->moved_ms || r->code == STRATA_MOVED)
+            log_debug("net: %s from %s: %.*s (%llu ms since the first MOVED)", err_name(r->code),
+                      n->conns[i].addr, (int)r->message_len, msg,
+                      (unsigned long long)(n->moved_ms ? now_ms() - n->moved_ms : 0));
         sl->code = err_set(sl->err, r->code, "%.*s", (int)r->message_len, msg);
         bool named = r->leader && r->leader_len && r->leader_len < NET_ADDR_MAX &&
                      !is_addr(&n->conns[i], r->leader, r->leader_len);
         if (r->code == STRATA_MOVED || r->code == STRATA_BRANCH_NOT_FOUND) {
-            /* The first time in a call, re-read and go again at once; after that the
-             * table we get may lag the answering node's: back off between tries. */
+            /* The table moved on (or is about to): moved_refresh re-reads it, first from
+             * the node that answered — it judged by a table at least as new as ours —
+             * and the call goes again at once when that taught a newer one. */
             n->stale = true;
-            *redirect = *redirect || !n->moved;
+            n->moved_conn = i;
+            if (!n->moved)
+                n->moved_ms = now_ms();
             n->moved = true;
         } else if (sl->routed) {
             if (named && routing_set_leader(n->rt, sl->pick.shard, r->leader, r->leader_len)) {
@@ -935,11 +969,13 @@ int net_exec_many(struct net *n, const uint8_t *const *cmds, const size_t *lens,
             s[i].write = kind == STORAGE_CMD_WRITE;
         err_clear(&errs[i]);
     }
-    unsigned backoff = BACKOFF_MIN_MS, redirects = 0;
+    unsigned backoff = BACKOFF_MIN_MS, redirects = 0, moved_now = 0, reads_after_moved = 0;
     struct err cerr;
     err_clear(&cerr);
     n->refused = false;
     n->moved = false;
+    n->moved_ms = 0;
+    n->moved_conn = -1;
     /* One deadline for the whole call, retries included. */
     uint64_t deadline = now_ms() + (uint64_t)n->timeout_ms;
     n->call_deadline = deadline;
@@ -956,6 +992,14 @@ int net_exec_many(struct net *n, const uint8_t *const *cmds, const size_t *lens,
             /* One connection: reconnect, to the named leader if there is one, else to
              * the next seed (the one we had may be cut off from the cluster). */
             conn_close(n, n->home);
+        /* The branch moved and the table says where to: go there now, not after a
+         * backoff (a moved branch is usually writable on its new shard already). The
+         * epoch only grows, and the tries are counted, so this cannot spin. */
+        if (n->mode == NET_MODE_ROUTED && n->moved_conn >= 0 && n->rt) {
+            reads_after_moved++;
+            if (moved_refresh(n) && ++moved_now <= MOVED_AT_ONCE)
+                continue;
+        }
         /* A named leader is tried at once, but only a few times per call: during an
          * election nodes may name each other with stale hints, and an unpaced ping-pong
          * would spend every attempt in milliseconds. */
@@ -968,12 +1012,18 @@ int net_exec_many(struct net *n, const uint8_t *const *cmds, const size_t *lens,
         backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
     }
     n->call_deadline = 0;
+    bool all_ok = true;
     for (size_t i = 0; i < cnt; i++) {
         if (!s[i].done && (n->refused || !s[i].code))
             s[i].code = err_set(s[i].err, cerr.code ? cerr.code : STRATA_UNAVAILABLE, "%s",
                                 cerr.msg[0] ? cerr.msg : "no server answered");
         codes[i] = s[i].code;
+        all_ok = all_ok && s[i].code == 0;
     }
+    if (n->moved_ms)
+        log_debug("net: %s %llu ms after the first MOVED (%u table reads, at %llu ms)",
+                  all_ok ? "answered" : "failed", (unsigned long long)(now_ms() - n->moved_ms),
+                  reads_after_moved, (unsigned long long)now_ms());
     if (s != st)
         sm_free(s);
     return 0;

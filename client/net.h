@@ -55,6 +55,8 @@ struct net {
     uint64_t call_deadline; /* monotonic ms: the current call gives up then */
     bool refused;           /* the last handshake was refused for good (key, version) */
     bool moved;             /* the current call met MOVED (or a stale BRANCH_NOT_FOUND) */
+    uint64_t moved_ms;      /* monotonic ms of the current call's first MOVED, 0 if none */
+    int moved_conn;         /* the round's last MOVED came from this connection, -1: none */
 };
 
 void net_set_timeouts(struct net *n, int op_ms, int connect_ms);

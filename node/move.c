@@ -21,6 +21,8 @@
 #define MAX_ROUNDS 16         /* catch-up rounds before fencing anyway */
 #define MAX_CONFLICTS 8       /* consecutive refused imports before aborting */
 #define OP_TIMEOUT_MS 15000   /* a step with no answer is abandoned and retried */
+#define FENCED_TIMEOUT_MS 2000 /* ... sooner while the branch is fenced: its writers wait
+                                * (the routers hold their commands 3 s at most) */
 #define CELL_ATTEMPTS 8
 #define KEY_MAX 2200          /* an internal key (storage: IKEY_MAX) */
 
@@ -73,12 +75,16 @@ struct drive {
     /* Source side, FENCED. */
     bool fenced, sealed, seal_inflight;
     uint64_t fenced_ms, seal_seq, seal_ms;
+    /* Where the writers' pause goes (logged at the cut-over): loop ms when the fence was
+     * sent, the last import answered and the table change was asked for. */
+    uint64_t fence_sent_ms, imported_ms, cas_sent_ms;
     int rounds, conflicts;
     unsigned backoff;
     bool main;             /* a step is in flight */
     bool remote;           /* ... and it is a shard step (it can be abandoned) */
     uint64_t seq;          /* step number: an abandoned step's answer is ignored */
     uint64_t step_ms;
+    const char *op, *step_op, *seal_op; /* the command built last, the steps in flight */
     unsigned refs;         /* callbacks that still hold the drive */
     bool stopped, abort_requested, graced, in_grace;
     uv_timer_t timer;
@@ -225,9 +231,11 @@ static void shard_call(struct drive *d, uint32_t gid, const struct buf *inner, b
     if (!seal) {
         d->main = d->remote = true;
         d->step_ms = uv_now(n->loop);
+        d->step_op = d->op;
     } else {
         d->seal_inflight = true;
         d->seal_ms = uv_now(n->loop);
+        d->seal_op = d->op;
     }
     *c = (struct call){d, seal ? d->seal_seq : d->seq, seal, done};
     msgpack_packer pk;
@@ -245,9 +253,10 @@ static void shard_call(struct drive *d, uint32_t gid, const struct buf *inner, b
 }
 
 /* Start an inner command map {"op": op, "name": branch, ...nmore}. */
-static void inner_begin(struct buf *b, msgpack_packer *pk, const char *op, const struct drive *d,
+static void inner_begin(struct buf *b, msgpack_packer *pk, const char *op, struct drive *d,
                         uint32_t nmore)
 {
+    d->op = op;
     buf_init(b);
     msgpack_packer_init(pk, b, node_buf_w);
     msgpack_pack_map(pk, 2 + nmore);
@@ -680,6 +689,8 @@ static void import_done(struct drive *d, int code, const msgpack_object *res, co
     d->conflicts = 0;
     d->backoff = 0;
     take_marker(d, res);
+    if (d->fenced)
+        d->imported_ms = uv_now(d->mv->n->loop);
     drive_next(d);
 }
 
@@ -756,7 +767,6 @@ static void send_export(struct drive *d)
 
 static void fence_done(struct drive *d, int code, const msgpack_object *res, const char *msg)
 {
-    (void)res;
     if (code && transient(code)) {
         drive_retry(d, "fencing the source", code, msg);
         return;
@@ -768,8 +778,39 @@ static void fence_done(struct drive *d, int code, const msgpack_object *res, con
     if (!d->fenced)
         d->fenced_ms = uv_now(d->mv->n->loop);
     d->fenced = true;
+    d->sealed = d->sealed || obj_str_is(node_map_get(res, "state"), "sealed");
     d->backoff = 0;
+    const msgpack_object *ex = node_map_get(res, "export");
+    if (ex && ex->type == MSGPACK_OBJECT_MAP && !d->done) {
+        exported(d, 0, ex, NULL); /* the final delta came with the fence: import it */
+        return;
+    }
     drive_next(d);
+}
+
+/* move.fence, sealing at once (reads of the branch pause with its writes, which the
+ * cut-over waits for anyway) and asking for the delta from the target's log position,
+ * so the fence, the seal and the final export are one command of the source's log. */
+static void send_fence(struct drive *d)
+{
+    bool delta = d->has_marker && d->copy_complete && !d->done;
+    struct buf b;
+    msgpack_packer pk;
+    inner_begin(&b, &pk, "move.fence", d, 3 + (delta ? 2 : 0));
+    node_pack_str(&pk, "move_id");
+    msgpack_pack_uint64(&pk, d->id);
+    node_pack_str(&pk, "to_shard");
+    msgpack_pack_uint32(&pk, d->to);
+    node_pack_str(&pk, "seal");
+    msgpack_pack_true(&pk);
+    if (delta) {
+        node_pack_str(&pk, d->has_log_pos ? "from_pos" : "since");
+        msgpack_pack_uint64(&pk, d->has_log_pos ? d->log_pos : d->copy_at);
+        node_pack_str(&pk, "max_bytes");
+        msgpack_pack_uint32(&pk, d->chunk);
+    }
+    shard_call(d, d->from, &b, false, fence_done);
+    buf_close(&b);
 }
 
 static void seal_done(struct drive *d, int code, const msgpack_object *res, const char *msg)
@@ -824,6 +865,43 @@ static int mutate_cutover(struct placement *p, void *ctx, struct err *err)
     return placement_move(p, d->name, len, d->to, err);
 }
 
+static void nudged(void *arg, int code, const uint8_t *result, size_t len, const char *message,
+                   const char *leader)
+{
+    (void)arg, (void)code, (void)result, (void)len, (void)message, (void)leader;
+}
+
+/* After the cut-over: every other node holding a replica of the source or the target
+ * asks the meta leader for the table now. The source's router is holding the branch's
+ * commands until its table moves on, and clients that learn the new table go to the
+ * target's leader with its epoch, which that node waits for if it has not seen it: both
+ * would otherwise catch up only at their next periodic refresh. One fresh read per
+ * node, answered to nobody; a node that misses it catches up as before. */
+static void nudge_replicas(struct node *n, uint32_t from, uint32_t to)
+{
+    if (!n->have_pl)
+        return;
+    struct buf cmd;
+    buf_init(&cmd);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &cmd, node_buf_w);
+    msgpack_pack_map(&pk, 2);
+    node_pack_str(&pk, "op");
+    node_pack_str(&pk, "cluster.placement");
+    node_pack_str(&pk, "fresh");
+    msgpack_pack_true(&pk);
+    const struct pl_shard *a = placement_shard(&n->pl, from), *b = placement_shard(&n->pl, to);
+    for (size_t i = 0; i < n->pl.nnodes; i++) {
+        const struct pl_node *nd = &n->pl.nodes[i];
+        if (nd->id == n->cfg.node_id ||
+            !((a && placement_shard_has(a, nd->id)) || (b && placement_shard_has(b, nd->id))))
+            continue;
+        fwd_request(n, nd->address, node_self_secret(n), cmd.data, cmd.len, PROTO_REQ_FORWARDED,
+                    nudged, NULL);
+    }
+    buf_close(&cmd);
+}
+
 static void cut_over(void *arg, int code, const uint8_t *result, size_t len, const char *message,
                      const char *leader)
 {
@@ -838,7 +916,18 @@ static void cut_over(void *arg, int code, const uint8_t *result, size_t len, con
             log_info("move %llu of '%s': cut over to shard %u, %llu ms after the fence",
                      (unsigned long long)d->id, d->name, d->to,
                      (unsigned long long)(now - d->fenced_ms));
+            /* The pause, step by step (tests/bench/move_pause.sh sums these up); a step
+             * that ran before this leader took the move over counts as 0. */
+            uint64_t fs = d->fence_sent_ms ? d->fence_sent_ms : d->fenced_ms;
+            uint64_t im = d->imported_ms > d->fenced_ms ? d->imported_ms : d->fenced_ms;
+            uint64_t cs = d->cas_sent_ms > im ? d->cas_sent_ms : im;
+            log_info("move %llu of '%s': pause steps: fence %llu ms, final copy %llu ms, "
+                     "waiting %llu ms, table %llu ms (fence sent at %llu)",
+                     (unsigned long long)d->id, d->name, (unsigned long long)(d->fenced_ms - fs),
+                     (unsigned long long)(im - d->fenced_ms), (unsigned long long)(cs - im),
+                     (unsigned long long)(now - cs), (unsigned long long)fs);
             d->mv->n->pl_fresh_wanted = true; /* our own cache catches up at once */
+            nudge_replicas(d->mv->n, d->from, d->to);
             record(d, MIG_CUTOVER, false, 0, NULL);
         }
     }
@@ -930,7 +1019,9 @@ static void drive_next(struct drive *d)
         return;
     case MIG_FENCED:
         if (!d->fenced) {
-            send_simple(d, d->from, "move.fence", false, fence_done, true, false);
+            if (d->fence_sent_ms == 0)
+                d->fence_sent_ms = uv_now(n->loop);
+            send_fence(d);
             return;
         }
         if (!d->sealed && !d->seal_inflight)
@@ -942,7 +1033,7 @@ static void drive_next(struct drive *d)
         if (!d->sealed)
             return; /* seal_done continues */
         d->main = true;
-        d->step_ms = uv_now(n->loop);
+        d->step_ms = d->cas_sent_ms = uv_now(n->loop);
         d->refs++;
         meta_change(n, mutate_cutover, d, cut_over, d);
         return;
@@ -1035,18 +1126,27 @@ static void tick(uv_timer_t *t)
         mv->loading = true;
         cell_change(mv, NULL, NULL, loaded, mv);
     }
-    /* A step with no answer for too long (a peer that stopped answering) is abandoned:
-     * every step is idempotent, so it is simply issued again. */
-    for (struct drive *d = mv->drives; d; d = d->next)
-        if (!d->stopped && d->main && d->remote && now - d->step_ms > OP_TIMEOUT_MS) {
+    /* A step with no answer for too long (a peer that stopped answering, an answer lost
+     * on the way) is abandoned: every step is idempotent, so it is simply issued again.
+     * Once the source is fenced the branch's writers are waiting on it, so soon. */
+    for (struct drive *d = mv->drives; d; d = d->next) {
+        uint64_t limit = d->phase == MIG_FENCED && d->fenced ? FENCED_TIMEOUT_MS : OP_TIMEOUT_MS;
+        if (!d->stopped && d->main && d->remote && now - d->step_ms > limit) {
             d->seq++;
             d->main = d->remote = false;
-            drive_retry(d, "a step", STRATA_TIMEOUT, "no answer");
-        } else if (!d->stopped && d->seal_inflight && now - d->seal_ms > OP_TIMEOUT_MS) {
+            log_warn("move %llu of '%s': %s got no answer in %llu ms: sending it again",
+                     (unsigned long long)d->id, d->name, d->step_op ? d->step_op : "a step",
+                     (unsigned long long)(now - d->step_ms));
+            drive_retry(d, d->step_op ? d->step_op : "a step", STRATA_TIMEOUT, "no answer");
+        } else if (!d->stopped && d->seal_inflight && now - d->seal_ms > limit) {
             d->seal_seq++;
             d->seal_inflight = false;
+            log_warn("move %llu of '%s': %s got no answer in %llu ms: sending it again",
+                     (unsigned long long)d->id, d->name, d->seal_op ? d->seal_op : "the seal",
+                     (unsigned long long)(now - d->seal_ms));
             drive_retry(d, "sealing the source", STRATA_TIMEOUT, "no answer");
         }
+    }
 }
 
 void move_service_start(struct node *n)

@@ -202,6 +202,17 @@ static int marker_put(struct exec *x, struct branch *b, int tag, const struct bu
     return 0;
 }
 
+/* Put the fence marker f. */
+static int fence_put(struct exec *x, struct branch *b, const struct fence_marker *f)
+{
+    struct buf val;
+    buf_init(&val);
+    int rc = move_fence_encode(f, &val) ? err_set(x->err, STRATA_OUT_OF_MEMORY, "out of memory")
+                                        : marker_put(x, b, MOVE_TAG_FENCE, &val);
+    buf_close(&val);
+    return rc;
+}
+
 bool move_has_children(const struct storage *s, const struct branch *b)
 {
     for (size_t i = 0; i < s->nbranches; i++)
@@ -275,10 +286,10 @@ static int arg_branch_opt(struct exec *x, struct branch **b)
 
 /* Pack a fence; non-zero when the packer failed (out of memory). The commands pack
  * their answer before they change anything, so a failure there changes nothing. */
-static int pack_fence(msgpack_packer *pk, const struct fence_marker *f)
+static int pack_fence_more(msgpack_packer *pk, const struct fence_marker *f, uint32_t more)
 {
     static const char *const names[] = {"", "fenced", "sealed", "unfenced"};
-    int rc = msgpack_pack_map(pk, 4);
+    int rc = msgpack_pack_map(pk, 4 + more);
     mp_pack_cstr(pk, "state");
     mp_pack_cstr(pk, names[f->state]);
     mp_pack_cstr(pk, "to_shard");
@@ -289,6 +300,11 @@ static int pack_fence(msgpack_packer *pk, const struct fence_marker *f)
     return rc | msgpack_pack_uint64(pk, f->ver);
 }
 
+static int pack_fence(msgpack_packer *pk, const struct fence_marker *f)
+{
+    return pack_fence_more(pk, f, 0);
+}
+
 static int answer_oom(struct exec *x)
 {
     return err_set(x->err, STRATA_OUT_OF_MEMORY, "out of memory building the result");
@@ -296,43 +312,68 @@ static int answer_oom(struct exec *x)
 
 /* ---- Source: fence, seal, unfence, release --------------------------------------------- */
 
-/* move.fence {name, to_shard, move_id}: from now on writes to the branch fail with MOVED.
- * Answers the fence {state, to_shard, move_id, fence_version}. */
+/* move.fence {name, to_shard, move_id, seal?, since | from_pos?, max_bytes?}: from now on
+ * writes to the branch fail with MOVED (with `seal`, reads too). Answers the fence
+ * {state, to_shard, move_id, fence_version} and, when a delta position is given, under
+ * "export" the delta from there as move.export answers it, taken in the same command:
+ * the driver's final copy costs no round of its own, and nothing can be written between
+ * the fence and the export. A retry of the same move answers the fence that stands
+ * (sealing it if asked) with the delta from the position given. */
 static int move_fence(struct exec *x)
 {
     struct branch *b;
     uint64_t id;
     uint32_t to;
+    bool seal = false;
     int rc;
     if ((rc = arg_branch(x, "name", &b)) || (rc = arg_shard(x, "to_shard", &to)) ||
-        (rc = arg_move_id(x, &id)))
+        (rc = arg_move_id(x, &id)) || (rc = arg_bool_opt(x, "seal", &seal)))
         return rc;
     struct fence_marker f;
     bool had = move_fence_get(b, &f);
-    if (had && f.state != FENCE_UNFENCED) {
-        if (f.move_id != id)
-            return err_set(x->err, STRATA_CONFLICT, "branch '%s' is fenced by move %llu",
-                           b->name, (unsigned long long)f.move_id);
-        return pack_fence(x->pk, &f) ? answer_oom(x) : 0; /* a retry: the fence stands */
+    bool retry = had && f.state != FENCE_UNFENCED;
+    if (retry && f.move_id != id)
+        return err_set(x->err, STRATA_CONFLICT, "branch '%s' is fenced by move %llu", b->name,
+                       (unsigned long long)f.move_id);
+    if (!retry) {
+        if (had && f.move_id >= id)
+            return err_set(x->err, STRATA_CONFLICT,
+                           "move %llu of branch '%s' was aborted (unfenced by move %llu)",
+                           (unsigned long long)id, b->name, (unsigned long long)f.move_id);
+        if (strcmp(b->name, "default") == 0)
+            return err_set(x->err, STRATA_INVALID_ARGUMENT, "the default branch cannot move");
+        if (move_has_children(x->s, b))
+            return err_set(x->err, STRATA_INVALID_ARGUMENT,
+                           "branch '%s' has forks on this shard: a branch with forks cannot move",
+                           b->name);
+        f = (struct fence_marker){FENCE_FENCED, to, id, move_marker_ver(x->s)};
     }
-    if (had && f.move_id >= id)
-        return err_set(x->err, STRATA_CONFLICT,
-                       "move %llu of branch '%s' was aborted (unfenced by move %llu)",
-                       (unsigned long long)id, b->name, (unsigned long long)f.move_id);
-    if (strcmp(b->name, "default") == 0)
-        return err_set(x->err, STRATA_INVALID_ARGUMENT, "the default branch cannot move");
-    if (move_has_children(x->s, b))
-        return err_set(x->err, STRATA_INVALID_ARGUMENT,
-                       "branch '%s' has forks on this shard: a branch with forks cannot move",
-                       b->name);
-    f = (struct fence_marker){FENCE_FENCED, to, id, move_marker_ver(x->s)};
-    if (pack_fence(x->pk, &f))
-        return answer_oom(x);
-    struct buf val;
-    buf_init(&val);
-    rc = move_fence_encode(&f, &val) ? err_set(x->err, STRATA_OUT_OF_MEMORY, "out of memory")
-                                     : marker_put(x, b, MOVE_TAG_FENCE, &val);
-    buf_close(&val);
+    bool change = !retry || (seal && f.state == FENCE_FENCED);
+    if (seal)
+        f.state = FENCE_SEALED;
+    /* The export first, into a buffer of its own: it is the part that can fail. */
+    struct buf ex;
+    buf_init(&ex);
+    msgpack_packer epk;
+    msgpack_packer_init(&epk, &ex, buf_pack_write);
+    bool wanted = false;
+    if ((rc = move_export_fenced(x, b, id, &wanted, &epk)))
+        goto out;
+    if (pack_fence_more(x->pk, &f, wanted)) {
+        rc = answer_oom(x);
+        goto out;
+    }
+    if (wanted) {
+        mp_pack_cstr(x->pk, "export");
+        if (x->pk->callback(x->pk->data, (const char *)ex.data, ex.len)) {
+            rc = answer_oom(x);
+            goto out;
+        }
+    }
+    if (change)
+        rc = fence_put(x, b, &f);
+out:
+    buf_close(&ex);
     return rc;
 }
 
@@ -359,13 +400,8 @@ static int move_seal(struct exec *x)
     f.state = FENCE_SEALED;
     if (pack_fence(x->pk, &f))
         return answer_oom(x);
-    if (change) {
-        struct buf val;
-        buf_init(&val);
-        rc = move_fence_encode(&f, &val) ? err_set(x->err, STRATA_OUT_OF_MEMORY, "out of memory")
-                                         : marker_put(x, b, MOVE_TAG_FENCE, &val);
-        buf_close(&val);
-    }
+    if (change)
+        rc = fence_put(x, b, &f);
     return rc;
 }
 
@@ -394,12 +430,7 @@ static int move_unfence(struct exec *x)
     f = (struct fence_marker){FENCE_UNFENCED, had ? f.to_shard : 0, id, move_marker_ver(x->s)};
     if (msgpack_pack_true(x->pk))
         return answer_oom(x);
-    struct buf val;
-    buf_init(&val);
-    rc = move_fence_encode(&f, &val) ? err_set(x->err, STRATA_OUT_OF_MEMORY, "out of memory")
-                                     : marker_put(x, b, MOVE_TAG_FENCE, &val);
-    buf_close(&val);
-    return rc;
+    return fence_put(x, b, &f);
 }
 
 /* move.release {name, move_id}: after the cut-over the source deletes its sealed copy.

@@ -86,6 +86,12 @@ bool move_key_ok(const uint8_t *k, size_t klen);
 
 /* move_copy.c: the export and import commands. */
 int move_export(struct exec *x);
+/* For move.fence: when the command carries a delta position ('since' or 'from_pos',
+ * optional 'max_bytes'), pack the export answer {blob, last, at, records, fenced} of the
+ * versions after it into pk, the blob saying fenced by move_id (the fence is installed
+ * after this packs: nothing changes when it fails). *wanted: a position was given. */
+int move_export_fenced(struct exec *x, struct branch *b, uint64_t move_id, bool *wanted,
+                       msgpack_packer *pk);
 int move_import(struct exec *x);
 
 #endif

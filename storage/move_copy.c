@@ -228,52 +228,25 @@ static int arg_bin_opt(struct exec *x, const char *name, const uint8_t **p, size
     return 0;
 }
 
-/* move.export {name, mode: "copy", at?, after_key?, after_ver?, max_bytes?} or
- * {name, mode: "delta", since | from_pos, max_bytes?}: {blob, last, at, records, to}. */
-int move_export(struct exec *x)
+/* What one export reads: a copy chunk (after the position) or a delta chunk (from a log
+ * index or after a version), at most max bytes of records. */
+struct export_req {
+    bool copy;
+    uint64_t at, max;
+    const uint8_t *after_key; /* copy: NULL before the first key */
+    size_t after_klen;
+    uint64_t after_ver;
+    bool has_since;           /* delta: from the first version above `since`... */
+    uint64_t since, from_pos; /* ...or from change-log index from_pos */
+    uint64_t fence;           /* the move id the blob says fenced the branch; 0: the marker's */
+};
+
+/* Pack {blob, last, at, records, fenced} for one export of b into pk. */
+static int export_pack(struct exec *x, struct branch *b, const struct export_req *q,
+                       msgpack_packer *out)
 {
-    struct branch *b;
-    const char *mode;
-    size_t mlen;
-    uint64_t max = DEFAULT_CHUNK;
-    int rc;
-    if ((rc = arg_branch(x, "name", &b)) || (rc = arg_str(x, "mode", &mode, &mlen)) ||
-        (rc = arg_u64_opt(x, "max_bytes", &max, NULL)))
-        return rc;
-    bool copy = mlen == 4 && memcmp(mode, "copy", 4) == 0;
-    if (!copy && !(mlen == 5 && memcmp(mode, "delta", 5) == 0))
-        return err_set(x->err, STRATA_INVALID_ARGUMENT, "argument 'mode' must be 'copy' or 'delta'");
-    if (max < MOVE_CHUNK_MIN || max > MOVE_CHUNK_MAX)
-        return err_set(x->err, STRATA_INVALID_ARGUMENT, "argument 'max_bytes' must be %u..%u",
-                       MOVE_CHUNK_MIN, MOVE_CHUNK_MAX);
-    uint64_t at = x->s->version, after_ver = 0, since = 0, from_pos = 0;
-    const uint8_t *after_key = NULL;
-    size_t after_klen = 0;
-    bool has_since = false, has_from = false;
-    if (copy) {
-        if ((rc = arg_u64_opt(x, "at", &at, NULL)) ||
-            (rc = arg_bin_opt(x, "after_key", &after_key, &after_klen)) ||
-            (rc = arg_u64_opt(x, "after_ver", &after_ver, NULL)))
-            return rc;
-        if (at > x->s->version)
-            return err_set(x->err, STRATA_INVALID_ARGUMENT,
-                           "argument 'at' (%llu) is above the current version %llu",
-                           (unsigned long long)at, (unsigned long long)x->s->version);
-        if (after_key && (after_klen == 0 || after_klen > IKEY_MAX))
-            return err_set(x->err, STRATA_INVALID_ARGUMENT, "argument 'after_key' is not a key");
-    } else {
-        if ((rc = arg_u64_opt(x, "since", &since, &has_since)) ||
-            (rc = arg_u64_opt(x, "from_pos", &from_pos, &has_from)))
-            return rc;
-        if (has_since == has_from)
-            return err_set(x->err, STRATA_INVALID_ARGUMENT,
-                           "a delta export needs 'since' or 'from_pos' (one of them)");
-        if (has_from && from_pos > b->nlog)
-            return err_set(x->err, STRATA_INVALID_ARGUMENT,
-                           "argument 'from_pos' (%llu) is beyond the change log (%zu)",
-                           (unsigned long long)from_pos, b->nlog);
-    }
-    struct chunk c = {.max = max};
+    int rc = 0;
+    struct chunk c = {.max = q->max};
     buf_init(&c.rec);
     msgpack_packer_init(&c.pk, &c, chunk_pack_write);
     struct buf to_key, blob;
@@ -282,10 +255,11 @@ int move_export(struct exec *x)
     uint64_t to_ver = 0;
     size_t from = 0, to = 0;
     bool last = false;
-    if (copy) {
-        rc = export_copy(x, b, at, after_key, after_klen, after_ver, &c, &last, &to_key, &to_ver);
+    if (q->copy) {
+        rc = export_copy(x, b, q->at, q->after_key, q->after_klen, q->after_ver, &c, &last,
+                         &to_key, &to_ver);
     } else {
-        from = has_from ? (size_t)from_pos : log_after(b, since);
+        from = q->has_since ? log_after(b, q->since) : (size_t)q->from_pos;
         export_delta(b, from, &c, &to);
         last = to == b->nlog;
         if (c.oom)
@@ -294,7 +268,8 @@ int move_export(struct exec *x)
     if (rc)
         goto out;
     struct fence_marker f;
-    bool fenced = move_fence_get(b, &f) && f.state != FENCE_UNFENCED;
+    bool fenced = q->fence || (move_fence_get(b, &f) && f.state != FENCE_UNFENCED);
+    uint64_t fence_id = q->fence ? q->fence : fenced ? f.move_id : 0;
     msgpack_packer pk;
     msgpack_packer_init(&pk, &blob, buf_pack_write);
     if (buf_append(&blob, MOVE_MAGIC, 8) || buf_append_be32(&blob, MOVE_FORMAT))
@@ -306,29 +281,29 @@ int move_export(struct exec *x)
     mp_pack_cstr(&pk, "branch_id");
     msgpack_pack_uint64(&pk, b->id);
     mp_pack_cstr(&pk, "mode");
-    mp_pack_cstr(&pk, copy ? "copy" : "delta");
+    mp_pack_cstr(&pk, q->copy ? "copy" : "delta");
     mp_pack_cstr(&pk, "at");
-    msgpack_pack_uint64(&pk, at);
+    msgpack_pack_uint64(&pk, q->at);
     mp_pack_cstr(&pk, "from");
-    if (copy)
-        pack_pos(&pk, after_key != NULL, after_key, after_klen, after_ver);
+    if (q->copy)
+        pack_pos(&pk, q->after_key != NULL, q->after_key, q->after_klen, q->after_ver);
     else
         msgpack_pack_uint64(&pk, from);
     mp_pack_cstr(&pk, "to");
-    if (copy) /* an empty chunk ends where it started */
-        pack_pos(&pk, c.n > 0 || after_key, c.n > 0 ? to_key.data : after_key,
-                 c.n > 0 ? to_key.len : after_klen, c.n > 0 ? to_ver : after_ver);
+    if (q->copy) /* an empty chunk ends where it started */
+        pack_pos(&pk, c.n > 0 || q->after_key, c.n > 0 ? to_key.data : q->after_key,
+                 c.n > 0 ? to_key.len : q->after_klen, c.n > 0 ? to_ver : q->after_ver);
     else
         msgpack_pack_uint64(&pk, to);
     mp_pack_cstr(&pk, "since");
-    if (!copy && has_since)
-        msgpack_pack_uint64(&pk, since);
+    if (!q->copy && q->has_since)
+        msgpack_pack_uint64(&pk, q->since);
     else
         msgpack_pack_nil(&pk);
     mp_pack_cstr(&pk, "last");
     msgpack_pack_bool(&pk, last);
     mp_pack_cstr(&pk, "fence");
-    msgpack_pack_uint64(&pk, fenced ? f.move_id : 0);
+    msgpack_pack_uint64(&pk, fence_id);
     mp_pack_cstr(&pk, "floor");
     msgpack_pack_uint64(&pk, b->parent ? b->fork_ver : 0);
     mp_pack_cstr(&pk, "created_ver");
@@ -349,17 +324,17 @@ int move_export(struct exec *x)
         goto out;
     }
     blob.len += MOVE_DIGEST;
-    msgpack_pack_map(x->pk, 5);
-    mp_pack_cstr(x->pk, "blob");
-    pack_bin(x->pk, blob.data, blob.len);
-    mp_pack_cstr(x->pk, "last");
-    msgpack_pack_bool(x->pk, last);
-    mp_pack_cstr(x->pk, "at");
-    msgpack_pack_uint64(x->pk, at);
-    mp_pack_cstr(x->pk, "records");
-    msgpack_pack_uint32(x->pk, c.n);
-    mp_pack_cstr(x->pk, "fenced");
-    msgpack_pack_bool(x->pk, fenced);
+    msgpack_pack_map(out, 5);
+    mp_pack_cstr(out, "blob");
+    pack_bin(out, blob.data, blob.len);
+    mp_pack_cstr(out, "last");
+    msgpack_pack_bool(out, last);
+    mp_pack_cstr(out, "at");
+    msgpack_pack_uint64(out, q->at);
+    mp_pack_cstr(out, "records");
+    msgpack_pack_uint32(out, c.n);
+    mp_pack_cstr(out, "fenced");
+    msgpack_pack_bool(out, fenced);
     goto out;
 oom:
     rc = err_set(x->err, STRATA_OUT_OF_MEMORY, "out of memory exporting");
@@ -368,6 +343,83 @@ out:
     buf_close(&to_key);
     buf_close(&blob);
     return rc;
+}
+
+static int arg_max_bytes(struct exec *x, uint64_t *max)
+{
+    *max = DEFAULT_CHUNK;
+    int rc = arg_u64_opt(x, "max_bytes", max, NULL);
+    if (rc == 0 && (*max < MOVE_CHUNK_MIN || *max > MOVE_CHUNK_MAX))
+        rc = err_set(x->err, STRATA_INVALID_ARGUMENT, "argument 'max_bytes' must be %u..%u",
+                     MOVE_CHUNK_MIN, MOVE_CHUNK_MAX);
+    return rc;
+}
+
+/* The delta position arguments: exactly one of 'since' and 'from_pos' (`need`), or
+ * neither (*has false) when not needed. */
+static int arg_delta(struct exec *x, struct branch *b, bool need, struct export_req *q,
+                     bool *has)
+{
+    bool has_from = false;
+    int rc;
+    if ((rc = arg_u64_opt(x, "since", &q->since, &q->has_since)) ||
+        (rc = arg_u64_opt(x, "from_pos", &q->from_pos, &has_from)))
+        return rc;
+    *has = q->has_since || has_from;
+    if (q->has_since == has_from && (need || *has))
+        return err_set(x->err, STRATA_INVALID_ARGUMENT,
+                       "a delta export needs 'since' or 'from_pos' (one of them)");
+    if (has_from && q->from_pos > b->nlog)
+        return err_set(x->err, STRATA_INVALID_ARGUMENT,
+                       "argument 'from_pos' (%llu) is beyond the change log (%zu)",
+                       (unsigned long long)q->from_pos, b->nlog);
+    return 0;
+}
+
+int move_export_fenced(struct exec *x, struct branch *b, uint64_t move_id, bool *wanted,
+                       msgpack_packer *pk)
+{
+    struct export_req q = {.at = x->s->version, .fence = move_id};
+    int rc = arg_delta(x, b, false, &q, wanted);
+    if (rc == 0 && *wanted)
+        rc = arg_max_bytes(x, &q.max);
+    if (rc == 0 && *wanted)
+        rc = export_pack(x, b, &q, pk);
+    return rc;
+}
+
+/* move.export {name, mode: "copy", at?, after_key?, after_ver?, max_bytes?} or
+ * {name, mode: "delta", since | from_pos, max_bytes?}: {blob, last, at, records, fenced}. */
+int move_export(struct exec *x)
+{
+    struct branch *b;
+    const char *mode;
+    size_t mlen;
+    struct export_req q = {.at = x->s->version};
+    int rc;
+    if ((rc = arg_branch(x, "name", &b)) || (rc = arg_str(x, "mode", &mode, &mlen)) ||
+        (rc = arg_max_bytes(x, &q.max)))
+        return rc;
+    q.copy = mlen == 4 && memcmp(mode, "copy", 4) == 0;
+    if (!q.copy && !(mlen == 5 && memcmp(mode, "delta", 5) == 0))
+        return err_set(x->err, STRATA_INVALID_ARGUMENT, "argument 'mode' must be 'copy' or 'delta'");
+    if (q.copy) {
+        if ((rc = arg_u64_opt(x, "at", &q.at, NULL)) ||
+            (rc = arg_bin_opt(x, "after_key", &q.after_key, &q.after_klen)) ||
+            (rc = arg_u64_opt(x, "after_ver", &q.after_ver, NULL)))
+            return rc;
+        if (q.at > x->s->version)
+            return err_set(x->err, STRATA_INVALID_ARGUMENT,
+                           "argument 'at' (%llu) is above the current version %llu",
+                           (unsigned long long)q.at, (unsigned long long)x->s->version);
+        if (q.after_key && (q.after_klen == 0 || q.after_klen > IKEY_MAX))
+            return err_set(x->err, STRATA_INVALID_ARGUMENT, "argument 'after_key' is not a key");
+    } else {
+        bool has;
+        if ((rc = arg_delta(x, b, true, &q, &has)))
+            return rc;
+    }
+    return export_pack(x, b, &q, x->pk);
 }
 
 /* ---- Import ------------------------------------------------------------------------- */

@@ -590,6 +590,15 @@ static void move_under_load(struct h_cluster *c, struct strata *db, const char *
         if (w[i].first_problem[0] && !problem[0])
             problem = w[i].first_problem;
     }
+    /* A move holds a writer for its cut-over, never for a step's or a call's timeout
+     * (the driver's 15 s, a client's 20 s): a write that long means a lost answer. */
+    uint64_t slowest = 0;
+    for (int i = 0; i < WRITERS; i++)
+        for (size_t k = 0; k < w[i].nops; k++)
+            if (w[i].ops[k].t1_us - w[i].ops[k].t0_us > slowest)
+                slowest = w[i].ops[k].t1_us - w[i].ops[k].t0_us;
+    CHECK(slowest < 10000000u, "no write took 10 s or more: the slowest took %.1f ms",
+          slowest / 1000.0);
     CHECK(ops > 100 && failed == 0 && read_errors == 0 && went_back == 0,
           "%d clients: %zu writes, none failed (%zu), reads: none failed (%zu) or went back "
           "(%zu) %s",
@@ -835,6 +844,8 @@ void test_move_bench(void)
     preload(db, "bench", 2000, "pre");
     const char *env = getenv("STRATA_MOVE_ROUNDS");
     int rounds = env ? atoi(env) : 20;
+    if (getenv("STRATA_MOVE_TRACE"))
+        log_set_level(LOG_DEBUG); /* the client library's "after the first MOVED" lines */
     if (rounds < 1 || rounds > 1000)
         rounds = 20;
     move_under_load(&c, db, "bench", rounds, 0, "pre", 2000);

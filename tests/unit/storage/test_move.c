@@ -568,6 +568,84 @@ static void test_move_fence_seal_release(void **state)
     storage_free(s);
 }
 
+/* move.fence with `seal` and a delta position: one command fences, seals and answers the
+ * final delta, whose import completes the copy; a retry answers the same; bad positions
+ * are refused and leave the branch unfenced. */
+static void test_move_fence_seal_and_export_in_one(void **state)
+{
+    (void)state;
+    struct storage *src = engine(), *dst = engine();
+    OK(src, "{\"op\":\"branch.create\",\"name\":\"b\"}");
+    fill(src, "b", 10, 0);
+    copy_all(src, dst, "b", 9, 4096, false, NULL);
+    catch_up(src, dst, "b", 9, 4096);
+    fill(src, "b", 3, 300); /* written after the last catch-up round */
+    struct position p;
+    assert_true(target_position(dst, "b", &p) && p.complete && p.has_log && !p.done);
+    /* Bad positions: refused, nothing fenced. */
+    uint64_t v = storage_version(src);
+    FAILS(src, STRATA_INVALID_ARGUMENT,
+          "{\"op\":\"move.fence\",\"name\":\"b\",\"to_shard\":3,\"move_id\":9,\"seal\":true,"
+          "\"from_pos\":%llu,\"since\":1}", (unsigned long long)p.log_pos);
+    FAILS(src, STRATA_INVALID_ARGUMENT,
+          "{\"op\":\"move.fence\",\"name\":\"b\",\"to_shard\":3,\"move_id\":9,\"seal\":true,"
+          "\"from_pos\":999999}");
+    FAILS(src, STRATA_INVALID_ARGUMENT,
+          "{\"op\":\"move.fence\",\"name\":\"b\",\"to_shard\":3,\"move_id\":9,\"seal\":true,"
+          "\"from_pos\":%llu,\"max_bytes\":10}", (unsigned long long)p.log_pos);
+    FAILS(src, STRATA_INVALID_ARGUMENT,
+          "{\"op\":\"move.fence\",\"name\":\"b\",\"to_shard\":3,\"move_id\":9,\"seal\":1}");
+    assert_int_equal(storage_version(src), v);
+    OK(src, "{\"op\":\"kv.put\",\"branch\":\"b\",\"key\":\"k0\",\"value\":\"still open\"}");
+    /* The fence, sealed, with the delta since the target's log position. */
+    struct res r;
+    assert_int_equal(run(src, &r, NULL,
+                         "{\"op\":\"move.fence\",\"name\":\"b\",\"to_shard\":3,\"move_id\":9,"
+                         "\"seal\":true,\"from_pos\":%llu}",
+                         (unsigned long long)p.log_pos),
+                     0);
+    const msgpack_object *st = get(r.o, "state"), *ex = get(r.o, "export");
+    assert_true(st && st->type == MSGPACK_OBJECT_STR && st->via.str.size == 6 &&
+                memcmp(st->via.str.ptr, "sealed", 6) == 0);
+    assert_int_equal(get_u64(r.o, "fence_version"), storage_version(src));
+    assert_non_null(ex);
+    assert_true(get_bool(ex, "last") && get_bool(ex, "fenced"));
+    assert_true(get_u64(ex, "records") >= 4); /* fill's 3 rounds and the put */
+    const msgpack_object *blob = get(ex, "blob");
+    assert_true(blob && blob->type == MSGPACK_OBJECT_BIN);
+    struct buf b1;
+    buf_init(&b1);
+    buf_append(&b1, blob->via.bin.ptr, blob->via.bin.size);
+    res_free(&r);
+    /* Writes and reads refused at once. */
+    FAILS(src, STRATA_MOVED, "{\"op\":\"kv.put\",\"branch\":\"b\",\"key\":\"z\",\"value\":1}");
+    FAILS(src, STRATA_MOVED, "{\"op\":\"kv.get\",\"branch\":\"b\",\"key\":\"k0\"}");
+    /* A retry answers the same delta and changes nothing. */
+    v = storage_version(src);
+    assert_int_equal(run(src, &r, NULL,
+                         "{\"op\":\"move.fence\",\"name\":\"b\",\"to_shard\":3,\"move_id\":9,"
+                         "\"seal\":true,\"from_pos\":%llu}",
+                         (unsigned long long)p.log_pos),
+                     0);
+    blob = get(get(r.o, "export"), "blob");
+    assert_true(blob && blob->via.bin.size == b1.len &&
+                memcmp(blob->via.bin.ptr, b1.data, b1.len) == 0);
+    res_free(&r);
+    assert_int_equal(storage_version(src), v);
+    /* Its import completes the copy: the target serves the branch, exactly as it was. */
+    assert_int_equal(import_blob(dst, "b", 7, 9, b1.data, b1.len, NULL, NULL), 0);
+    assert_true(target_position(dst, "b", &p) && p.done);
+    same_chains(src, dst, "b");
+    assert_non_null(strstr(OK(dst, "{\"op\":\"kv.get\",\"branch\":\"b\",\"key\":\"k0\"}"),
+                           "still open"));
+    /* A plain fence of an older driver on a sealed branch does not unseal it. */
+    OK(src, "{\"op\":\"move.fence\",\"name\":\"b\",\"to_shard\":3,\"move_id\":9}");
+    FAILS(src, STRATA_MOVED, "{\"op\":\"kv.get\",\"branch\":\"b\",\"key\":\"k0\"}");
+    buf_close(&b1);
+    storage_free(src);
+    storage_free(dst);
+}
+
 static void test_move_fence_refuses_forks_default_and_aborted_moves(void **state)
 {
     (void)state;
@@ -1026,6 +1104,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_move_copy_delta_fence_roundtrip),
         cmocka_unit_test(test_move_fence_seal_release),
+        cmocka_unit_test(test_move_fence_seal_and_export_in_one),
         cmocka_unit_test(test_move_fence_refuses_forks_default_and_aborted_moves),
         cmocka_unit_test(test_move_fork_materialized),
         cmocka_unit_test(test_move_retention_gaps_follow_the_source),
