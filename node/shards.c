@@ -400,6 +400,16 @@ static void fresh_done(struct node *n, uint64_t seq, bool ok)
         if (w->fresh_seq > n->pl_fresh_ok)
             n->pl_fresh_wanted = true;
     waiters_check(n);
+    /* A waiter that asked for a read started after this one (it came while this one was
+     * in flight) gets its read now, not at the next tick: a command stamped with a newer
+     * epoch waits on it (the tail of a branch move's pause was this tick, docs). */
+    for (struct pl_waiter *w = n->pl_waiters; w; w = w->next)
+        if (w->fresh_seq > n->pl_fresh_ok) {
+            n->pl_fresh_wanted = true;
+            if (n->shard_timer_on && !n->pl_reading)
+                uv_timer_start(&n->shard_timer, tick, 0, TICK_MS);
+            break;
+        }
 }
 
 static void local_fresh_done(void *arg, int code, const uint8_t *result, size_t len,
