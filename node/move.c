@@ -13,18 +13,19 @@
 #include <string.h>
 
 #define TICK_MS 100
-#define RELOAD_MS 2000        /* re-read the record this often while leading */
+#define RELOAD_MS 2000 /* re-read the record this often while leading */
 #define BACKOFF_MIN_MS 20
 #define BACKOFF_MAX_MS 1000
-#define GRACE_MS 1000         /* sealed source kept after the cut-over (stale routers) */
-#define SMALL_ROUND 256       /* a delta round this small: fence now */
-#define MAX_ROUNDS 16         /* catch-up rounds before fencing anyway */
-#define MAX_CONFLICTS 8       /* consecutive refused imports before aborting */
-#define OP_TIMEOUT_MS 15000   /* a step with no answer is abandoned and retried */
-#define FENCED_TIMEOUT_MS 2000 /* ... sooner while the branch is fenced: its writers wait
-                                * (the routers hold their commands 3 s at most) */
+#define GRACE_MS 1000       /* sealed source kept after the cut-over (stale routers) */
+#define SMALL_ROUND 256     /* a delta round this small: fence now */
+#define MAX_ROUNDS 16       /* catch-up rounds before fencing anyway */
+#define MAX_CONFLICTS 8     /* consecutive refused imports before aborting */
+#define OP_TIMEOUT_MS 15000 /* a step with no answer is abandoned and retried */
+#define FENCED_TIMEOUT_MS                                                                          \
+    2000 /* ... sooner while the branch is fenced: its writers wait                                \
+          * (the routers hold their commands 3 s at most) */
 #define CELL_ATTEMPTS 8
-#define KEY_MAX 2200          /* an internal key (storage: IKEY_MAX) */
+#define KEY_MAX 2200 /* an internal key (storage: IKEY_MAX) */
 
 static const char moves_cell[] = "moves";
 
@@ -48,12 +49,12 @@ struct mover {
     struct node *n;
     uv_timer_t timer;
     bool on, closing, timer_closed;
-    uint64_t term;         /* meta term this node leads in (0: not leading) */
+    uint64_t term; /* meta term this node leads in (0: not leading) */
     bool loaded, loading;
     uint64_t loaded_ms;
     struct cell_op *q, *qtail;
     bool cell_busy;
-    struct migration *m;   /* scratch record for cell rounds */
+    struct migration *m; /* scratch record for cell rounds */
     struct drive *drives;
 };
 
@@ -80,12 +81,12 @@ struct drive {
     uint64_t fence_sent_ms, imported_ms, cas_sent_ms;
     int rounds, conflicts;
     unsigned backoff;
-    bool main;             /* a step is in flight */
-    bool remote;           /* ... and it is a shard step (it can be abandoned) */
-    uint64_t seq;          /* step number: an abandoned step's answer is ignored */
+    bool main;    /* a step is in flight */
+    bool remote;  /* ... and it is a shard step (it can be abandoned) */
+    uint64_t seq; /* step number: an abandoned step's answer is ignored */
     uint64_t step_ms;
     const char *op, *step_op, *seal_op; /* the command built last, the steps in flight */
-    unsigned refs;         /* callbacks that still hold the drive */
+    unsigned refs;                      /* callbacks that still hold the drive */
     bool stopped, abort_requested, graced, in_grace;
     uv_timer_t timer;
     bool waiting;
@@ -128,7 +129,6 @@ static bool obj_str_is(const msgpack_object *o, const char *s)
 
 /* ---- Shard steps: cluster.move_exec {group, cmd} ---------------------------------------- */
 
-
 /* On the group's leader: run the engine command inside. Only move.* commands pass. */
 static void exec_local(struct node *n, const uint8_t *cmd, size_t len, const struct auth_key *key,
                        fwd_done_cb cb, void *arg)
@@ -144,8 +144,8 @@ static void exec_local(struct node *n, const uint8_t *cmd, size_t len, const str
         inner = node_map_get(&o, "cmd");
     }
     uint64_t gid = 0;
-    struct node_group *grp = obj_u64(g, &gid) && gid <= PL_MAX_SHARDS ? node_group(n, (uint32_t)gid)
-                                                                       : NULL;
+    struct node_group *grp =
+        obj_u64(g, &gid) && gid <= PL_MAX_SHARDS ? node_group(n, (uint32_t)gid) : NULL;
     if (grp == NULL || grp->group == NULL || inner == NULL || inner->type != MSGPACK_OBJECT_BIN) {
         msgpack_zone_destroy(&z);
         cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0,
@@ -548,8 +548,8 @@ static struct drive *drive_new(struct mover *mv, const struct mig_move *m)
     d->refs = 1; /* the drive list's hold, dropped by drive_stop */
     d->next = mv->drives;
     mv->drives = d;
-    log_info("move %llu of '%s' (shard %u -> %u): driving from phase %s",
-             (unsigned long long)d->id, d->name, d->from, d->to, migration_phase_name(d->phase));
+    log_info("move %llu of '%s' (shard %u -> %u): driving from phase %s", (unsigned long long)d->id,
+             d->name, d->from, d->to, migration_phase_name(d->phase));
     return d;
 }
 
@@ -665,8 +665,8 @@ static void status_done(struct drive *d, int code, const msgpack_object *res, co
     }
     const msgpack_object *im = node_map_get(res, "import");
     uint64_t id = 0;
-    if (im && im->type == MSGPACK_OBJECT_MAP && (!obj_u64(node_map_get(im, "move_id"), &id) ||
-                                                 id != d->id))
+    if (im && im->type == MSGPACK_OBJECT_MAP &&
+        (!obj_u64(node_map_get(im, "move_id"), &id) || id != d->id))
         im = NULL; /* another move's leftover: our first chunk replaces it */
     take_marker(d, im);
     drive_next(d);
@@ -1207,6 +1207,7 @@ struct start_req {
     char name[PL_MAX_BRANCH_NAME + 1];
     uint32_t from, to, chunk;
     uint64_t id;
+    bool standalone; /* refuse a fork too (the rebalancer's moves) */
     fwd_done_cb cb;
     void *arg;
 };
@@ -1251,8 +1252,8 @@ static void started(void *arg, int code, const char *msg, const struct migration
     struct mover *mv = r->n->mover;
     const struct mig_move *move = code ? NULL : migration_find(m, r->name, strlen(r->name));
     if (code || move == NULL) {
-        r->cb(r->arg, code ? code : STRATA_INTERNAL, NULL, 0, msg ? msg : "the move was not recorded",
-              NULL);
+        r->cb(r->arg, code ? code : STRATA_INTERNAL, NULL, 0,
+              msg ? msg : "the move was not recorded", NULL);
     } else {
         log_info("move %llu of '%s': shard %u -> %u recorded", (unsigned long long)move->id,
                  move->name, move->from, move->to);
@@ -1278,7 +1279,8 @@ static void source_checked(void *arg, int code, const uint8_t *result, size_t le
     msgpack_object o;
     size_t off = 0;
     char m[320] = "";
-    if (code == 0 && msgpack_unpack((const char *)result, len, &off, &z, &o) != MSGPACK_UNPACK_SUCCESS)
+    if (code == 0 &&
+        msgpack_unpack((const char *)result, len, &off, &z, &o) != MSGPACK_UNPACK_SUCCESS)
         code = STRATA_INTERNAL, message = "undecodable answer from the source shard";
     uint64_t forks = 0;
     const msgpack_object *fence = code ? NULL : node_map_get(&o, "fence");
@@ -1293,6 +1295,15 @@ static void source_checked(void *arg, int code, const uint8_t *result, size_t le
                  "branch '%s' has %llu fork%s on shard %u: a branch with forks cannot move "
                  "(move or delete the forks first)",
                  r->name, (unsigned long long)forks, forks == 1 ? "" : "s", r->from);
+    } else if (r->standalone && !(node_map_get(&o, "parent") &&
+                                  node_map_get(&o, "parent")->type == MSGPACK_OBJECT_NIL)) {
+        /* Checked here, just before the move is recorded, and not only by the asker:
+         * a branch deleted and re-made as a fork since the asker looked is refused. */
+        code = STRATA_INVALID_ARGUMENT;
+        snprintf(m, sizeof m,
+                 "branch '%s' on shard %u is a fork (or its parent is not known): "
+                 "only standalone branches move automatically",
+                 r->name, r->from);
     } else if (fence && fence->type == MSGPACK_OBJECT_MAP &&
                !obj_str_is(node_map_get(fence, "state"), "unfenced")) {
         code = STRATA_CONFLICT;
@@ -1335,28 +1346,35 @@ static void move_branch_local(struct node *n, const uint8_t *cmd, size_t len,
     msgpack_zone_init(&z, 512);
     msgpack_object o;
     size_t off = 0;
-    const msgpack_object *br = NULL, *to = NULL, *ch = NULL;
+    const msgpack_object *br = NULL, *to = NULL, *ch = NULL, *sa = NULL;
     if (msgpack_unpack((const char *)cmd, len, &off, &z, &o) == MSGPACK_UNPACK_SUCCESS) {
         br = node_map_get(&o, "branch");
         to = node_map_get(&o, "to_shard");
         ch = node_map_get(&o, "chunk_bytes");
+        sa = node_map_get(&o, "standalone");
     }
     uint64_t shard = 0, chunk = 0;
     bool ok = br && br->type == MSGPACK_OBJECT_STR && br->via.str.size > 0 &&
-              br->via.str.size <= PL_MAX_BRANCH_NAME && !memchr(br->via.str.ptr, 0, br->via.str.size) &&
-              obj_u64(to, &shard) && shard > 0 && shard <= PL_MAX_SHARDS &&
-              (ch == NULL || (obj_u64(ch, &chunk) && chunk <= UINT32_MAX));
+              br->via.str.size <= PL_MAX_BRANCH_NAME &&
+              !memchr(br->via.str.ptr, 0, br->via.str.size) && obj_u64(to, &shard) && shard > 0 &&
+              shard <= PL_MAX_SHARDS &&
+              (ch == NULL || (obj_u64(ch, &chunk) && chunk <= UINT32_MAX)) &&
+              (sa == NULL || sa->type == MSGPACK_OBJECT_BOOLEAN);
     struct start_req *r = ok ? sm_calloc(1, sizeof *r) : NULL;
     if (!ok || r == NULL) {
         msgpack_zone_destroy(&z);
         cb(arg, ok ? STRATA_OUT_OF_MEMORY : STRATA_INVALID_ARGUMENT, NULL, 0,
            ok ? "out of memory"
-              : "cluster.move_branch needs 'branch' (a name), 'to_shard' (a shard id) and an "
-                "optional 'chunk_bytes'",
+              : "cluster.move_branch needs 'branch' (a name), 'to_shard' (a shard id), an "
+                "optional 'chunk_bytes' and an optional 'standalone' (boolean)",
            NULL);
         return;
     }
-    *r = (struct start_req){.n = n, .to = (uint32_t)shard, .chunk = (uint32_t)chunk, .cb = cb,
+    *r = (struct start_req){.n = n,
+                            .to = (uint32_t)shard,
+                            .chunk = (uint32_t)chunk,
+                            .standalone = sa && sa->via.boolean,
+                            .cb = cb,
                             .arg = arg};
     memcpy(r->name, br->via.str.ptr, br->via.str.size);
     msgpack_zone_destroy(&z);
@@ -1455,8 +1473,8 @@ static void listed(void *arg, int code, const char *msg, const struct migration 
     sm_free(r);
 }
 
-static void listed_raw(void *arg, int code, const uint8_t *result, size_t len,
-                       const char *message, const char *leader)
+static void listed_raw(void *arg, int code, const uint8_t *result, size_t len, const char *message,
+                       const char *leader)
 {
     (void)leader;
     struct list_req *r = arg;
@@ -1539,16 +1557,16 @@ static void abort_local(struct node *n, const uint8_t *cmd, size_t len, const st
     } else {
         d->abort_requested = true;
         drive_next(d);
-        struct mig_move m = {.from = d->from, .to = d->to, .id = d->id, .phase = d->phase,
-                             .chunk = d->chunk};
+        struct mig_move m = {
+            .from = d->from, .to = d->to, .id = d->id, .phase = d->phase, .chunk = d->chunk};
         snprintf(m.name, sizeof m.name, "%s", d->name);
         reply_move(cb, arg, &m);
     }
 }
 
-int node_move_admin(struct node *n, const char *op, const msgpack_object *cmd,
-                    const uint8_t *bytes, size_t len, uint32_t flags, const struct auth_key *key,
-                    fwd_done_cb cb, void *arg)
+int node_move_admin(struct node *n, const char *op, const msgpack_object *cmd, const uint8_t *bytes,
+                    size_t len, uint32_t flags, const struct auth_key *key, fwd_done_cb cb,
+                    void *arg)
 {
     if (strcmp(op, "cluster.move_branch") == 0) {
         route_local(n, move_branch_local, 0, bytes, len, flags, key, cb, arg);
@@ -1571,13 +1589,13 @@ int node_move_admin(struct node *n, const char *op, const msgpack_object *cmd,
 }
 
 void move_branch_start(struct node *n, const char *branch, uint32_t to_shard, uint32_t chunk,
-                       fwd_done_cb cb, void *arg)
+                       bool standalone, fwd_done_cb cb, void *arg)
 {
     struct buf b;
     buf_init(&b);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &b, node_buf_w);
-    msgpack_pack_map(&pk, chunk ? 4 : 3);
+    msgpack_pack_map(&pk, 3 + (chunk != 0) + standalone);
     node_pack_str(&pk, "op");
     node_pack_str(&pk, "cluster.move_branch");
     node_pack_str(&pk, "branch");
@@ -1587,6 +1605,10 @@ void move_branch_start(struct node *n, const char *branch, uint32_t to_shard, ui
     if (chunk) {
         node_pack_str(&pk, "chunk_bytes");
         msgpack_pack_uint32(&pk, chunk);
+    }
+    if (standalone) {
+        node_pack_str(&pk, "standalone");
+        msgpack_pack_true(&pk);
     }
     route_local(n, move_branch_local, 0, b.data, b.len, 0, node_self_key(n), cb, arg);
     buf_close(&b);

@@ -333,9 +333,10 @@ int node_move_admin(struct node *n, const char *op, const msgpack_object *cmd,
  * does (on the meta leader, forwarded there if needed). cb gets the move's record
  * {id, branch, from, to, phase, chunk_bytes} once it is recorded, or the refusal
  * (BRANCH_NOT_FOUND, INVALID_ARGUMENT: default / same shard / forks, ALREADY_EXISTS:
- * moving already, UNAVAILABLE). The rebalancer's entry point. */
+ * moving already, UNAVAILABLE); `standalone` also refuses a fork (INVALID_ARGUMENT). The
+ * rebalancer's entry point. */
 void move_branch_start(struct node *n, const char *branch, uint32_t to_shard, uint32_t chunk,
-                       fwd_done_cb cb, void *arg);
+                       bool standalone, fwd_done_cb cb, void *arg);
 
 /* ---- The node (server.c) ---------------------------------------------------------- */
 struct node {

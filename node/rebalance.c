@@ -660,7 +660,7 @@ static void branch_tick(struct node *n, uint64_t now)
     /* Counted as in flight at once: nothing else starts before the record shows it. */
     a->record_ms = now;
     begin(n);
-    move_branch_start(n, r->name, st.to, 0, branch_move_started, r);
+    move_branch_start(n, r->name, st.to, 0, true, branch_move_started, r);
 }
 
 /* ---- Waiting for a removal ------------------------------------------------------------- */

@@ -405,6 +405,28 @@ void test_auto_move(void)
     for (int i = 1; i < NFAMILY; i++)
         together = together && shard_of(&t0, family[i]) == fam_shard;
     REQUIRE(together, "the fork family is on one shard (%u)", fam_shard);
+    /* The rebalancer's kind of move (standalone) refuses a fork and a fork of a fork,
+     * whoever asks; a bad 'standalone' is refused too. */
+    uint32_t other = fam_shard == 1 ? 2 : 1;
+    struct err fe;
+    int frc = h_exec(db, 0, NULL, &fe,
+                     "{\"op\":\"cluster.move_branch\",\"branch\":\"%s\",\"to_shard\":%u,"
+                     "\"standalone\":true}",
+                     family[2], other);
+    CHECK(frc == STRATA_INVALID_ARGUMENT && strstr(fe.msg, "is a fork"),
+          "a standalone move of the fork %s is refused: %s: %s", family[2], err_name(frc), fe.msg);
+    frc = h_exec(db, 0, NULL, &fe,
+                 "{\"op\":\"cluster.move_branch\",\"branch\":\"%s\",\"to_shard\":%u,"
+                 "\"standalone\":true}",
+                 family[3], other);
+    CHECK(frc == STRATA_INVALID_ARGUMENT && strstr(fe.msg, "is a fork"),
+          "and of the fork of a fork %s: %s: %s", family[3], err_name(frc), fe.msg);
+    frc = h_exec(db, 0, NULL, &fe,
+                 "{\"op\":\"cluster.move_branch\",\"branch\":\"sa-00\",\"to_shard\":%u,"
+                 "\"standalone\":1}",
+                 other);
+    CHECK(frc == STRATA_INVALID_ARGUMENT && strstr(fe.msg, "'standalone' (boolean)"),
+          "a non-boolean 'standalone' is refused: %s: %s", err_name(frc), fe.msg);
     size_t total0;
     CHECK(t0.counts[1] + t0.counts[2] + t0.counts[3] == NSTANDALONE + NFAMILY + 1 &&
               table_spread(&t0, &total0) <= NFAMILY + 1,
