@@ -1,9 +1,8 @@
 /* libFuzzer target for the command path: the input is one command as it would arrive in a
  * REQUEST frame or a Raft log entry. It goes through storage_cmd_kind and storage_exec on
  * an engine pre-populated with every primitive (KV keys, a fork, an event, a JSON doc, a
- * state cell, a vector collection), so the fuzzer reaches handlers past "not found". The
- * engine is reused across inputs (writes accumulate, like a real server) and rebuilt
- * every REBUILD_EVERY inputs to keep memory bounded.
+ * state cell, a vector collection), so the fuzzer reaches handlers past "not found". Every
+ * input runs on a fresh copy of that engine, so a saved input reproduces on its own.
  *
  * Checked on every input: a failure has a code and message and appends nothing and leaves
  * the version alone; a success appends a result; a command classified READ never bumps
@@ -12,6 +11,7 @@
  * Built with -DFUZZ_GEN (by gcc, as fuzz_gen_command) the same file writes the seed
  * corpus tests/fuzz/corpus/command/: real commands encoded by storage_json_to_value.
  * Usage: fuzz_gen_command DIR */
+#include "fuzz_input.h"
 #include "storage.h"
 
 #include <stdio.h>
@@ -35,8 +35,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
             abort();                                                                               \
         }                                                                                          \
     } while (0)
-
-#define REBUILD_EVERY 2000
 
 /* The engine every input runs against: one of each thing a command can name. */
 static const char *const setup[] = {
@@ -67,42 +65,46 @@ static void encode(const char *json, struct buf *out)
     }
 }
 
-static struct storage *engine;
-static unsigned runs;
-static int64_t ts;
+/* The setup commands, encoded once (jansson and the JSON-to-MessagePack conversion are
+ * not what is under test, and cost more than running them). */
+static struct buf setup_cmds[sizeof setup / sizeof setup[0]];
 
-static void build(void)
+/* A fresh engine holding the setup state. Each input gets its own: nothing an earlier
+ * input did (a write, a failed command's side effect) can change what a saved input
+ * does when replayed alone, and the engine is freed within the same input, so
+ * libFuzzer's per-input leak check (mallocs == frees) stays meaningful and quiet. */
+static struct storage *build(int64_t *ts)
 {
-    storage_free(engine);
-    CHECK(storage_new(NULL, &engine) == 0);
-    ts = 1700000000000000;
-    struct buf cmd, res;
-    buf_init(&cmd);
+    if (setup_cmds[0].data == NULL)
+        for (size_t i = 0; i < sizeof setup / sizeof setup[0]; i++) {
+            buf_init(&setup_cmds[i]);
+            encode(setup[i], &setup_cmds[i]);
+        }
+    struct storage *s;
+    CHECK(storage_new(NULL, &s) == 0);
+    *ts = 1700000000000000;
+    struct buf res;
     buf_init(&res);
     for (size_t i = 0; i < sizeof setup / sizeof setup[0]; i++) {
         struct err e;
-        encode(setup[i], &cmd);
-        if (storage_exec(engine, (const uint8_t *)cmd.data, cmd.len, ts += 1000, &res, &e) != 0) {
+        buf_reset(&res);
+        if (storage_exec(s, (const uint8_t *)setup_cmds[i].data, setup_cmds[i].len, *ts += 1000,
+                         &res, &e) != 0) {
             fprintf(stderr, "setup command %s failed: %s\n", setup[i], e.msg);
             abort();
         }
     }
-    buf_close(&cmd);
     buf_close(&res);
+    return s;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (engine == NULL || ++runs % REBUILD_EVERY == 0)
-        build();
-    uint8_t *in = malloc(size ? size : 1);
+    int64_t ts;
+    struct storage *engine = build(&ts);
+    /* Declared container counts kept to what the input can hold (fuzz_input.h). */
+    uint8_t *in = fuzz_input_copy(data, size);
     CHECK(in != NULL);
-    memcpy(in, data, size);
-    /* As in fuzz_frame.c: 32-bit container counts make msgpack-c try gigabyte
-     * allocations before reading an element; the 16-bit forms keep the fuzzer fast. */
-    for (size_t i = 0; i < size; i++)
-        if (in[i] == 0xdd || in[i] == 0xdf)
-            in[i] -= 1;
 
     struct err e;
     enum storage_cmd_kind kind = 0;
@@ -134,6 +136,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         buf_close(&json);
     }
     buf_close(&res);
+    storage_free(engine);
     free(in);
     return 0;
 }
