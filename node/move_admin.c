@@ -219,6 +219,21 @@ static void move_branch_local(struct node *n, const uint8_t *cmd, size_t len,
     buf_close(&b);
 }
 
+/* A map of `size` entries opening with a move's id, branch, from and to shards. */
+static void pack_move_head(msgpack_packer *pk, uint32_t size, uint64_t id, const char *name,
+                           uint32_t from, uint32_t to)
+{
+    msgpack_pack_map(pk, size);
+    node_pack_str(pk, "id");
+    msgpack_pack_uint64(pk, id);
+    node_pack_str(pk, "branch");
+    node_pack_str(pk, name);
+    node_pack_str(pk, "from");
+    msgpack_pack_uint32(pk, from);
+    node_pack_str(pk, "to");
+    msgpack_pack_uint32(pk, to);
+}
+
 struct list_req {
     fwd_done_cb cb;
     void *arg;
@@ -241,15 +256,7 @@ static void listed(void *arg, int code, const char *msg, const struct migration 
     msgpack_pack_array(&pk, (uint32_t)m->n);
     for (size_t i = 0; i < m->n; i++) {
         const struct mig_move *mv = &m->moves[i];
-        msgpack_pack_map(&pk, 7);
-        node_pack_str(&pk, "id");
-        msgpack_pack_uint64(&pk, mv->id);
-        node_pack_str(&pk, "branch");
-        node_pack_str(&pk, mv->name);
-        node_pack_str(&pk, "from");
-        msgpack_pack_uint32(&pk, mv->from);
-        node_pack_str(&pk, "to");
-        msgpack_pack_uint32(&pk, mv->to);
+        pack_move_head(&pk, 7, mv->id, mv->name, mv->from, mv->to);
         node_pack_str(&pk, "phase");
         node_pack_str(&pk, migration_phase_name(mv->phase));
         node_pack_str(&pk, "chunk_bytes");
@@ -261,15 +268,7 @@ static void listed(void *arg, int code, const char *msg, const struct migration 
     msgpack_pack_array(&pk, (uint32_t)m->nrecent);
     for (size_t i = 0; i < m->nrecent; i++) {
         const struct mig_recent *rc = &m->recent[i];
-        msgpack_pack_map(&pk, 6);
-        node_pack_str(&pk, "id");
-        msgpack_pack_uint64(&pk, rc->id);
-        node_pack_str(&pk, "branch");
-        node_pack_str(&pk, rc->name);
-        node_pack_str(&pk, "from");
-        msgpack_pack_uint32(&pk, rc->from);
-        node_pack_str(&pk, "to");
-        msgpack_pack_uint32(&pk, rc->to);
+        pack_move_head(&pk, 6, rc->id, rc->name, rc->from, rc->to);
         node_pack_str(&pk, "outcome");
         node_pack_str(&pk, migration_outcome_name(rc->outcome));
         node_pack_str(&pk, "message");
