@@ -123,6 +123,21 @@ static inline uint64_t get_be64(const uint8_t *p)
     return ((uint64_t)get_be32(p) << 32) | get_be32(p + 4);
 }
 
+/* ---- MessagePack framing check (mpscan.c) ------------------------------------------
+ * Walks the one MessagePack value starting at p[off] (len: bytes in p) reading only type
+ * bytes and lengths, and refuses it before msgpack-c would allocate for counts the input
+ * cannot hold. Returns MP_SCAN_OK with out->end = the offset just past the value, or a
+ * failure with out->at = the offset of the offending header (and, for MP_SCAN_TOO_MANY,
+ * out->count = the declared elements and out->room = the bytes left after the header). */
+#define MP_SCAN_MAX_DEPTH 32 /* msgpack-c's container stack (MSGPACK_EMBED_STACK_SIZE) */
+enum { MP_SCAN_OK, MP_SCAN_TRUNCATED, MP_SCAN_BAD_BYTE, MP_SCAN_TOO_DEEP, MP_SCAN_TOO_MANY };
+struct mp_scan {
+    size_t end, at;
+    uint64_t count, room;
+};
+int mp_scan(const uint8_t *p, size_t len, size_t off, struct mp_scan *out);
+const char *mp_scan_reason(int rc); /* "truncated", "nested deeper than 32 levels", ... */
+
 /* ---- Logging ---------------------------------------------------------------------- */
 enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
 void log_set_level(enum log_level lvl);

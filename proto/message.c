@@ -143,6 +143,28 @@ static int unpack_value(const struct proto_frame *f, size_t *off, msgpack_zone *
     if (*off >= f->len)
         return err_set(err, STRATA_PROTOCOL_ERROR, "%s: %s is missing (body ends at byte %zu)", kn,
                        what, f->len);
+    /* Framing first: msgpack-c would allocate for declared counts before finding out the
+     * bytes are not there (common/mpscan.c). */
+    struct mp_scan sc;
+    int sr = mp_scan(f->body, f->len, *off, &sc);
+    switch (sr) {
+    case MP_SCAN_OK:
+        break;
+    case MP_SCAN_TRUNCATED:
+        return err_set(err, STRATA_PROTOCOL_ERROR, "%s: %s is truncated", kn, what);
+    case MP_SCAN_TOO_MANY:
+        return err_set(err, STRATA_PROTOCOL_ERROR,
+                       "%s: %s is truncated (a container at byte %zu declares %llu "
+                       "elements, %llu bytes follow)",
+                       kn, what, sc.at, (unsigned long long)sc.count,
+                       (unsigned long long)sc.room);
+    case MP_SCAN_TOO_DEEP:
+        return err_set(err, STRATA_PROTOCOL_ERROR,
+                       "%s: %s cannot be decoded (nested deeper than 32 levels)", kn, what);
+    default:
+        return err_set(err, STRATA_PROTOCOL_ERROR, "%s: %s is not valid MessagePack (%s at byte %zu)",
+                       kn, what, mp_scan_reason(sr), sc.at);
+    }
     switch (msgpack_unpack((const char *)f->body, f->len, off, z, o)) {
     case MSGPACK_UNPACK_SUCCESS:
         return 0;

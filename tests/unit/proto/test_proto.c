@@ -471,16 +471,16 @@ static void test_request_decode_huge_declared_count(void **state)
 {
     (void)state;
     /* map32 / array32 headers claiming far more entries than the 7-byte body holds.
-     * msgpack-c allocates for all of them up front: the allocation either fails
-     * (2^32-1 maps: 128 GiB) or is never filled (2^24 entries); both end as
-     * PROTOCOL_ERROR, never a crash. */
+     * msgpack-c would allocate for all of them up front (2^32-1 map entries: 128 GiB);
+     * mp_scan refuses them before msgpack-c runs, naming the count. */
     const char *bodies[] = {"\x01\x00\xdf\xff\xff\xff\xff", "\x01\x00\xdd\xff\xff\xff\xff",
                             "\x01\x00\xdd\x01\x00\x00\x00"};
     for (size_t i = 0; i < sizeof bodies / sizeof bodies[0]; i++) {
         struct proto_frame f = {PROTO_VERSION, PROTO_REQUEST, (const uint8_t *)bodies[i], 7};
         struct proto_request q;
         struct err e;
-        expect_error(proto_request_decode(&f, &q, &e), &e, STRATA_PROTOCOL_ERROR, "command");
+        expect_error(proto_request_decode(&f, &q, &e), &e, STRATA_PROTOCOL_ERROR,
+                     "command is truncated (a container at byte 2 declares");
     }
 }
 
