@@ -2,6 +2,7 @@
  * meta leader makes, and the one MessagePack form with a validating decoder. All
  * MessagePack goes through msgpack-c; this file only checks what it hands back. */
 #include "migration.h"
+#include "shmp.h"
 
 #include <msgpack.h>
 #include <stdio.h>
@@ -31,12 +32,6 @@ static const bool allowed[MIG_ABORTING + 1][MIG_ABORTING + 1] = {
     [MIG_FENCED] = {[MIG_CUTOVER] = true, [MIG_ABORTING] = true},
 };
 
-static int name_cmp(const char *a, size_t al, const char *b, size_t bl)
-{
-    int c = memcmp(a, b, al < bl ? al : bl);
-    return c ? c : (al > bl) - (al < bl);
-}
-
 void migration_init(struct migration *m)
 {
     memset(m, 0, sizeof *m);
@@ -47,12 +42,12 @@ static size_t search(const struct migration *m, const char *name, size_t len, bo
     size_t lo = 0, hi = m->n;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        if (name_cmp(m->moves[mid].name, strlen(m->moves[mid].name), name, len) < 0)
+        if (shmp_name_cmp(m->moves[mid].name, strlen(m->moves[mid].name), name, len) < 0)
             lo = mid + 1;
         else
             hi = mid;
     }
-    *found = lo < m->n && name_cmp(m->moves[lo].name, strlen(m->moves[lo].name), name, len) == 0;
+    *found = lo < m->n && shmp_name_cmp(m->moves[lo].name, strlen(m->moves[lo].name), name, len) == 0;
     return lo;
 }
 
@@ -188,31 +183,14 @@ int migration_finish(struct migration *m, const char *name, size_t len, uint64_t
 
 static void pack_str(msgpack_packer *pk, const char *s)
 {
-    size_t n = strlen(s);
-    msgpack_pack_str(pk, n);
-    msgpack_pack_str_body(pk, s, n);
-}
-
-struct sink {
-    struct buf *b;
-    bool oom;
-};
-
-static int sink_write(void *data, const char *p, size_t len)
-{
-    struct sink *s = data;
-    if (buf_append(s->b, p, len)) {
-        s->oom = true;
-        return -1;
-    }
-    return 0;
+    shmp_pack_str(pk, s, strlen(s));
 }
 
 int migration_encode(const struct migration *m, struct buf *out)
 {
-    struct sink s = {out, false};
+    struct shmp_sink s = {out, false};
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &s, sink_write);
+    msgpack_packer_init(&pk, &s, shmp_sink_write);
     msgpack_pack_map(&pk, 3);
     pack_str(&pk, "v");
     msgpack_pack_uint32(&pk, MIG_FORMAT_VERSION);
@@ -332,7 +310,7 @@ static int decode_root(struct migration *m, const msgpack_object *root, struct e
         mv->chunk = (uint32_t)f[5].via.u64;
         if ((rc = get_message(&f[6], mv->message, "moves", i, err)))
             return rc;
-        if (i > 0 && name_cmp(m->moves[i - 1].name, strlen(m->moves[i - 1].name), mv->name,
+        if (i > 0 && shmp_name_cmp(m->moves[i - 1].name, strlen(m->moves[i - 1].name), mv->name,
                               strlen(mv->name)) >= 0)
             return BAD("moves[%u]: names must be sorted and unique", i);
         m->n = i + 1;
@@ -358,32 +336,13 @@ static int decode_root(struct migration *m, const msgpack_object *root, struct e
 int migration_decode(struct migration *m, const uint8_t *data, size_t len, struct err *err)
 {
     migration_init(m);
-    if (data == NULL || len == 0)
-        return BAD("empty input");
     msgpack_zone z;
     if (!msgpack_zone_init(&z, 2048))
         return err_set(err, STRATA_OUT_OF_MEMORY, "moves record: out of memory");
     msgpack_object root;
-    size_t off = 0;
-    int rc;
-    switch (msgpack_unpack((const char *)data, len, &off, &z, &root)) {
-    case MSGPACK_UNPACK_SUCCESS:
+    int rc = shmp_unpack_one(data, len, &z, &root, STRATA_INVALID_ARGUMENT, "moves record", err);
+    if (rc == 0)
         rc = decode_root(m, &root, err);
-        break;
-    case MSGPACK_UNPACK_EXTRA_BYTES:
-        rc = BAD("%zu trailing bytes", len - off);
-        break;
-    case MSGPACK_UNPACK_CONTINUE:
-        rc = BAD("truncated (%zu bytes)", len);
-        break;
-    case MSGPACK_UNPACK_NOMEM_ERROR:
-        rc = BAD("cannot be decoded (nested too deep, or declares more elements than can be "
-                 "allocated)");
-        break;
-    default:
-        rc = BAD("not valid MessagePack");
-        break;
-    }
     msgpack_zone_destroy(&z);
     if (rc)
         migration_init(m);

@@ -2,6 +2,7 @@
  * MessagePack form, and the changes the meta group applies to them. All MessagePack goes
  * through msgpack-c; this file only checks what msgpack-c hands back. */
 #include "placement.h"
+#include "shmp.h"
 
 #include <inttypes.h>
 #include <msgpack.h>
@@ -14,13 +15,6 @@
  * Branch names hold no NUL, so the stored C strings compare like (bytes, length) pairs:
  * memcmp order, the shorter name first when one is a prefix of the other. */
 
-static int name_cmp(const char *a, size_t al, const char *b, size_t bl)
-{
-    int c = memcmp(a, b, al < bl ? al : bl);
-    if (c != 0)
-        return c;
-    return al < bl ? -1 : al > bl;
-}
 
 /* Index of the first branch not below (name, len); *found when it is that name. */
 static size_t branch_search(const struct placement *p, const char *name, size_t len, bool *found)
@@ -29,7 +23,7 @@ static size_t branch_search(const struct placement *p, const char *name, size_t 
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
         const char *m = p->branches[mid].name;
-        if (name_cmp(m, strlen(m), name, len) < 0)
+        if (shmp_name_cmp(m, strlen(m), name, len) < 0)
             lo = mid + 1;
         else
             hi = mid;
@@ -37,7 +31,7 @@ static size_t branch_search(const struct placement *p, const char *name, size_t 
     *found = false;
     if (lo < p->nbranches) {
         const char *m = p->branches[lo].name;
-        *found = name_cmp(m, strlen(m), name, len) == 0;
+        *found = shmp_name_cmp(m, strlen(m), name, len) == 0;
     }
     return lo;
 }
@@ -225,49 +219,28 @@ int placement_initial(struct placement *p, const struct pl_node *members, size_t
 
 /* ---- Encoding -------------------------------------------------------------------------- */
 
-struct sink {
-    struct buf *b;
-    bool oom; /* msgpack-c reports a failed write per call; one flag is simpler to check */
-};
-
-static int sink_write(void *data, const char *s, size_t len)
-{
-    struct sink *k = data;
-    if (buf_append(k->b, s, len)) {
-        k->oom = true;
-        return -1;
-    }
-    return 0;
-}
-
-static void pack_str(msgpack_packer *pk, const char *s, size_t n)
-{
-    msgpack_pack_str(pk, n);
-    msgpack_pack_str_body(pk, s, n);
-}
-
 int placement_encode(const struct placement *p, struct buf *out)
 {
     size_t start = out->len;
-    struct sink k = {out, false};
+    struct shmp_sink k = {out, false};
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &k, sink_write);
+    msgpack_packer_init(&pk, &k, shmp_sink_write);
 
     msgpack_pack_map(&pk, 5);
-    pack_str(&pk, "v", 1);
+    shmp_pack_str(&pk, "v", 1);
     msgpack_pack_uint32(&pk, PL_FORMAT_VERSION);
-    pack_str(&pk, "rf", 2);
+    shmp_pack_str(&pk, "rf", 2);
     msgpack_pack_uint32(&pk, p->rf);
-    pack_str(&pk, "nodes", 5);
+    shmp_pack_str(&pk, "nodes", 5);
     msgpack_pack_array(&pk, p->nnodes);
     for (size_t i = 0; i < p->nnodes; i++) {
         const struct pl_node *nd = &p->nodes[i];
         msgpack_pack_array(&pk, 3);
         msgpack_pack_uint64(&pk, nd->id);
-        pack_str(&pk, nd->address, strnlen(nd->address, PL_ADDRESS_MAX));
+        shmp_pack_str(&pk, nd->address, strnlen(nd->address, PL_ADDRESS_MAX));
         msgpack_pack_uint32(&pk, (uint32_t)nd->state);
     }
-    pack_str(&pk, "shards", 6);
+    shmp_pack_str(&pk, "shards", 6);
     msgpack_pack_array(&pk, p->nshards);
     for (size_t i = 0; i < p->nshards; i++) {
         const struct pl_shard *s = &p->shards[i];
@@ -278,12 +251,12 @@ int placement_encode(const struct placement *p, struct buf *out)
         for (uint32_t r = 0; r < s->nreplicas && r < PL_MAX_REPLICAS; r++)
             msgpack_pack_uint64(&pk, s->replicas[r]);
     }
-    pack_str(&pk, "branches", 8);
+    shmp_pack_str(&pk, "branches", 8);
     msgpack_pack_array(&pk, p->nbranches);
     for (size_t i = 0; i < p->nbranches; i++) {
         const struct pl_branch *b = &p->branches[i];
         msgpack_pack_array(&pk, 3);
-        pack_str(&pk, b->name, strlen(b->name));
+        shmp_pack_str(&pk, b->name, strlen(b->name));
         msgpack_pack_uint32(&pk, b->shard);
         msgpack_pack_uint64(&pk, b->epoch);
     }
@@ -486,9 +459,9 @@ static int decode_branches(struct placement *p, const msgpack_object *o, struct 
         snprintf(what, sizeof what, "branches[%" PRIu32 "].name", i);
         if ((rc = get_str(&f->ptr[0], PL_MAX_BRANCH_NAME, what, &name, &len, err)))
             return rc;
-        if (prev != NULL && name_cmp(prev, prevlen, name, len) >= 0)
+        if (prev != NULL && shmp_name_cmp(prev, prevlen, name, len) >= 0)
             return BAD("branches[%" PRIu32 "].name '%.*s' %s", i, (int)len, name,
-                       name_cmp(prev, prevlen, name, len) == 0
+                       shmp_name_cmp(prev, prevlen, name, len) == 0
                            ? "is a duplicate"
                            : "is out of order (names must ascend)");
         snprintf(what, sizeof what, "branches[%" PRIu32 "].shard", i);
@@ -566,34 +539,13 @@ static int decode_root(struct placement *p, const msgpack_object *root, struct e
 int placement_decode(struct placement *p, const uint8_t *data, size_t len, struct err *err)
 {
     placement_free(p);
-    if (data == NULL || len == 0)
-        return BAD("empty input");
     msgpack_zone z;
     if (!msgpack_zone_init(&z, 4096))
         return err_set(err, STRATA_OUT_OF_MEMORY, "placement: out of memory");
     msgpack_object root;
-    size_t off = 0;
-    int rc;
-    switch (msgpack_unpack((const char *)data, len, &off, &z, &root)) {
-    case MSGPACK_UNPACK_SUCCESS:
+    int rc = shmp_unpack_one(data, len, &z, &root, STRATA_PROTOCOL_ERROR, "placement", err);
+    if (rc == 0)
         rc = decode_root(p, &root, err);
-        break;
-    case MSGPACK_UNPACK_EXTRA_BYTES:
-        rc = BAD("%zu trailing bytes after the table", len - off);
-        break;
-    case MSGPACK_UNPACK_CONTINUE:
-        rc = BAD("truncated (%zu bytes)", len);
-        break;
-    case MSGPACK_UNPACK_NOMEM_ERROR:
-        /* msgpack-c says NOMEM both when nesting exceeds its stack and when a container
-         * declares more elements than it can allocate for: bad input either way. */
-        rc = BAD("cannot be decoded (nested too deep, or declares more elements than can be "
-                 "allocated)");
-        break;
-    default:
-        rc = BAD("not valid MessagePack");
-        break;
-    }
     msgpack_zone_destroy(&z);
     if (rc)
         placement_free(p);

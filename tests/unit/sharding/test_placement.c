@@ -774,8 +774,8 @@ static void test_decode_huge_declared_count(void **state)
 {
     (void)state;
     /* array32 / map32 headers claiming far more entries than the input holds: msgpack-c
-     * allocates for them up front; the allocation fails or is never filled, and both end
-     * as PROTOCOL_ERROR. */
+     * would allocate for them up front; the framing walk refuses them first, naming the
+     * count. */
     const char *inputs[] = {"\xdf\xff\xff\xff\xff", "\xdd\xff\xff\xff\xff", "\xdd\x01\x00\x00\x00",
                             "\x85\xa5nodes\xdd\xff\xff\xff\xff"};
     const size_t lens[] = {5, 5, 5, 12};
@@ -785,6 +785,7 @@ static void test_decode_huge_declared_count(void **state)
     for (size_t i = 0; i < 4; i++) {
         int rc = placement_decode(&p, (const uint8_t *)inputs[i], lens[i], &e);
         assert_int_equal(rc, STRATA_PROTOCOL_ERROR);
+        assert_non_null(strstr(e.msg, "elements, 0 bytes follow"));
         assert_true(is_empty(&p));
     }
 }
