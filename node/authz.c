@@ -242,7 +242,7 @@ static int write_cell(struct repl_group *g, const struct authz_table *t, uint64_
     buf_init(&v);
     int rc = authz_table_encode(t, &v);
     if (rc == 0)
-        rc = metacell_write(g, auth_cell, false, expected, v.data, v.len, cb, arg);
+        rc = metacell_write(g, auth_cell, METACELL_CAS, expected, v.data, v.len, cb, arg);
     buf_close(&v);
     return rc;
 }

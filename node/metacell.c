@@ -44,17 +44,20 @@ static int pack_str(msgpack_packer *pk, const char *s)
     return msgpack_pack_str(pk, n) || msgpack_pack_str_body(pk, s, n) ? -1 : 0;
 }
 
-/* `expected` is used only by state.cas (`cas`). */
-static int pack_write(struct buf *b, const char *cell, bool cas, uint64_t expected,
+static const char *const mode_op[] = {
+    [METACELL_CAS] = "state.cas", [METACELL_INIT] = "state.init", [METACELL_SET] = "state.set"};
+
+/* `expected` is used only by state.cas. */
+static int pack_write(struct buf *b, const char *cell, enum metacell_mode mode, uint64_t expected,
                       const uint8_t *value, size_t len)
 {
+    bool cas = mode == METACELL_CAS;
     assert(strlen(cell) > 0 && strlen(cell) <= METACELL_NAME_MAX && value && len > 0);
     msgpack_packer pk;
     msgpack_packer_init(&pk, b, node_buf_w);
     bool fail =
-        msgpack_pack_map(&pk, cas ? 4 : 3) || pack_str(&pk, "op") ||
-        pack_str(&pk, cas ? "state.cas" : "state.init") || pack_str(&pk, "cell") ||
-        pack_str(&pk, cell) ||
+        msgpack_pack_map(&pk, cas ? 4 : 3) || pack_str(&pk, "op") || pack_str(&pk, mode_op[mode]) ||
+        pack_str(&pk, "cell") || pack_str(&pk, cell) ||
         (cas && (pack_str(&pk, "expected_counter") || msgpack_pack_uint64(&pk, expected))) ||
         pack_str(&pk, "value") || buf_append(b, value, len);
     return fail ? STRATA_OUT_OF_MEMORY : 0;
@@ -63,12 +66,17 @@ static int pack_write(struct buf *b, const char *cell, bool cas, uint64_t expect
 int metacell_pack_cas(struct buf *b, const char *cell, uint64_t expected, const uint8_t *value,
                       size_t len)
 {
-    return pack_write(b, cell, true, expected, value, len);
+    return pack_write(b, cell, METACELL_CAS, expected, value, len);
 }
 
 int metacell_pack_init(struct buf *b, const char *cell, const uint8_t *value, size_t len)
 {
-    return pack_write(b, cell, false, 0, value, len);
+    return pack_write(b, cell, METACELL_INIT, 0, value, len);
+}
+
+int metacell_pack_set(struct buf *b, const char *cell, const uint8_t *value, size_t len)
+{
+    return pack_write(b, cell, METACELL_SET, 0, value, len);
 }
 
 void metacell_read(struct repl_group *g, const char *cell, bool stale, repl_done_cb cb, void *arg)
@@ -78,13 +86,13 @@ void metacell_read(struct repl_group *g, const char *cell, bool stale, repl_done
     repl_read(g, get.bytes, get.len, stale, cb, arg); /* copies the command */
 }
 
-int metacell_write(struct repl_group *g, const char *cell, bool init, uint64_t expected,
-                   const uint8_t *value, size_t len, repl_done_cb cb, void *arg)
+int metacell_write(struct repl_group *g, const char *cell, enum metacell_mode mode,
+                   uint64_t expected, const uint8_t *value, size_t len, repl_done_cb cb, void *arg)
 {
+    assert(mode == METACELL_CAS || mode == METACELL_INIT || mode == METACELL_SET);
     struct buf b;
     buf_init(&b);
-    int rc = init ? metacell_pack_init(&b, cell, value, len)
-                  : metacell_pack_cas(&b, cell, expected, value, len);
+    int rc = pack_write(&b, cell, mode, expected, value, len);
     if (rc == 0)
         repl_write(g, b.data, b.len, cb, arg); /* copies the command */
     buf_close(&b);

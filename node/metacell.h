@@ -6,6 +6,7 @@
  *   read   {"op":"state.get","cell":NAME}
  *   init   {"op":"state.init","cell":NAME,"value":V}
  *   cas    {"op":"state.cas","cell":NAME,"expected_counter":C,"value":V}
+ *   set    {"op":"state.set","cell":NAME,"value":V}   (no precondition)
  * A cell's counter is 0 while it was never written and grows by one on every write, so
  * a CAS on the counter read detects any write in between.
  *
@@ -43,17 +44,25 @@ void metacell_pack_get(struct metacell_get *g, const char *cell);
 int metacell_pack_cas(struct buf *b, const char *cell, uint64_t expected, const uint8_t *value,
                       size_t len);
 int metacell_pack_init(struct buf *b, const char *cell, const uint8_t *value, size_t len);
+/* The same without a precondition (state.set): the last write wins. */
+int metacell_pack_set(struct buf *b, const char *cell, const uint8_t *value, size_t len);
+
+/* How metacell_write writes. */
+enum metacell_mode {
+    METACELL_CAS,  /* metacell_pack_cas from `expected` */
+    METACELL_INIT, /* metacell_pack_init */
+    METACELL_SET,  /* metacell_pack_set */
+};
 
 /* Submit the read of `cell` to the meta group `g` (repl_read: linearizable unless
  * `stale`); cb gets the reply for metacell_decode_get. */
 void metacell_read(struct repl_group *g, const char *cell, bool stale, repl_done_cb cb, void *arg);
 
-/* Submit the write of `value` into `cell` (metacell_pack_init when `init`, else
- * metacell_pack_cas from `expected`); cb gets the answer for metacell_decode_write.
- * 0 (cb will be called, possibly before this returns) or STRATA_OUT_OF_MEMORY (it will
- * not). */
-int metacell_write(struct repl_group *g, const char *cell, bool init, uint64_t expected,
-                   const uint8_t *value, size_t len, repl_done_cb cb, void *arg);
+/* Submit the write of `value` into `cell` as `mode` says (`expected`: METACELL_CAS
+ * only); cb gets the answer for metacell_decode_write. 0 (cb will be called, possibly
+ * before this returns) or STRATA_OUT_OF_MEMORY (it will not). */
+int metacell_write(struct repl_group *g, const char *cell, enum metacell_mode mode,
+                   uint64_t expected, const uint8_t *value, size_t len, repl_done_cb cb, void *arg);
 
 /* A cell as read. */
 struct metacell {

@@ -356,8 +356,9 @@ static void cell_read(void *arg, int code, const uint8_t *result, size_t len, co
     }
     /* A never written cell (counter 0) is created with state.init, else a CAS. Its
      * callback may run before this returns: mv->q is not touched after. */
-    if (write && (rc = metacell_write(g0->group, MOVES_CELL, mv->m->counter == 0, mv->m->counter,
-                                      enc.data, enc.len, cell_written, mv))) {
+    if (write &&
+        (rc = metacell_write(g0->group, MOVES_CELL, mv->m->counter ? METACELL_CAS : METACELL_INIT,
+                             mv->m->counter, enc.data, enc.len, cell_written, mv))) {
         err_set(&err, rc, "out of memory");
         write = false;
     }

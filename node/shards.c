@@ -612,7 +612,8 @@ static void write_initial(struct node *n)
         n->pl_initing = true; /* before the write: its callback may run at once */
         log_info("writing the initial placement: %u shards, replication factor %u",
                  n->cfg.shards, n->cfg.rf);
-        if (metacell_write(g0->group, placement_cell, true, 0, b.data, b.len, init_done, n))
+        if (metacell_write(g0->group, placement_cell, METACELL_INIT, 0, b.data, b.len, init_done,
+                           n))
             n->pl_initing = false;
     }
     buf_close(&b);
@@ -801,7 +802,7 @@ static void assign_read_done(void *arg, int code, const uint8_t *result, size_t 
     if (rc == 0 && g0 == NULL)
         rc = STRATA_UNAVAILABLE;
     if (rc == 0)
-        rc = metacell_write(g0->group, placement_cell, false, counter, b.data, b.len,
+        rc = metacell_write(g0->group, placement_cell, METACELL_CAS, counter, b.data, b.len,
                             assign_written, ar);
     buf_close(&b);
     if (rc)

@@ -35,16 +35,19 @@ static void encode_value(struct buf *b, uint64_t n)
     node_pack_str(&pk, "a table");
 }
 
+static const char *const ops[] = {"state.cas", "state.init", "state.set"};
+
 /* The write as node/authz.c, node/shards.c and node/move.c packed it before metacell.c:
- * the header, then the caller's encoding appended. */
-static void old_write(struct buf *b, const char *cell, bool cas, uint64_t expected,
+ * the header, then the caller's encoding appended (state.set like state.init). */
+static void old_write(struct buf *b, const char *cell, enum metacell_mode mode, uint64_t expected,
                       const struct buf *value)
 {
+    bool cas = mode == METACELL_CAS;
     msgpack_packer pk;
     msgpack_packer_init(&pk, b, node_buf_w);
     msgpack_pack_map(&pk, cas ? 4 : 3);
     node_pack_str(&pk, "op");
-    node_pack_str(&pk, cas ? "state.cas" : "state.init");
+    node_pack_str(&pk, ops[mode]);
     node_pack_str(&pk, "cell");
     node_pack_str(&pk, cell);
     if (cas) {
@@ -124,14 +127,17 @@ static void test_pack_cas_and_init_same_bytes(void **state)
     buf_init(&want);
     for (size_t c = 0; c < sizeof cells / sizeof *cells; c++) {
         for (size_t i = 0; i < sizeof counters / sizeof *counters; i++) {
-            for (int cas = 0; cas <= 1; cas++) {
+            for (int mode = METACELL_CAS; mode <= METACELL_SET; mode++) {
+                bool cas = mode == METACELL_CAS;
                 buf_reset(&value);
                 buf_reset(&got);
                 buf_reset(&want);
                 encode_value(&value, counters[i]);
-                old_write(&want, cells[c], cas, counters[i], &value);
+                old_write(&want, cells[c], mode, counters[i], &value);
                 int rc = cas ? metacell_pack_cas(&got, cells[c], counters[i], value.data, value.len)
-                             : metacell_pack_init(&got, cells[c], value.data, value.len);
+                         : mode == METACELL_INIT
+                             ? metacell_pack_init(&got, cells[c], value.data, value.len)
+                             : metacell_pack_set(&got, cells[c], value.data, value.len);
                 assert_int_equal(rc, 0);
                 assert_int_equal(got.len, want.len);
                 assert_memory_equal(got.data, want.data, want.len);
@@ -143,7 +149,7 @@ static void test_pack_cas_and_init_same_bytes(void **state)
                 assert_int_equal(msgpack_unpack((const char *)got.data, got.len, &off, &z, &o),
                                  MSGPACK_UNPACK_SUCCESS);
                 assert_int_equal(o.via.map.size, cas ? 4 : 3);
-                assert_true(str_is(node_map_get(&o, "op"), cas ? "state.cas" : "state.init"));
+                assert_true(str_is(node_map_get(&o, "op"), ops[mode]));
                 assert_true(str_is(node_map_get(&o, "cell"), cells[c]));
                 uint64_t e = 0;
                 assert_int_equal(node_map_u64(&o, "expected_counter", &e), cas);
@@ -158,7 +164,7 @@ static void test_pack_cas_and_init_same_bytes(void **state)
     /* Appended after what the buffer held (shards.c reuses one buffer). */
     buf_reset(&got);
     buf_reset(&want);
-    old_write(&want, "placement", false, 0, &value);
+    old_write(&want, "placement", METACELL_INIT, 0, &value);
     assert_int_equal(buf_append(&got, "\xc0", 1), 0);
     assert_int_equal(metacell_pack_init(&got, "placement", value.data, value.len), 0);
     assert_int_equal(got.len, 1 + want.len);
