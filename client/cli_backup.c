@@ -140,32 +140,61 @@ static int bk_run(struct bk_session *s, const struct buf *cmd, struct buf *raw, 
     return 0;
 }
 
+/* Start a command {"op": op, ...}: the caller packs `nargs` more entries. */
+static void bk_op(msgpack_packer *pk, const char *op, uint32_t nargs)
+{
+    msgpack_pack_map(pk, 1 + nargs);
+    bk_pstr(pk, "op");
+    bk_pstr(pk, op);
+}
+
+/* One request and its answer: c->pk packs into c->cmd; bk_call_run decodes into c->o. */
+struct bk_call {
+    struct buf cmd, raw;
+    msgpack_zone z;
+    msgpack_object o;
+    msgpack_packer pk;
+};
+
+/* `c` must stay where it is until bk_call_end (c->pk points into it). */
+static void bk_call_begin(struct bk_call *c, const char *op, uint32_t nargs)
+{
+    buf_init(&c->cmd);
+    buf_init(&c->raw);
+    msgpack_zone_init(&c->z, 1024);
+    msgpack_packer_init(&c->pk, &c->cmd, pk_write);
+    bk_op(&c->pk, op, nargs);
+}
+
+static int bk_call_run(struct bk_session *s, struct bk_call *c, const char *what)
+{
+    return bk_run(s, &c->cmd, &c->raw, &c->z, &c->o, what);
+}
+
+static void bk_call_end(struct bk_call *c)
+{
+    buf_close(&c->cmd);
+    buf_close(&c->raw);
+    msgpack_zone_destroy(&c->z);
+}
+
 /* The cluster's placement (fresh from the meta leader): shard ids and branches. */
 static int bk_placement(struct bk_session *s, struct bk_set *set)
 {
-    struct buf cmd, raw;
-    buf_init(&cmd);
-    buf_init(&raw);
-    msgpack_zone z;
-    msgpack_zone_init(&z, 4096);
-    msgpack_object o;
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &cmd, pk_write);
-    msgpack_pack_map(&pk, 2);
-    bk_pstr(&pk, "op");
-    bk_pstr(&pk, "cluster.placement");
-    bk_pstr(&pk, "fresh");
-    msgpack_pack_true(&pk);
-    int rc = bk_run(s, &cmd, &raw, &z, &o, "reading the placement table");
+    struct bk_call c;
+    bk_call_begin(&c, "cluster.placement", 1);
+    bk_pstr(&c.pk, "fresh");
+    msgpack_pack_true(&c.pk);
+    int rc = bk_call_run(s, &c, "reading the placement table");
     if (rc)
         goto out;
-    const msgpack_object *t = bk_get(&o, "table");
+    const msgpack_object *t = bk_get(&c.o, "table");
     const msgpack_object *sh = bk_get(t, "shards"), *br = bk_get(t, "branches");
     if (!sh || sh->type != MSGPACK_OBJECT_ARRAY || !br || br->type != MSGPACK_OBJECT_ARRAY) {
         rc = report("PROTOCOL_ERROR", "the placement table has no shards or branches");
         goto out;
     }
-    set->epoch = bk_u64(&o, "epoch");
+    set->epoch = bk_u64(&c.o, "epoch");
     set->nshards = sh->via.array.size;
     set->b = sm_calloc(br->via.array.size + 1, sizeof *set->b);
     if (set->b == NULL) {
@@ -187,9 +216,7 @@ static int bk_placement(struct bk_session *s, struct bk_set *set)
         b->shard = (uint32_t)e->via.array.ptr[1].via.u64;
     }
 out:
-    buf_close(&cmd);
-    buf_close(&raw);
-    msgpack_zone_destroy(&z);
+    bk_call_end(&c);
     return rc;
 }
 
@@ -206,40 +233,29 @@ static int bk_fsync_path(const char *path, bool dir)
 /* Ask group g's leader to snapshot it (behind a read barrier). */
 static int bk_take(struct bk_session *s, struct bk_group *g)
 {
-    struct buf cmd, raw;
-    buf_init(&cmd);
-    buf_init(&raw);
-    msgpack_zone z;
-    msgpack_zone_init(&z, 1024);
-    msgpack_object o;
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &cmd, pk_write);
-    msgpack_pack_map(&pk, 2);
-    bk_pstr(&pk, "op");
-    bk_pstr(&pk, "cluster.backup");
-    bk_pstr(&pk, "group");
-    msgpack_pack_uint32(&pk, g->group);
+    struct bk_call c;
+    bk_call_begin(&c, "cluster.backup", 1);
+    bk_pstr(&c.pk, "group");
+    msgpack_pack_uint32(&c.pk, g->group);
     char what[64];
     snprintf(what, sizeof what, "snapshot of group %u", g->group);
-    int rc = bk_run(s, &cmd, &raw, &z, &o, what);
+    int rc = bk_call_run(s, &c, what);
     if (rc == 0) {
-        g->bytes = bk_u64(&o, "size");
-        g->index = bk_u64(&o, "index");
-        g->version = bk_u64(&o, "version");
-        const msgpack_object *ts = bk_get(&o, "last_ts");
+        g->bytes = bk_u64(&c.o, "size");
+        g->index = bk_u64(&c.o, "index");
+        g->version = bk_u64(&c.o, "version");
+        const msgpack_object *ts = bk_get(&c.o, "last_ts");
         g->last_ts = ts && ts->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? (int64_t)ts->via.u64
                      : ts && ts->type == MSGPACK_OBJECT_NEGATIVE_INTEGER ? ts->via.i64
                                                                           : 0;
-        g->id = bk_u64(&o, "id");
-        g->stall_ms = (double)bk_u64(&o, "stall_us") / 1000.0;
-        bk_str(&o, "sha256", g->sha, sizeof g->sha);
-        bk_str(&o, "node", g->node, sizeof g->node);
+        g->id = bk_u64(&c.o, "id");
+        g->stall_ms = (double)bk_u64(&c.o, "stall_us") / 1000.0;
+        bk_str(&c.o, "sha256", g->sha, sizeof g->sha);
+        bk_str(&c.o, "node", g->node, sizeof g->node);
         if (strlen(g->sha) != 64 || g->node[0] == '\0' || g->id == 0)
             rc = report("PROTOCOL_ERROR", "%s: incomplete answer", what);
     }
-    buf_close(&cmd);
-    buf_close(&raw);
-    msgpack_zone_destroy(&z);
+    bk_call_end(&c);
     return rc;
 }
 
@@ -247,9 +263,7 @@ static void bk_file_cmd(struct buf *cmd, const struct bk_group *g, bool read, ui
 {
     msgpack_packer pk;
     msgpack_packer_init(&pk, cmd, pk_write);
-    msgpack_pack_map(&pk, read ? 5 : 3);
-    bk_pstr(&pk, "op");
-    bk_pstr(&pk, read ? "cluster.backup_read" : "cluster.backup_done");
+    bk_op(&pk, read ? "cluster.backup_read" : "cluster.backup_done", read ? 4 : 2);
     bk_pstr(&pk, "node");
     bk_pstr(&pk, g->node);
     bk_pstr(&pk, "id");
@@ -677,38 +691,27 @@ out:
 static int bk_status(struct bk_session *s, uint32_t gid, bool digest, uint64_t *version, char *hex,
                      bool *staging, uint64_t *staged)
 {
-    struct buf cmd, raw;
-    buf_init(&cmd);
-    buf_init(&raw);
-    msgpack_zone z;
-    msgpack_zone_init(&z, 512);
-    msgpack_object o;
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &cmd, pk_write);
-    msgpack_pack_map(&pk, 3);
-    bk_pstr(&pk, "op");
-    bk_pstr(&pk, "cluster.restore_status");
-    bk_pstr(&pk, "group");
-    msgpack_pack_uint32(&pk, gid);
-    bk_pstr(&pk, "digest");
+    struct bk_call c;
+    bk_call_begin(&c, "cluster.restore_status", 2);
+    bk_pstr(&c.pk, "group");
+    msgpack_pack_uint32(&c.pk, gid);
+    bk_pstr(&c.pk, "digest");
     if (digest)
-        msgpack_pack_true(&pk);
+        msgpack_pack_true(&c.pk);
     else
-        msgpack_pack_false(&pk);
+        msgpack_pack_false(&c.pk);
     char what[64];
     snprintf(what, sizeof what, "status of group %u", gid);
-    int rc = bk_run(s, &cmd, &raw, &z, &o, what);
+    int rc = bk_call_run(s, &c, what);
     if (rc == 0) {
-        *version = bk_u64(&o, "version");
+        *version = bk_u64(&c.o, "version");
         if (hex)
-            bk_str(&o, "digest", hex, 65);
-        const msgpack_object *st = bk_get(&o, "staging");
+            bk_str(&c.o, "digest", hex, 65);
+        const msgpack_object *st = bk_get(&c.o, "staging");
         *staging = st && st->type == MSGPACK_OBJECT_BOOLEAN && st->via.boolean;
-        *staged = bk_u64(&o, "staged");
+        *staged = bk_u64(&c.o, "staged");
     }
-    buf_close(&cmd);
-    buf_close(&raw);
-    msgpack_zone_destroy(&z);
+    bk_call_end(&c);
     return rc;
 }
 
@@ -719,9 +722,7 @@ static void bk_step_cmd(struct buf *cmd, const char *op, uint32_t gid, const str
     msgpack_packer_init(&pk, cmd, pk_write);
     bool begin = strcmp(op, "cluster.restore_begin") == 0,
          chunk = strcmp(op, "cluster.restore_chunk") == 0;
-    msgpack_pack_map(&pk, begin || chunk ? 4 : 2);
-    bk_pstr(&pk, "op");
-    bk_pstr(&pk, op);
+    bk_op(&pk, op, begin || chunk ? 3 : 1);
     bk_pstr(&pk, "group");
     msgpack_pack_uint32(&pk, gid);
     if (begin) {
@@ -943,28 +944,17 @@ static int bk_restore(struct bk_session *s, const char *dir)
                 bk_secs(t1));
     }
     /* Last, the branch -> shard map (idempotent on the meta leader). */
-    struct buf cmd, raw;
-    buf_init(&cmd);
-    buf_init(&raw);
-    msgpack_zone z;
-    msgpack_zone_init(&z, 512);
-    msgpack_object o;
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &cmd, pk_write);
-    msgpack_pack_map(&pk, 2);
-    bk_pstr(&pk, "op");
-    bk_pstr(&pk, "cluster.restore_placement");
-    bk_pstr(&pk, "branches");
-    msgpack_pack_array(&pk, (uint32_t)bk.nb);
+    struct bk_call c;
+    bk_call_begin(&c, "cluster.restore_placement", 1);
+    bk_pstr(&c.pk, "branches");
+    msgpack_pack_array(&c.pk, (uint32_t)bk.nb);
     for (size_t i = 0; i < bk.nb; i++) {
-        msgpack_pack_array(&pk, 2);
-        bk_pstr(&pk, bk.b[i].name);
-        msgpack_pack_uint32(&pk, bk.b[i].shard);
+        msgpack_pack_array(&c.pk, 2);
+        bk_pstr(&c.pk, bk.b[i].name);
+        msgpack_pack_uint32(&c.pk, bk.b[i].shard);
     }
-    rc = bk_run(s, &cmd, &raw, &z, &o, "writing the branch map");
-    buf_close(&cmd);
-    buf_close(&raw);
-    msgpack_zone_destroy(&z);
+    rc = bk_call_run(s, &c, "writing the branch map");
+    bk_call_end(&c);
     if (rc)
         goto out;
     double secs = bk_secs(t0);

@@ -2,17 +2,24 @@
  * group and every shard the node replicates), leadership transfer, and the per-group
  * membership step each of those runs on a group's leader. docs/sharding.md
  * "Membership". */
+#include "metacell.h"
 #include "node.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* A join token: 16 to 64 lowercase hex digits (a joining node sends 32). */
+#define JOIN_TOKEN_MIN 16
+#define JOIN_TOKEN_MAX 64
+
 /* The arguments every cluster.* command may carry. */
 struct admin_args {
     uint64_t id;
     char address[REPL_ADDRESS_MAX + 1];
     bool has_address, address_ok;
+    char token[JOIN_TOKEN_MAX + 1]; /* add_member: the joining process's join_token */
+    bool has_token, token_ok;
     uint32_t group;
     bool has_group;
     uint64_t timeout_ms; /* remove_member: how long to wait for the drain */
@@ -40,6 +47,18 @@ static void admin_args(const msgpack_object *cmd, struct admin_args *a)
             a->timeout_ms = v->via.u64;
         if (kl == 6 && memcmp(kp, "change", 6) == 0 && v->type == MSGPACK_OBJECT_STR)
             a->add = v->via.str.size == 3 && memcmp(v->via.str.ptr, "add", 3) == 0;
+        if (kl == 10 && memcmp(kp, "join_token", 10) == 0) {
+            a->has_token = true;
+            size_t tl = v->type == MSGPACK_OBJECT_STR ? v->via.str.size : 0;
+            a->token_ok = tl >= JOIN_TOKEN_MIN && tl <= JOIN_TOKEN_MAX;
+            for (size_t j = 0; a->token_ok && j < tl; j++)
+                a->token_ok = (v->via.str.ptr[j] >= '0' && v->via.str.ptr[j] <= '9') ||
+                              (v->via.str.ptr[j] >= 'a' && v->via.str.ptr[j] <= 'f');
+            if (a->token_ok) {
+                memcpy(a->token, v->via.str.ptr, tl);
+                a->token[tl] = '\0';
+            }
+        }
         if (kl == 7 && memcmp(kp, "address", 7) == 0 && v->type == MSGPACK_OBJECT_STR) {
             a->has_address = true;
             size_t al = v->via.str.size;
@@ -265,13 +284,36 @@ void admin_transfer(struct node *n, uint32_t gid, uint64_t to, const struct auth
     send_group_cmd(n, transfer_local, "cluster.transfer_leader", gid, to, key, cb, arg);
 }
 
-/* ---- cluster.add_member / remove_member: on the meta leader ------------------------------ */
+/* ---- cluster.add_member / remove_member: on the meta leader ------------------------------
+ * A node that joins (--join) sends a join token, random per process, and the meta leader
+ * keeps the token of the process that joined each id in the meta cell `join.<id>`. That
+ * tells a retry of the same join (whose earlier attempt was applied but answered with an
+ * error: the same token) from a node that lost its data and asks again under its old id
+ * (another token), which must be refused — Raft assumes a voter's log survives:
+ *
+ *   read join.<id> (linearizable)
+ *     same token                → the table lists the node at this address: no table
+ *                                 write; every group step again (each is idempotent, in
+ *                                 case the earlier attempt failed in one): success,
+ *                                 {already_member: true}; else the table step as below
+ *     none or another token     → refused if the node is known to the meta group and
+ *                                 the table (as without a token); else the table step,
+ *                                 refused there if the table lists the node and the cell
+ *                                 another token; then join.<id> := token, then the groups
+ *
+ * The cell is written before the node becomes a meta member, so a joined member always
+ * has its token recorded. Without a token (the CLI's add-node, an older node) the rules
+ * are those of before. */
 
 struct member_op {
     struct node *n;
     bool add;
     uint64_t id;
     char address[REPL_ADDRESS_MAX + 1];
+    char token[JOIN_TOKEN_MAX + 1]; /* add: the joiner's token ("" = none) */
+    bool token_same;                /* join.<id> holds this token: a retry of this join */
+    bool token_other;               /* join.<id> holds another process's token */
+    bool was_member;                /* the table listed the node (at this address) already */
     const struct auth_key *key;
     uint32_t shards[PL_MAX_SHARDS]; /* the shards the node is (was) a replica of */
     size_t nshards, pending;
@@ -287,9 +329,13 @@ static int mutate_add(struct placement *p, void *ctx, struct err *err)
     struct member_op *m = ctx;
     m->nshards = 0;
     const struct pl_node *nd = placement_node(p, m->id);
+    m->was_member = nd != NULL;
     if (nd && strcmp(nd->address, m->address) != 0)
         return err_set(err, STRATA_ALREADY_EXISTS, "node %llu is already a member at %s",
                        (unsigned long long)m->id, nd->address);
+    if (nd && m->token_other)
+        return err_set(err, STRATA_ALREADY_EXISTS,
+                       "node id is already a member, joined by another process");
     int rc;
     if (nd == NULL && (rc = placement_add_node(p, m->id, m->address, err)))
         return rc;
@@ -330,11 +376,45 @@ static int mutate_remove(struct placement *p, void *ctx, struct err *err)
 
 static void member_finish(struct member_op *m)
 {
-    if (m->code)
+    if (m->code) {
         m->cb(m->arg, m->code, NULL, 0, m->msg, NULL);
-    else
+    } else if (m->add && m->was_member && m->token[0]) {
+        /* A retry of a join that was applied: success, saying so. (Without a token the
+         * answer stays what it was.) */
+        struct buf b;
+        buf_init(&b);
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &b, node_buf_w);
+        msgpack_pack_map(&pk, 2);
+        node_pack_str(&pk, "already_member");
+        msgpack_pack_true(&pk);
+        node_pack_str(&pk, "address");
+        node_pack_str(&pk, m->address);
+        if (b.len)
+            m->cb(m->arg, 0, b.data, b.len, NULL, NULL);
+        else
+            m->cb(m->arg, STRATA_OUT_OF_MEMORY, NULL, 0, "out of memory", NULL);
+        buf_close(&b);
+    } else {
         m->cb(m->arg, 0, NULL, 0, NULL, NULL);
+    }
     sm_free(m);
+}
+
+/* The meta cell holding the token of the process that joined node `id`. */
+static void token_cell(uint64_t id, char out[METACELL_NAME_MAX + 1])
+{
+    snprintf(out, METACELL_NAME_MAX + 1, "join.%llu", (unsigned long long)id);
+}
+
+/* The token as the cell's value (a MessagePack string). */
+static int token_value(const char *token, struct buf *b)
+{
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, b, node_buf_w);
+    size_t n = strlen(token);
+    return msgpack_pack_str(&pk, n) || msgpack_pack_str_body(&pk, token, n) ? STRATA_OUT_OF_MEMORY
+                                                                            : 0;
 }
 
 static void member_step_done(void *arg, int code, const uint8_t *result, size_t len,
@@ -350,7 +430,33 @@ static void member_step_done(void *arg, int code, const uint8_t *result, size_t 
         member_finish(m);
 }
 
-/* The table is written: change the meta group and every shard group. */
+static void member_fail(struct member_op *m, int code, const char *message)
+{
+    m->code = code;
+    snprintf(m->msg, sizeof m->msg, "%s", message ? message : err_name(code));
+    member_finish(m);
+}
+
+static void member_add_groups(struct member_op *m);
+
+static void token_written(void *arg, int code, const uint8_t *result, size_t len,
+                          const char *message, const char *leader)
+{
+    (void)leader;
+    struct member_op *m = arg;
+    char cell[METACELL_NAME_MAX + 1];
+    token_cell(m->id, cell);
+    struct err err;
+    err_clear(&err);
+    uint64_t counter = 0;
+    int rc = metacell_decode_write(cell, code, result, len, message, &counter, &err);
+    if (rc)
+        member_fail(m, rc, err.msg);
+    else
+        member_add_groups(m);
+}
+
+/* The table is written: record the joiner's token if it is new, then the groups. */
 static void member_table_done(void *arg, int code, const uint8_t *result, size_t len,
                               const char *message, const char *leader)
 {
@@ -358,9 +464,7 @@ static void member_table_done(void *arg, int code, const uint8_t *result, size_t
     struct member_op *m = arg;
     struct node *n = m->n;
     if (code) {
-        m->code = code;
-        snprintf(m->msg, sizeof m->msg, "%s", message ? message : err_name(code));
-        member_finish(m);
+        member_fail(m, code, message);
         return;
     }
     if (!m->add) {
@@ -370,6 +474,27 @@ static void member_table_done(void *arg, int code, const uint8_t *result, size_t
         sm_free(m);
         return;
     }
+    if (m->token[0] && !m->token_same) {
+        struct node_group *g0 = node_group(n, 0);
+        char cell[METACELL_NAME_MAX + 1];
+        token_cell(m->id, cell);
+        struct buf v;
+        buf_init(&v);
+        int rc = g0 == NULL || g0->group == NULL ? STRATA_UNAVAILABLE : token_value(m->token, &v);
+        if (rc == 0)
+            rc = metacell_write(g0->group, cell, METACELL_SET, 0, v.data, v.len, token_written, m);
+        buf_close(&v);
+        if (rc)
+            member_fail(m, rc, "cannot record the join token");
+        return;
+    }
+    member_add_groups(m);
+}
+
+/* The meta group and every shard group the table gives the node. */
+static void member_add_groups(struct member_op *m)
+{
+    struct node *n = m->n;
     m->pending = 1; /* held while issuing */
     struct node_group *g0 = node_group(n, 0);
     struct repl_status st;
@@ -389,6 +514,70 @@ static void member_table_done(void *arg, int code, const uint8_t *result, size_t
     }
     if (--m->pending == 0)
         member_finish(m);
+}
+
+/* The table step, unless the node is known to the meta group and the table already
+ * without this join's token: a node that lost its data and would join again under its
+ * old id (the caller decides; see join_done in server.c). */
+static void member_start(struct member_op *m)
+{
+    struct node *n = m->n;
+    struct repl_status st;
+    node_group_status(n, 0, &st);
+    const struct pl_node *nd = m->add && n->have_pl ? placement_node(&n->pl, m->id) : NULL;
+    if (nd && !m->token_same && is_member(&st, m->id)) {
+        member_fail(m, STRATA_ALREADY_EXISTS, "node id is already a member");
+        return;
+    }
+    if (nd && m->token_same && strcmp(nd->address, m->address) == 0) {
+        /* A retry of a join whose table step was applied: the table stays as it is (a
+         * write would only bump its epoch); the group steps run again, each idempotent,
+         * in case the earlier attempt failed in one of them. */
+        log_info("adding node %llu at %s: a retry of its join", (unsigned long long)m->id,
+                 m->address);
+        m->was_member = true;
+        m->nshards = 0;
+        for (size_t i = 0; i < n->pl.nshards; i++)
+            if (placement_shard_has(&n->pl.shards[i], m->id))
+                m->shards[m->nshards++] = n->pl.shards[i].id;
+        member_add_groups(m);
+        return;
+    }
+    log_info("%s node %llu%s%s", m->add ? "adding" : "removing", (unsigned long long)m->id,
+             m->add ? " at " : "", m->add ? m->address : "");
+    meta_change(n, m->add ? mutate_add : mutate_remove, m, member_table_done, m);
+}
+
+static void token_read(void *arg, int code, const uint8_t *result, size_t len, const char *message,
+                       const char *leader)
+{
+    (void)leader;
+    struct member_op *m = arg;
+    if (code) {
+        member_fail(m, code, message);
+        return;
+    }
+    char cell[METACELL_NAME_MAX + 1];
+    token_cell(m->id, cell);
+    struct err err;
+    err_clear(&err);
+    struct metacell c;
+    metacell_init(&c);
+    struct buf mine;
+    buf_init(&mine);
+    int rc = metacell_decode_get(&c, cell, result, len, &err);
+    if (rc == 0 && c.present && (rc = token_value(m->token, &mine)) != 0)
+        err_set(&err, rc, "out of memory");
+    if (rc == 0 && c.present) {
+        m->token_same = c.value.len == mine.len && memcmp(c.value.data, mine.data, mine.len) == 0;
+        m->token_other = !m->token_same;
+    }
+    metacell_close(&c);
+    buf_close(&mine);
+    if (rc)
+        member_fail(m, rc, err.msg);
+    else
+        member_start(m);
 }
 
 static void member_local(struct node *n, const uint8_t *cmd, size_t len, const struct auth_key *key,
@@ -423,18 +612,20 @@ static void member_local(struct node *n, const uint8_t *cmd, size_t len, const s
      * timeout); a TIMEOUT answer means it goes on in the background. */
     m->wait_ms = a.timeout_ms ? (a.timeout_ms > 600000 ? 600000 : a.timeout_ms) : 8000;
     snprintf(m->address, sizeof m->address, "%s", a.address);
-    struct repl_status st;
-    node_group_status(n, 0, &st);
-    if (add && is_member(&st, a.id) && n->have_pl && placement_node(&n->pl, a.id)) {
-        /* Known in the table and to the meta group: a node that lost its data and would
-         * join again under its old id (the caller decides; see join_done). */
-        sm_free(m);
-        cb(arg, STRATA_ALREADY_EXISTS, NULL, 0, "node id is already a member", NULL);
+    if (add && a.token_ok)
+        snprintf(m->token, sizeof m->token, "%s", a.token);
+    if (m->token[0]) {
+        /* Whose join is this? (token_read goes on.) */
+        struct node_group *g0 = node_group(n, 0);
+        char cell[METACELL_NAME_MAX + 1];
+        token_cell(m->id, cell);
+        if (g0 == NULL || g0->group == NULL)
+            member_fail(m, STRATA_UNAVAILABLE, "the meta group is not hosted here");
+        else
+            metacell_read(g0->group, cell, false, token_read, m);
         return;
     }
-    log_info("%s node %llu%s%s", add ? "adding" : "removing", (unsigned long long)a.id,
-             add ? " at " : "", add ? a.address : "");
-    meta_change(n, add ? mutate_add : mutate_remove, m, member_table_done, m);
+    member_start(m);
 }
 
 /* ---- cluster.transfer_leader {id?, group?} on the group's leader ------------------------ */
@@ -473,6 +664,11 @@ int node_admin(struct node *n, const char *op, const msgpack_object *cmd, const 
         if (a.id == 0 || !a.address_ok) {
             cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0,
                "cluster.add_member needs 'id' (> 0) and 'address' (host:port)", NULL);
+            return 0;
+        }
+        if (a.has_token && !a.token_ok) {
+            cb(arg, STRATA_INVALID_ARGUMENT, NULL, 0,
+               "cluster.add_member: 'join_token' must be 16 to 64 lowercase hex digits", NULL);
             return 0;
         }
         route_local(n, member_local, 0, bytes, len, flags, key, cb, arg);

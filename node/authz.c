@@ -20,6 +20,7 @@
  * read started after the request arrived (authz_confirm), so a key added or granted
  * through any node works at once on every node. A revocation reaches the caches within
  * the refresh bound (members: the next heartbeat plus one 50 ms tick). */
+#include "metacell.h"
 #include "node.h"
 
 #include <openssl/rand.h>
@@ -172,15 +173,6 @@ int authz_request(struct node *n, const uint8_t *digest, enum authz_perm need,
 
 /* ---- Refreshing the cache -------------------------------------------------------------------- */
 
-static const uint8_t *get_cmd(size_t *len)
-{
-    /* {"op":"state.get","cell":"auth"} */
-    static const uint8_t cmd[] = {0x82, 0xa2, 'o',  'p', 0xa9, 's', 't', 'a',  't', 'e', '.', 'g',
-                                  'e',  't',  0xa4, 'c', 'e',  'l', 'l', 0xa4, 'a', 'u', 't', 'h'};
-    *len = sizeof cmd;
-    return cmd;
-}
-
 static void waiters_check(struct node *n, uint64_t seq);
 
 /* Adopt a decoded table unless the cache already holds a newer one. */
@@ -202,18 +194,13 @@ static void adopt(struct node *n, struct authz_table *t)
         waiters_check(n, a->fresh_done);
 }
 
-/* Decode a cell value (a msgpack object) with its counter and adopt it. */
-static int adopt_value(struct node *n, const msgpack_object *v, uint64_t version, struct err *err)
+/* Decode a table (its MessagePack encoding) with its version and adopt it. */
+static int adopt_bytes(struct node *n, const uint8_t *p, size_t len, uint64_t version,
+                       struct err *err)
 {
-    struct buf b;
-    buf_init(&b);
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, node_buf_w);
     struct authz_table t;
     authz_table_init(&t);
-    int rc = msgpack_pack_object(&pk, *v) ? err_set(err, STRATA_OUT_OF_MEMORY, "out of memory")
-                                          : authz_table_decode(&t, b.data, b.len, err);
-    buf_close(&b);
+    int rc = authz_table_decode(&t, p, len, err);
     if (rc == 0) {
         t.version = version;
         adopt(n, &t);
@@ -221,26 +208,42 @@ static int adopt_value(struct node *n, const msgpack_object *v, uint64_t version
     return rc;
 }
 
-/* A state.get result: {value, counter, ...} or nil. 0 (adopted), NOT_FOUND (no table) or
- * an error. */
+/* The same for a table held as a msgpack object (inside an auth.sync answer). */
+static int adopt_value(struct node *n, const msgpack_object *v, uint64_t version, struct err *err)
+{
+    struct buf b;
+    buf_init(&b);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, node_buf_w);
+    int rc = msgpack_pack_object(&pk, *v) ? err_set(err, STRATA_OUT_OF_MEMORY, "out of memory")
+                                          : adopt_bytes(n, b.data, b.len, version, err);
+    buf_close(&b);
+    return rc;
+}
+
+/* A state.get result of the cell. 0 (adopted), NOT_FOUND (no table) or an error. */
 static int adopt_cell(struct node *n, const uint8_t *result, size_t len, struct err *err)
 {
-    msgpack_zone z;
-    msgpack_zone_init(&z, 4096);
-    msgpack_object o;
-    size_t off = 0;
-    int rc;
-    if (msgpack_unpack((const char *)result, len, &off, &z, &o) != MSGPACK_UNPACK_SUCCESS) {
-        rc = err_set(err, STRATA_PROTOCOL_ERROR, "the auth cell cannot be decoded");
-    } else if (o.type == MSGPACK_OBJECT_NIL) {
-        rc = STRATA_NOT_FOUND;
-    } else {
-        const msgpack_object *v = node_map_get(&o, "value"), *c = node_map_get(&o, "counter");
-        rc = v && c && c->type == MSGPACK_OBJECT_POSITIVE_INTEGER
-                 ? adopt_value(n, v, c->via.u64, err)
-                 : err_set(err, STRATA_PROTOCOL_ERROR, "the auth cell has no value/counter");
-    }
-    msgpack_zone_destroy(&z);
+    struct metacell c;
+    metacell_init(&c);
+    int rc = metacell_decode_get(&c, auth_cell, result, len, err);
+    if (rc == 0)
+        rc = c.present ? adopt_bytes(n, c.value.data, c.value.len, c.counter, err)
+                       : STRATA_NOT_FOUND;
+    metacell_close(&c);
+    return rc;
+}
+
+/* Write `t` into the cell if its counter is still `expected` (its version as read). */
+static int write_cell(struct repl_group *g, const struct authz_table *t, uint64_t expected,
+                      repl_done_cb cb, void *arg)
+{
+    struct buf v;
+    buf_init(&v);
+    int rc = authz_table_encode(t, &v);
+    if (rc == 0)
+        rc = metacell_write(g, auth_cell, METACELL_CAS, expected, v.data, v.len, cb, arg);
+    buf_close(&v);
     return rc;
 }
 
@@ -441,9 +444,7 @@ static void start_fresh(struct node *n)
     struct repl_status st;
     node_group_status(n, 0, &st);
     if (g0 && g0->group && st.role == REPL_LEADER) {
-        size_t len;
-        const uint8_t *cmd = get_cmd(&len);
-        repl_read(g0->group, cmd, len, false, local_fresh_done, rc);
+        metacell_read(g0->group, auth_cell, false, local_fresh_done, rc);
         return;
     }
     const char *to = sync_target(n, a->round++);
@@ -528,22 +529,26 @@ static void local_read_done(void *arg, int code, const uint8_t *result, size_t l
 static void seed_done(void *arg, int code, const uint8_t *result, size_t len, const char *message,
                       const char *leader)
 {
-    (void)result, (void)len, (void)leader;
+    (void)leader;
     struct node *n = arg;
     struct authz_state *a = &n->authz;
     a->seeding = false;
     if (n->stopping)
         return;
-    if (code == 0) {
+    struct err err;
+    err_clear(&err);
+    uint64_t version = 0;
+    int rc = metacell_decode_write(auth_cell, code, result, len, message, &version, &err);
+    if (rc == 0) {
         struct authz_table t;
         authz_table_init(&t);
         if (authz_table_copy(&t, &a->file) == 0) {
-            t.version = 1; /* state.cas on an absent cell: counter 1 */
+            t.version = version; /* state.cas on an absent cell: counter 1 */
             adopt(n, &t);
         }
         log_info("access table seeded from the API key file: %zu keys", a->file.nkeys);
-    } else if (code != STRATA_CONFLICT) {
-        log_warn("seeding the access table failed: %s: %s", err_name(code), message ? message : "");
+    } else if (rc != STRATA_CONFLICT) {
+        log_warn("seeding the access table failed: %s: %s", err_name(rc), err.msg);
     }
     a->fresh_wanted = true; /* CONFLICT: another leader wrote it first; read it */
 }
@@ -554,24 +559,11 @@ static void seed(struct node *n)
     struct node_group *g0 = node_group(n, 0);
     if (g0 == NULL || g0->group == NULL || a->file.nkeys == 0)
         return;
-    struct buf b;
-    buf_init(&b);
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, node_buf_w);
-    msgpack_pack_map(&pk, 4);
-    node_pack_str(&pk, "op");
-    node_pack_str(&pk, "state.cas");
-    node_pack_str(&pk, "cell");
-    node_pack_str(&pk, auth_cell);
-    node_pack_str(&pk, "expected_counter");
-    msgpack_pack_uint64(&pk, 0); /* only if absent: written once per cluster */
-    node_pack_str(&pk, "value");
-    if (authz_table_encode(&a->file, &b) == 0) {
-        a->seeding = true;
-        log_info("seeding the access table from the API key file (%zu keys)", a->file.nkeys);
-        repl_write(g0->group, b.data, b.len, seed_done, n);
-    }
-    buf_close(&b);
+    log_info("seeding the access table from the API key file (%zu keys)", a->file.nkeys);
+    a->seeding = true; /* before the write: its callback may run at once */
+    /* Counter 0: only if absent, so it is written once per cluster. */
+    if (write_cell(g0->group, &a->file, 0, seed_done, n))
+        a->seeding = false;
 }
 
 /* ---- The tick (called by shards.c with the meta group's status) --------------------------------
@@ -617,9 +609,7 @@ void authz_tick(struct node *n, bool member, const struct repl_status *st)
                 rc->n = n;
                 rc->applied = st->applied_index;
                 a->reading = true;
-                size_t len;
-                const uint8_t *cmd = get_cmd(&len);
-                repl_read(g0->group, cmd, len, true, local_read_done, rc);
+                metacell_read(g0->group, auth_cell, true, local_read_done, rc);
             }
         }
     }
@@ -761,9 +751,7 @@ static void read_local(struct node *n, const uint8_t *cmd, size_t len, const str
     tr->n = n;
     tr->cb = cb;
     tr->arg = arg;
-    size_t glen;
-    const uint8_t *get = get_cmd(&glen);
-    repl_read(g0->group, get, glen, false, table_read_done, tr);
+    metacell_read(g0->group, auth_cell, false, table_read_done, tr);
 }
 
 /* auth.add / grant / revoke / remove: read the table linearizably, apply the change to
@@ -820,17 +808,22 @@ static void change_round(struct change *ch);
 static void change_written(void *arg, int code, const uint8_t *result, size_t len,
                            const char *message, const char *leader)
 {
-    (void)result, (void)len, (void)leader;
+    (void)leader;
     struct change *ch = arg;
-    if (code == STRATA_CONFLICT && ++ch->attempts < CHANGE_ATTEMPTS && !ch->n->stopping) {
+    struct err err;
+    err_clear(&err);
+    int rc = metacell_decode_write(auth_cell, code, result, len,
+                                   message ? message : "the access table write failed",
+                                   &ch->version, &err);
+    if (rc == STRATA_CONFLICT && ++ch->attempts < CHANGE_ATTEMPTS && !ch->n->stopping) {
         change_round(ch);
         return;
     }
-    if (code == 0 && !ch->n->stopping) {
+    if (rc == 0 && !ch->n->stopping) {
         ch->table.version = ch->version;
         adopt(ch->n, &ch->table); /* this node at once; the others within the bound */
     }
-    change_finish(ch, code, message ? message : "the access table write failed", code == 0);
+    change_finish(ch, rc, err.msg, rc == 0);
 }
 
 static void change_read(void *arg, int code, const uint8_t *result, size_t len, const char *message,
@@ -843,36 +836,20 @@ static void change_read(void *arg, int code, const uint8_t *result, size_t len, 
         change_finish(ch, code, message ? message : "the access table read failed", false);
         return;
     }
-    msgpack_zone z;
-    msgpack_zone_init(&z, 4096);
-    msgpack_object o;
-    size_t off = 0;
     struct err err;
     err_clear(&err);
     struct authz_table t;
     authz_table_init(&t);
-    int rc;
-    if (msgpack_unpack((const char *)result, len, &off, &z, &o) != MSGPACK_UNPACK_SUCCESS) {
-        rc = err_set(&err, STRATA_INTERNAL, "the auth cell cannot be decoded");
-    } else if (o.type == MSGPACK_OBJECT_NIL) {
+    struct metacell cell;
+    metacell_init(&cell);
+    int rc = metacell_decode_get(&cell, auth_cell, result, len, &err);
+    if (rc == 0 && !cell.present)
         rc = err_set(&err, STRATA_INVALID_ARGUMENT,
                      "authentication is off in this cluster (no --api-keys when it was created): "
                      "there is no access table to change");
-    } else {
-        const msgpack_object *v = node_map_get(&o, "value"), *c = node_map_get(&o, "counter");
-        struct buf b;
-        buf_init(&b);
-        msgpack_packer pk;
-        msgpack_packer_init(&pk, &b, node_buf_w);
-        rc = v == NULL || c == NULL || c->type != MSGPACK_OBJECT_POSITIVE_INTEGER
-                 ? err_set(&err, STRATA_INTERNAL, "the auth cell has no value/counter")
-             : msgpack_pack_object(&pk, *v) ? err_set(&err, STRATA_OUT_OF_MEMORY, "out of memory")
-                                            : authz_table_decode(&t, b.data, b.len, &err);
-        if (rc == 0)
-            t.version = c->via.u64;
-        buf_close(&b);
-    }
-    msgpack_zone_destroy(&z);
+    else if (rc == 0 && (rc = authz_table_decode(&t, cell.value.data, cell.value.len, &err)) == 0)
+        t.version = cell.counter;
+    metacell_close(&cell);
     bool changed = false;
     if (rc == 0)
         rc = authz_table_apply(&t, &ch->c, &changed, &err);
@@ -882,30 +859,14 @@ static void change_read(void *arg, int code, const uint8_t *result, size_t len, 
         change_finish(ch, rc, err.msg, false);
         return;
     }
-    struct buf b;
-    buf_init(&b);
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, node_buf_w);
-    msgpack_pack_map(&pk, 4);
-    node_pack_str(&pk, "op");
-    node_pack_str(&pk, "state.cas");
-    node_pack_str(&pk, "cell");
-    node_pack_str(&pk, auth_cell);
-    node_pack_str(&pk, "expected_counter");
-    msgpack_pack_uint64(&pk, t.version);
-    node_pack_str(&pk, "value");
-    rc = authz_table_encode(&t, &b);
-    ch->version = t.version + 1;
     authz_table_free(&ch->table);
-    ch->table = t; /* moves ownership */
+    ch->table = t; /* moves ownership; set before the write, whose callback may run at once */
     struct node_group *g0 = node_group(n, 0);
-    if (rc || g0 == NULL || g0->group == NULL) {
-        buf_close(&b);
-        change_finish(ch, rc ? rc : STRATA_UNAVAILABLE, "cannot write the access table", false);
-        return;
-    }
-    repl_write(g0->group, b.data, b.len, change_written, ch);
-    buf_close(&b);
+    rc = g0 == NULL || g0->group == NULL
+             ? STRATA_UNAVAILABLE
+             : write_cell(g0->group, &ch->table, ch->table.version, change_written, ch);
+    if (rc)
+        change_finish(ch, rc, "cannot write the access table", false);
 }
 
 static void change_round(struct change *ch)
@@ -915,9 +876,7 @@ static void change_round(struct change *ch)
         change_finish(ch, STRATA_UNAVAILABLE, "the meta group is not hosted here", false);
         return;
     }
-    size_t len;
-    const uint8_t *cmd = get_cmd(&len);
-    repl_read(g0->group, cmd, len, false, change_read, ch);
+    metacell_read(g0->group, auth_cell, false, change_read, ch);
 }
 
 static void change_local(struct node *n, const uint8_t *cmd, size_t len, const struct auth_key *key,

@@ -28,8 +28,6 @@
 #define CELL_ATTEMPTS 8
 #define KEY_MAX 2200 /* an internal key (storage: IKEY_MAX) */
 
-static const char moves_cell[] = "moves";
-
 /* ---- State ------------------------------------------------------------------------- */
 
 typedef int (*cell_fn)(struct migration *m, void *ctx, struct err *err);
@@ -269,26 +267,15 @@ static void inner_begin(struct buf *b, msgpack_packer *pk, const char *op, struc
 
 /* ---- The moves cell: serialized read-modify-CAS rounds on the meta leader ---------------- */
 
-const uint8_t *cell_get_cmd(size_t *len)
+int record_decode(struct migration *m, struct metacell *cell, const uint8_t *result, size_t len,
+                  struct err *err)
 {
-    static uint8_t cmd[48];
-    static size_t n;
-    if (n == 0) {
-        struct buf b;
-        buf_init(&b);
-        msgpack_packer pk;
-        msgpack_packer_init(&pk, &b, node_buf_w);
-        msgpack_pack_map(&pk, 2);
-        node_pack_str(&pk, "op");
-        node_pack_str(&pk, "state.get");
-        node_pack_str(&pk, "cell");
-        node_pack_str(&pk, moves_cell);
-        memcpy(cmd, b.data, b.len);
-        n = b.len;
-        buf_close(&b);
-    }
-    *len = n;
-    return cmd;
+    migration_init(m);
+    int rc = metacell_decode_get(cell, MOVES_CELL, result, len, err);
+    if (rc == 0 && cell->present &&
+        (rc = migration_decode(m, cell->value.data, cell->value.len, err)) == 0)
+        m->counter = cell->counter;
+    return rc;
 }
 
 static void cell_kick(struct mover *mv);
@@ -325,16 +312,16 @@ static void cell_finish(struct mover *mv, int code, const char *msg)
 static void cell_written(void *arg, int code, const uint8_t *result, size_t len,
                          const char *message, const char *leader)
 {
-    (void)result, (void)len, (void)leader;
+    (void)leader;
     struct mover *mv = arg;
-    if ((code == STRATA_CONFLICT || code == STRATA_ALREADY_EXISTS) &&
-        ++mv->q->attempts < CELL_ATTEMPTS) {
-        cell_round(mv); /* someone else wrote: read again, recompute */
+    struct err err;
+    err_clear(&err);
+    int rc = metacell_decode_write(MOVES_CELL, code, result, len, message, &mv->m->counter, &err);
+    if (rc == STRATA_CONFLICT && ++mv->q->attempts < CELL_ATTEMPTS) {
+        cell_round(mv); /* someone else wrote (state.cas or state.init): read again, recompute */
         return;
     }
-    if (code == 0)
-        mv->m->counter++;
-    cell_finish(mv, code, message ? message : err_name(code));
+    cell_finish(mv, rc, rc ? err.msg : NULL);
 }
 
 static void cell_read(void *arg, int code, const uint8_t *result, size_t len, const char *message,
@@ -348,67 +335,36 @@ static void cell_read(void *arg, int code, const uint8_t *result, size_t len, co
     }
     struct err err;
     err_clear(&err);
-    msgpack_zone z;
-    msgpack_zone_init(&z, 4096);
-    msgpack_object o;
-    size_t off = 0;
-    struct buf old, enc;
-    buf_init(&old);
+    struct metacell old; /* the value as read, to skip writing an unchanged record */
+    metacell_init(&old);
+    struct buf enc;
     buf_init(&enc);
-    int rc = 0;
-    migration_init(mv->m);
-    if (msgpack_unpack((const char *)result, len, &off, &z, &o) != MSGPACK_UNPACK_SUCCESS) {
-        rc = err_set(&err, STRATA_INTERNAL, "the moves record cannot be read");
-    } else if (o.type != MSGPACK_OBJECT_NIL) {
-        const msgpack_object *v = node_map_get(&o, "value"), *c = node_map_get(&o, "counter");
-        uint64_t counter = 0;
-        msgpack_packer pk;
-        msgpack_packer_init(&pk, &old, node_buf_w);
-        if (v == NULL || !obj_u64(c, &counter))
-            rc = err_set(&err, STRATA_INTERNAL, "the moves cell has no value/counter");
-        else if (msgpack_pack_object(&pk, *v) != 0)
-            rc = err_set(&err, STRATA_OUT_OF_MEMORY, "out of memory");
-        else if ((rc = migration_decode(mv->m, old.data, old.len, &err)) == 0)
-            mv->m->counter = counter;
-    }
-    msgpack_zone_destroy(&z);
+    int rc = record_decode(mv->m, &old, result, len, &err);
     struct cell_op *op = mv->q;
     if (rc == 0 && op->fn)
         rc = op->fn(mv->m, op->ctx, &err);
     if (rc == 0 && op->fn && (rc = migration_encode(mv->m, &enc)) != 0)
         err_set(&err, rc, "out of memory");
-    if (rc || op->fn == NULL || (enc.len == old.len && memcmp(enc.data, old.data, old.len) == 0)) {
-        buf_close(&old);
-        buf_close(&enc);
-        cell_finish(mv, rc, rc ? err.msg : NULL);
-        return;
-    }
-    struct buf b;
-    buf_init(&b);
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, node_buf_w);
-    bool init = mv->m->counter == 0;
-    msgpack_pack_map(&pk, init ? 3 : 4);
-    node_pack_str(&pk, "op");
-    node_pack_str(&pk, init ? "state.init" : "state.cas");
-    node_pack_str(&pk, "cell");
-    node_pack_str(&pk, moves_cell);
-    if (!init) {
-        node_pack_str(&pk, "expected_counter");
-        msgpack_pack_uint64(&pk, mv->m->counter);
-    }
-    node_pack_str(&pk, "value");
-    buf_append(&b, enc.data, enc.len);
-    buf_close(&old);
-    buf_close(&enc);
+    /* Written only when the change changed something (else answered as read). */
+    bool write = rc == 0 && op->fn &&
+                 !(enc.len == old.value.len && memcmp(enc.data, old.value.data, enc.len) == 0);
+    metacell_close(&old);
     struct node_group *g0 = node_group(mv->n, 0);
-    if (g0 == NULL || g0->group == NULL) {
-        buf_close(&b);
-        cell_finish(mv, STRATA_UNAVAILABLE, "the meta group is not hosted here");
-        return;
+    if (write && (g0 == NULL || g0->group == NULL)) {
+        rc = err_set(&err, STRATA_UNAVAILABLE, "the meta group is not hosted here");
+        write = false;
     }
-    repl_write(g0->group, b.data, b.len, cell_written, mv);
-    buf_close(&b);
+    /* A never written cell (counter 0) is created with state.init, else a CAS. Its
+     * callback may run before this returns: mv->q is not touched after. */
+    if (write &&
+        (rc = metacell_write(g0->group, MOVES_CELL, mv->m->counter ? METACELL_CAS : METACELL_INIT,
+                             mv->m->counter, enc.data, enc.len, cell_written, mv))) {
+        err_set(&err, rc, "out of memory");
+        write = false;
+    }
+    buf_close(&enc);
+    if (!write)
+        cell_finish(mv, rc, rc ? err.msg : NULL);
 }
 
 static void cell_round(struct mover *mv)
@@ -418,9 +374,7 @@ static void cell_round(struct mover *mv)
         cell_finish(mv, STRATA_UNAVAILABLE, "the meta group is not hosted here");
         return;
     }
-    size_t len;
-    const uint8_t *cmd = cell_get_cmd(&len);
-    repl_read(g0->group, cmd, len, false, cell_read, mv);
+    metacell_read(g0->group, MOVES_CELL, false, cell_read, mv);
 }
 
 static void cell_kick(struct mover *mv)

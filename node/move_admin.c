@@ -291,26 +291,10 @@ static void listed_raw(void *arg, int code, const uint8_t *result, size_t len, c
         code = err_set(&err, STRATA_OUT_OF_MEMORY, "out of memory");
     if (code == 0) {
         /* nil (never written) is the empty record */
-        migration_init(m);
-        msgpack_zone z;
-        msgpack_zone_init(&z, 4096);
-        msgpack_object o;
-        size_t off = 0;
-        struct buf b;
-        buf_init(&b);
-        msgpack_packer pk;
-        msgpack_packer_init(&pk, &b, node_buf_w);
-        const msgpack_object *v = NULL;
-        if (msgpack_unpack((const char *)result, len, &off, &z, &o) != MSGPACK_UNPACK_SUCCESS)
-            code = err_set(&err, STRATA_INTERNAL, "the moves record cannot be read");
-        else if (o.type != MSGPACK_OBJECT_NIL && (v = node_map_get(&o, "value")) == NULL)
-            code = err_set(&err, STRATA_INTERNAL, "the moves cell has no value");
-        else if (v && msgpack_pack_object(&pk, *v) != 0)
-            code = err_set(&err, STRATA_OUT_OF_MEMORY, "out of memory");
-        else if (v)
-            code = migration_decode(m, b.data, b.len, &err);
-        buf_close(&b);
-        msgpack_zone_destroy(&z);
+        struct metacell cell;
+        metacell_init(&cell);
+        code = record_decode(m, &cell, result, len, &err);
+        metacell_close(&cell);
     }
     listed(r, code, code ? (err.msg[0] ? err.msg : message) : NULL, m);
     sm_free(m);
@@ -331,9 +315,7 @@ static void moves_local(struct node *n, const uint8_t *cmd, size_t len, const st
         return;
     }
     *r = (struct list_req){cb, arg};
-    size_t clen;
-    const uint8_t *get = cell_get_cmd(&clen);
-    repl_read(g0->group, get, clen, false, listed_raw, r);
+    metacell_read(g0->group, MOVES_CELL, false, listed_raw, r);
 }
 
 int node_move_admin(struct node *n, const char *op, const msgpack_object *cmd, const uint8_t *bytes,

@@ -3,6 +3,7 @@
 #ifndef STRATA_NODE_MOVE_INTERNAL_H
 #define STRATA_NODE_MOVE_INTERNAL_H
 
+#include "metacell.h"
 #include "migration.h"
 #include "node.h"
 
@@ -13,8 +14,13 @@ struct drive;
 typedef int (*cell_fn)(struct migration *m, void *ctx, struct err *err);
 typedef void (*cell_cb)(void *arg, int code, const char *msg, const struct migration *m);
 void cell_change(struct mover *mv, cell_fn fn, void *ctx, cell_cb cb, void *arg);
-/* The read of the `moves` cell (a state.get), encoded once. */
-const uint8_t *cell_get_cmd(size_t *len);
+/* The meta group's state cell holding the record (sharding/migration.h). */
+#define MOVES_CELL "moves"
+/* A state.get reply of that cell (metacell_read) into `m`; an absent cell is the empty
+ * record (counter 0). `cell` (initialized; the caller closes it) keeps the value's
+ * encoding. 0, or an error in err (m is then empty). */
+int record_decode(struct migration *m, struct metacell *cell, const uint8_t *result, size_t len,
+                  struct err *err);
 
 /* The moves driven on this node: find one by branch, start driving a recorded one. */
 struct drive *drive_find(struct mover *mv, const char *name);

@@ -4,8 +4,11 @@
  * moving standalone ones (one move at a time). On every node: retire the shard replicas
  * the table no longer gives it. docs/sharding.md "Rebalancing".
  *
- * One action at a time (rb_busy): a status query, one membership change, one leadership
- * transfer or one table write; each completes through its callback. Actions are taken
+ * One action at a time: a status query, one membership change, one leadership transfer
+ * or one table write; each completes through its callback. Each action has a generation
+ * (node/rebalance_action.h): an action given up on (no answer in RB_BUSY_MAX_MS, or
+ * leadership lost) may still answer later, and that late callback must neither end the
+ * turn of a newer action nor act on the rebalancer's behalf. Actions are taken
  * only while this node's cached table is as new as its own meta replica's applied state
  * (a table write always precedes the membership changes that follow from it, so an
  * up-to-date cache never mistakes a new member for a stale one).
@@ -22,6 +25,7 @@
 #include "balance.h"
 #include "migration.h"
 #include "node.h"
+#include "rebalance_action.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -39,23 +43,73 @@ struct rb_waiter {
     void *arg;
 };
 
+/* ---- Actions ---------------------------------------------------------------------------
+ * The action state lives in the rebalancer's private state (n->rb_auto, allocated by the
+ * first action, freed at stop: a callback that finds none is stale too). */
+
+static struct rb_action *action_state(struct node *n);
+
+/* Start an action: its generation, for its callback; 0 (out of memory): none started. */
+static uint64_t begin(struct node *n)
+{
+    struct rb_action *a = action_state(n);
+    return a ? rb_action_begin(a, uv_now(n->loop)) : 0;
+}
+
+/* Action `gen` answered: whether it is the current one (the rebalancer is free again and
+ * may act on the answer). A stale answer is only logged or remembered as a fact. */
+static bool end(struct node *n, uint64_t gen)
+{
+    struct rb_action *a = n->rb_auto ? action_state(n) : NULL;
+    return a && rb_action_end(a, gen);
+}
+
+static bool busy(struct node *n)
+{
+    struct rb_action *a = n->rb_auto ? action_state(n) : NULL;
+    return a && a->busy;
+}
+
+/* The callback context of an action that needs nothing else. */
+struct rb_call {
+    struct node *n;
+    uint64_t gen;
+};
+
+/* Start an action with an rb_call for its callback; NULL (out of memory): none started. */
+static struct rb_call *call_begin(struct node *n)
+{
+    struct rb_call *c = sm_malloc(sizeof *c);
+    if (c && (c->gen = begin(n)) == 0) {
+        sm_free(c);
+        return NULL;
+    }
+    if (c)
+        c->n = n;
+    return c;
+}
+
+/* The answer to an rb_call: frees it; whether the action was the current one. */
+static bool call_end(struct rb_call *c, struct node **n)
+{
+    *n = c->n;
+    bool current = end(c->n, c->gen);
+    sm_free(c);
+    return current;
+}
 
 static void action_done(void *arg, int code, const uint8_t *result, size_t len,
                         const char *message, const char *leader)
 {
     (void)result, (void)len, (void)leader;
-    struct node *n = arg;
-    n->rb_busy = false;
+    struct node *n;
+    bool current = call_end(arg, &n);
     if (code && code != STRATA_ALREADY_EXISTS) {
-        log_info("rebalance: %s: %s", err_name(code), message ? message : "");
-        n->rb_retry_at = uv_now(n->loop) + RB_RETRY_MS;
+        log_info("rebalance: %s: %s%s", err_name(code), message ? message : "",
+                 current ? "" : " (an action given up on)");
+        if (current)
+            n->rb_retry_at = uv_now(n->loop) + RB_RETRY_MS;
     }
-}
-
-static void begin(struct node *n)
-{
-    n->rb_busy = true;
-    n->rb_busy_since = uv_now(n->loop);
 }
 
 /* ---- Meta group membership ----------------------------------------------------------- */
@@ -90,15 +144,19 @@ static bool meta_converge(struct node *n, const struct repl_status *st)
         if (st->members[i].id == n->cfg.node_id) {
             if (voters < 2)
                 return false; /* nobody to hand the meta group to */
+            struct rb_call *c = call_begin(n);
+            if (c == NULL)
+                return false;
             log_info("rebalance: meta group: this node is draining, handing leadership away");
-            begin(n);
-            repl_transfer(g0->group, 0, action_done, n);
+            repl_transfer(g0->group, 0, action_done, c);
             return true;
         }
+        struct rb_call *c = call_begin(n);
+        if (c == NULL)
+            return false;
         log_info("rebalance: meta group: removing node %llu (%s)",
                  (unsigned long long)st->members[i].id, nd ? "draining" : "not in the table");
-        begin(n);
-        repl_member_remove(g0->group, st->members[i].id, action_done, n);
+        repl_member_remove(g0->group, st->members[i].id, action_done, c);
         return true;
     }
     size_t want = active < PL_META_MAX_VOTERS ? active : PL_META_MAX_VOTERS;
@@ -107,11 +165,13 @@ static bool meta_converge(struct node *n, const struct repl_status *st)
         bool voter = false;
         if (nd->state != PL_NODE_ACTIVE || (meta_member(st, nd->id, &voter) && voter))
             continue;
+        struct rb_call *c = call_begin(n);
+        if (c == NULL)
+            return false;
         log_info("rebalance: meta group: adding node %llu", (unsigned long long)nd->id);
         struct repl_member m = {.id = nd->id};
         snprintf(m.address, sizeof m.address, "%s", nd->address);
-        begin(n);
-        repl_member_add(g0->group, &m, action_done, n);
+        repl_member_add(g0->group, &m, action_done, c);
         return true;
     }
     return false;
@@ -121,6 +181,7 @@ static bool meta_converge(struct node *n, const struct repl_status *st)
 
 struct shard_check {
     struct node *n;
+    uint64_t gen; /* the action's */
     uint32_t shard;
     uint64_t epoch;
 };
@@ -133,8 +194,13 @@ static void shard_status_done(void *arg, int code, const uint8_t *result, size_t
     struct node *n = sc->n;
     uint32_t sid = sc->shard;
     uint64_t epoch = sc->epoch;
+    bool current = end(n, sc->gen);
     sm_free(sc);
-    n->rb_busy = false;
+    if (!current) {
+        /* Given up on: a newer action may run, which this answer must not join. */
+        log_info("rebalance: shard %u: a members answer came after it was given up on", sid);
+        return;
+    }
     if (code) {
         log_info("rebalance: shard %u: members not known: %s: %s", sid, err_name(code),
                  message ? message : "");
@@ -164,23 +230,27 @@ static void shard_status_done(void *arg, int code, const uint8_t *result, size_t
         const struct pl_node *nd = placement_node(&n->pl, s->replicas[r]);
         if (nd == NULL)
             continue;
+        struct rb_call *c = call_begin(n);
+        if (c == NULL)
+            return;
         log_info("rebalance: shard %u: adding node %llu", sid, (unsigned long long)nd->id);
-        begin(n);
-        admin_group_member(n, sid, true, nd->id, nd->address, node_self_key(n), action_done, n);
+        admin_group_member(n, sid, true, nd->id, nd->address, node_self_key(n), action_done, c);
         return;
     }
     for (size_t i = 0; all_vote && i < m.n; i++) {
         if (placement_shard_has(s, m.ids[i]))
             continue;
-        begin(n);
+        struct rb_call *c = call_begin(n);
+        if (c == NULL)
+            return;
         if (m.ids[i] == m.leader) {
             log_info("rebalance: shard %u: its leader, node %llu, leaves: handing over to %llu",
                      sid, (unsigned long long)m.leader, (unsigned long long)s->replicas[0]);
-            admin_transfer(n, sid, s->replicas[0], node_self_key(n), action_done, n);
+            admin_transfer(n, sid, s->replicas[0], node_self_key(n), action_done, c);
         } else {
             log_info("rebalance: shard %u: removing node %llu", sid,
                      (unsigned long long)m.ids[i]);
-            admin_group_member(n, sid, false, m.ids[i], NULL, node_self_key(n), action_done, n);
+            admin_group_member(n, sid, false, m.ids[i], NULL, node_self_key(n), action_done, c);
         }
         return;
     }
@@ -204,10 +274,12 @@ static bool shard_converge(struct node *n, uint64_t now, bool *all_ok)
             continue;
         n->rb_next = (uint32_t)((n->rb_next + k + 1) % ns);
         struct shard_check *sc = sm_malloc(sizeof *sc);
-        if (sc == NULL)
+        uint64_t gen = sc ? begin(n) : 0;
+        if (gen == 0) {
+            sm_free(sc);
             return false;
-        *sc = (struct shard_check){n, s->id, s->epoch};
-        begin(n);
+        }
+        *sc = (struct shard_check){n, gen, s->id, s->epoch};
         admin_group_members(n, s->id, node_self_key(n), shard_status_done, sc);
         if (!ok)
             *all_ok = false;
@@ -231,8 +303,8 @@ static void step_done(void *arg, int code, const uint8_t *result, size_t len,
                       const char *message, const char *leader)
 {
     (void)result, (void)len, (void)leader;
-    struct node *n = arg;
-    n->rb_busy = false;
+    struct node *n;
+    call_end(arg, &n); /* even a late answer is a table write done: counted and spaced */
     n->rb_last_step_ms = uv_now(n->loop);
     if (code)
         log_info("rebalance: table change failed: %s: %s", err_name(code),
@@ -248,7 +320,7 @@ static void step_done(void *arg, int code, const uint8_t *result, size_t len,
  * nothing starts while the `moves` record lists one in flight, nor within
  * RB_BM_COOLDOWN_MS of the last one seen. What was learnt about branches is kept as
  * facts with an expiry, so a refused branch or a fork family is not asked about on every
- * tick. Each step is one rebalancer action (rb_busy). */
+ * tick. Each step is one rebalancer action. */
 
 #define RB_BM_COOLDOWN_MS 2000   /* after the last move seen in flight, before the next */
 #define RB_BM_RECORD_MS 1000     /* a moves record read this recently is current enough */
@@ -266,7 +338,10 @@ struct rb_fact {
     uint64_t until_ms;
 };
 
+/* The rebalancer's private state (n->rb_auto): the action under way, and what the
+ * automatic branch moves learnt. */
 struct rb_auto {
+    struct rb_action act;  /* one action at a time (every rebalancer action) */
     struct rb_fact *facts; /* sorted by name (strcmp) */
     size_t nfacts, cap;
     uint64_t record_ms;    /* when the moves record was last read (0: not since leading) */
@@ -279,6 +354,7 @@ struct rb_auto {
 
 struct bm_req {
     struct node *n;
+    uint64_t gen; /* the action's */
     struct pl_bstep step;
     char name[PL_MAX_BRANCH_NAME + 1]; /* step.branch points here */
 };
@@ -288,6 +364,12 @@ static struct rb_auto *auto_state(struct node *n)
     if (n->rb_auto == NULL)
         n->rb_auto = sm_calloc(1, sizeof *n->rb_auto);
     return n->rb_auto;
+}
+
+static struct rb_action *action_state(struct node *n)
+{
+    struct rb_auto *a = auto_state(n);
+    return a ? &a->act : NULL;
 }
 
 static void auto_free(struct node *n)
@@ -432,11 +514,12 @@ static void record_read(void *arg, int code, const uint8_t *result, size_t len,
                         const char *message, const char *leader)
 {
     (void)leader;
-    struct node *n = arg;
-    struct rb_auto *a = n->rb_auto;
-    n->rb_busy = false;
-    if (a == NULL)
+    struct node *n;
+    /* A read given up on is older than what may have happened since (a move started
+     * here): dropped; the next read sees the same finished moves. */
+    if (!call_end(arg, &n))
         return;
+    struct rb_auto *a = n->rb_auto;
     uint64_t now = uv_now(n->loop);
     msgpack_zone z;
     msgpack_zone_init(&z, 4096);
@@ -495,17 +578,19 @@ static void record_read_start(struct node *n)
     msgpack_pack_map(&pk, 1);
     node_pack_str(&pk, "op");
     node_pack_str(&pk, "cluster.moves");
-    begin(n);
-    move_call(n, "cluster.moves", &b, record_read, n);
+    struct rb_call *c = call_begin(n);
+    if (c)
+        move_call(n, "cluster.moves", &b, record_read, c);
     buf_close(&b);
 }
 
-/* The answer to a branch request: the rebalancer's action is over; the map when it
- * succeeded and the rebalancer still runs (z is initialized either way). */
+/* The answer to a branch request: the rebalancer's action is over (if it is still the
+ * current one: what it learnt counts even if not); the map when it succeeded and the
+ * rebalancer still runs (z is initialized either way). */
 static const msgpack_object *bm_answer(struct bm_req *r, int code, const uint8_t *result,
                                        size_t len, msgpack_zone *z, msgpack_object *o)
 {
-    r->n->rb_busy = false;
+    end(r->n, r->gen);
     msgpack_zone_init(z, 512);
     return code || r->n->rb_auto == NULL ? NULL : answer_map(result, len, z, o);
 }
@@ -572,7 +657,6 @@ static void branch_check_start(struct node *n, struct bm_req *r)
     node_pack_str(&pk, "cmd");
     msgpack_pack_bin(&pk, inner.len);
     msgpack_pack_bin_body(&pk, inner.data, inner.len);
-    begin(n);
     move_call(n, "cluster.move_exec", &b, branch_checked, r);
     buf_close(&inner);
     buf_close(&b);
@@ -651,6 +735,10 @@ static void branch_tick(struct node *n, uint64_t now)
     r->step.branch = r->name; /* the table may be replaced before the answer */
     char why[PL_MAX_BRANCH_NAME + 160];
     placement_plan_branch_describe(&r->step, why, sizeof why);
+    if ((r->gen = begin(n)) == 0) {
+        sm_free(r);
+        return;
+    }
     if (st.kind == PL_BPLAN_CHECK) {
         log_debug("rebalance: %s", why);
         branch_check_start(n, r);
@@ -659,7 +747,6 @@ static void branch_tick(struct node *n, uint64_t now)
     log_info("rebalance: %s", why);
     /* Counted as in flight at once: nothing else starts before the record shows it. */
     a->record_ms = now;
-    begin(n);
     move_branch_start(n, r->name, st.to, 0, true, branch_move_started, r);
 }
 
@@ -747,15 +834,16 @@ void rebalance_tick(struct node *n, uint64_t now)
      * need to be the leader or current to answer its waiter. */
     waiters_check(n, now, n->have_pl, 0);
     if (!leader) {
-        n->rb_busy = false;
-        if (n->rb_auto)
-            n->rb_auto->record_ms = 0; /* read again once leading */
+        if (n->rb_auto) {
+            rb_action_abandon(&n->rb_auto->act); /* its answer, if any, is stale */
+            n->rb_auto->record_ms = 0;           /* read again once leading */
+        }
         memset(n->rb_ok_epoch, 0, sizeof n->rb_ok_epoch);
         return;
     }
-    if (n->rb_busy && now - n->rb_busy_since > RB_BUSY_MAX_MS) {
+    if (n->rb_auto && rb_action_overdue(&n->rb_auto->act, now, RB_BUSY_MAX_MS)) {
         log_info("rebalance: an action got no answer in %d ms: going on", RB_BUSY_MAX_MS);
-        n->rb_busy = false;
+        rb_action_abandon(&n->rb_auto->act);
     }
     if (!current && n->rb_stale_since == 0)
         n->rb_stale_since = now;
@@ -767,7 +855,7 @@ void rebalance_tick(struct node *n, uint64_t now)
                  n->pl_reading ? ", a read in flight" : "");
         n->rb_stale_since = now;
     }
-    if (n->rb_busy || !current || now < n->rb_retry_at)
+    if (busy(n) || !current || now < n->rb_retry_at)
         return;
     if (meta_converge(n, &st))
         return;
@@ -786,9 +874,11 @@ void rebalance_tick(struct node *n, uint64_t now)
         return; /* meta_converge takes it out of the meta group first */
     char why[200];
     placement_plan_describe(&step, why, sizeof why);
+    struct rb_call *c = call_begin(n);
+    if (c == NULL)
+        return;
     log_info("rebalance: %s", why);
-    begin(n);
-    meta_change(n, mutate_plan, NULL, step_done, n);
+    meta_change(n, mutate_plan, NULL, step_done, c);
 }
 
 void rebalance_stop(struct node *n)

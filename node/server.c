@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <raft.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -231,6 +232,10 @@ struct join_state {
     int attempts;
     size_t next;
     char hint[REPL_ADDRESS_MAX + 1]; /* the meta leader, when a member named it */
+    /* Random per process: the meta leader recognizes a retry of this join by it (an
+     * earlier attempt applied but answered with an error) and tells it from a node that
+     * lost its data and asks under its old id (node/admin.c). "" if none could be made. */
+    char token[33];
 };
 
 static void join_try(uv_timer_t *t);
@@ -243,8 +248,6 @@ static void join_closed(uv_handle_t *h)
 static void join_done(void *arg, int code, const uint8_t *result, size_t len,
                       const char *message, const char *leader)
 {
-    (void)result;
-    (void)len;
     struct join_state *js = arg;
     if (code == STRATA_ALREADY_EXISTS && js->node->fresh) {
         /* Our data dir is empty but the cluster already counts this id: this node lost
@@ -261,7 +264,21 @@ static void join_done(void *arg, int code, const uint8_t *result, size_t len,
         return;
     }
     if (code == 0 || code == STRATA_ALREADY_EXISTS) {
-        log_info("joined the cluster as node %llu", (unsigned long long)js->node->cfg.node_id);
+        bool again = false;
+        msgpack_zone z;
+        msgpack_zone_init(&z, 256);
+        msgpack_object o;
+        size_t off = 0;
+        if (code == 0 && result && len &&
+            msgpack_unpack((const char *)result, len, &off, &z, &o) == MSGPACK_UNPACK_SUCCESS) {
+            const msgpack_object *v = node_map_get(&o, "already_member");
+            again = v && v->type == MSGPACK_OBJECT_BOOLEAN && v->via.boolean;
+        }
+        msgpack_zone_destroy(&z);
+        log_info("joined the cluster as node %llu%s", (unsigned long long)js->node->cfg.node_id,
+                 again ? " (already a member at this address: an earlier attempt of this join "
+                         "was applied)"
+                       : "");
         uv_close((uv_handle_t *)&js->timer, join_closed);
         return;
     }
@@ -304,9 +321,11 @@ static void join_try(uv_timer_t *t)
         snprintf(addr, sizeof addr, "%s", js->hint);
     struct buf b;
     buf_init(&b);
-    char cmd[REPL_ADDRESS_MAX + 128];
-    snprintf(cmd, sizeof cmd, "{\"op\":\"cluster.add_member\",\"id\":%llu,\"address\":\"%s\"}",
-             (unsigned long long)n->cfg.node_id, n->cfg.advertise);
+    char cmd[REPL_ADDRESS_MAX + 192]; /* with a 20-digit id and a 32-digit token */
+    snprintf(cmd, sizeof cmd,
+             "{\"op\":\"cluster.add_member\",\"id\":%llu,\"address\":\"%s\"%s%s%s}",
+             (unsigned long long)n->cfg.node_id, n->cfg.advertise,
+             js->token[0] ? ",\"join_token\":\"" : "", js->token, js->token[0] ? "\"" : "");
     struct err err;
     if (storage_json_to_value(cmd, strlen(cmd), &b, &err) == 0)
         fwd_request(n, addr, node_self_secret(n), b.data, b.len, 0,
@@ -595,6 +614,16 @@ int node_start(struct node *n, struct err *err)
         struct join_state *js = sm_calloc(1, sizeof *js);
         if (js) {
             js->node = n;
+            unsigned char raw[16];
+            if (RAND_bytes(raw, sizeof raw) == 1)
+                for (size_t i = 0; i < sizeof raw; i++)
+                    snprintf(js->token + 2 * i, 3, "%02x", raw[i]);
+            else
+                log_warn("no random bytes for a join token: a retry of a join that was "
+                         "applied will be refused");
+            log_info("joining as node %llu at %s (join token %s)",
+                     (unsigned long long)n->cfg.node_id, n->cfg.advertise,
+                     js->token[0] ? js->token : "none");
             uv_timer_init(n->loop, &js->timer);
             js->timer.data = js;
             uv_timer_start(&js->timer, join_try, 100, 0);

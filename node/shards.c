@@ -1,6 +1,7 @@
 /* The groups a node hosts and its cached placement table: opening/stopping groups, the
  * cache refresh, the meta leader's duties (initial table, serialized assignments) and
  * leader spreading. Plan and failure cases: docs/sharding.md. */
+#include "metacell.h"
 #include "node.h"
 #include "observe.h"
 
@@ -320,8 +321,8 @@ static void adopt(struct node *n, struct placement *p)
     n->have_pl = true;
 }
 
-/* A table held as a MessagePack object (inside a state.get result or a cluster.placement
- * answer) into `p`, with its epoch. placement_decode validates every field. */
+/* A table held as a MessagePack object (inside a cluster.placement answer) into `p`, with
+ * its epoch. placement_decode validates every field. */
 static int decode_table(const msgpack_object *v, uint64_t epoch, struct placement *p,
                         struct err *err)
 {
@@ -337,22 +338,19 @@ static int decode_table(const msgpack_object *v, uint64_t epoch, struct placemen
     return rc;
 }
 
-/* A state.get result {value, counter, ...} or nil. Returns 0 (adopted), NOT_FOUND (no
- * table yet) or an error. */
-static int adopt_cell(struct node *n, const msgpack_object *o, struct err *err)
+/* A state.get result of the cell into `p` (initialized), with its counter as the epoch.
+ * 0, NOT_FOUND (no table yet) or an error. */
+static int decode_cell(const uint8_t *result, size_t len, struct placement *p, struct err *err)
 {
-    if (o->type == MSGPACK_OBJECT_NIL)
-        return STRATA_NOT_FOUND;
-    const msgpack_object *v = node_map_get(o, "value"), *c = node_map_get(o, "counter");
-    if (v == NULL || c == NULL || c->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-        return err_set(err, STRATA_INTERNAL, "the placement cell has no value/counter");
-    struct placement p;
-    placement_init(&p);
-    int rc = decode_table(v, c->via.u64, &p, err);
-    if (rc)
-        return rc;
-    adopt(n, &p);
-    return 0;
+    struct metacell c;
+    metacell_init(&c);
+    int rc = metacell_decode_get(&c, placement_cell, result, len, err);
+    if (rc == 0 && !c.present)
+        rc = STRATA_NOT_FOUND;
+    else if (rc == 0 && (rc = placement_decode(p, c.value.data, c.value.len, err)) == 0)
+        p->epoch = c.counter;
+    metacell_close(&c);
+    return rc;
 }
 
 
@@ -368,19 +366,17 @@ static void local_read_done(void *arg, int code, const uint8_t *result, size_t l
         log_debug("placement read failed: %s: %s", err_name(code), message ? message : "");
         return;
     }
-    msgpack_zone z;
-    msgpack_zone_init(&z, 4096);
-    msgpack_object o;
-    size_t off = 0;
     struct err err;
     err_clear(&err);
-    if (msgpack_unpack((const char *)result, len, &off, &z, &o) == MSGPACK_UNPACK_SUCCESS) {
-        int rc = adopt_cell(n, &o, &err);
-        n->pl_absent = rc == STRATA_NOT_FOUND;
-        if (rc && rc != STRATA_NOT_FOUND)
-            log_error("placement table rejected: %s", err.msg);
-    }
-    msgpack_zone_destroy(&z);
+    struct placement p;
+    placement_init(&p);
+    int rc = decode_cell(result, len, &p, &err);
+    if (rc == 0)
+        adopt(n, &p);
+    n->pl_absent = rc == STRATA_NOT_FOUND;
+    if (rc && rc != STRATA_NOT_FOUND)
+        log_error("placement table rejected: %s", err.msg);
+    placement_free(&p);
     waiters_check(n);
 }
 
@@ -482,29 +478,6 @@ static void remote_fresh_done(void *arg, int code, const uint8_t *result, size_t
     fresh_done(n, seq, ok);
 }
 
-static const uint8_t *get_cmd(size_t *len)
-{
-    /* {"op":"state.get","cell":"placement"} */
-    static uint8_t cmd[64];
-    static size_t n;
-    if (n == 0) {
-        struct buf b;
-        buf_init(&b);
-        msgpack_packer pk;
-        msgpack_packer_init(&pk, &b, node_buf_w);
-        msgpack_pack_map(&pk, 2);
-        node_pack_str(&pk, "op");
-        node_pack_str(&pk, "state.get");
-        node_pack_str(&pk, "cell");
-        node_pack_str(&pk, placement_cell);
-        memcpy(cmd, b.data, b.len);
-        n = b.len;
-        buf_close(&b);
-    }
-    *len = n;
-    return cmd;
-}
-
 static bool meta_leader_here(struct node *n)
 {
     struct repl_status st;
@@ -555,11 +528,9 @@ static void start_fresh_read(struct node *n)
     n->pl_fresh_wanted = false;
     n->pl_reading = true;
     n->pl_last_remote_ms = uv_now(n->loop);
-    size_t len;
-    const uint8_t *cmd = get_cmd(&len);
     struct node_group *g0 = node_group(n, 0);
     if (g0 && meta_leader_here(n)) {
-        repl_read(g0->group, cmd, len, false, local_fresh_done, fr);
+        metacell_read(g0->group, placement_cell, false, local_fresh_done, fr);
         return;
     }
     const char *to = remote_target(n, round++);
@@ -580,14 +551,15 @@ static void start_fresh_read(struct node *n)
 static void init_done(void *arg, int code, const uint8_t *result, size_t len,
                       const char *message, const char *leader)
 {
-    (void)result;
-    (void)len;
     (void)leader;
     struct node *n = arg;
     n->pl_initing = false;
-    if (code && code != STRATA_ALREADY_EXISTS)
-        log_warn("writing the initial placement failed: %s: %s", err_name(code),
-                 message ? message : "");
+    struct err err;
+    err_clear(&err);
+    uint64_t counter = 0;
+    int rc = metacell_decode_write(placement_cell, code, result, len, message, &counter, &err);
+    if (rc && rc != STRATA_CONFLICT)
+        log_warn("writing the initial placement failed: %s: %s", err_name(rc), err.msg);
     else {
         n->pl_absent = false; /* written (by us or, ALREADY_EXISTS, by another leader) */
         n->pl_fresh_wanted = true;
@@ -634,19 +606,15 @@ static void write_initial(struct node *n)
     struct node_group *g0 = node_group(n, 0);
     repl_write(g0->group, b.data, b.len, retention_done, n);
     b.len = 0;
-    msgpack_pack_map(&pk, 3);
-    node_pack_str(&pk, "op");
-    node_pack_str(&pk, "state.init");
-    node_pack_str(&pk, "cell");
-    node_pack_str(&pk, placement_cell);
-    node_pack_str(&pk, "value");
     int rc = placement_encode(&p, &b);
     placement_free(&p);
     if (rc == 0) {
-        n->pl_initing = true;
+        n->pl_initing = true; /* before the write: its callback may run at once */
         log_info("writing the initial placement: %u shards, replication factor %u",
                  n->cfg.shards, n->cfg.rf);
-        repl_write(g0->group, b.data, b.len, init_done, n);
+        if (metacell_write(g0->group, placement_cell, METACELL_INIT, 0, b.data, b.len, init_done,
+                           n))
+            n->pl_initing = false;
     }
     buf_close(&b);
 }
@@ -727,16 +695,21 @@ static void assign_round_start(struct assign_round *ar);
 static void assign_written(void *arg, int code, const uint8_t *result, size_t len,
                            const char *message, const char *leader)
 {
-    (void)result, (void)len, (void)leader;
+    (void)leader;
     struct assign_round *ar = arg;
     struct node *n = ar->n;
-    if (code == STRATA_CONFLICT && ++ar->attempts < ASSIGN_ATTEMPTS && !n->stopping) {
+    struct err err;
+    err_clear(&err);
+    int rc =
+        metacell_decode_write(placement_cell, code, result, len,
+                              message ? message : "placement write failed", &ar->new_epoch, &err);
+    if (rc == STRATA_CONFLICT && ++ar->attempts < ASSIGN_ATTEMPTS && !n->stopping) {
         assign_round_start(ar);
         return;
     }
-    if (code == 0)
+    if (rc == 0)
         n->pl_fresh_wanted = true; /* the cache catches up at the next tick */
-    assign_finish(ar, code, message ? message : "placement write failed", ar->new_epoch);
+    assign_finish(ar, rc, err.msg, ar->new_epoch);
 }
 
 /* Apply the batch to `p` (a fresh copy of the table). Returns whether anything changed. */
@@ -803,31 +776,19 @@ static void assign_read_done(void *arg, int code, const uint8_t *result, size_t 
         assign_finish(ar, code, message ? message : "placement read failed", 0);
         return;
     }
-    msgpack_zone z;
-    msgpack_zone_init(&z, 4096);
-    msgpack_object o;
-    size_t off = 0;
     struct err err;
     err_clear(&err);
     struct placement p;
     placement_init(&p);
-    int rc = STRATA_INTERNAL;
-    uint64_t counter = 0;
-    if (msgpack_unpack((const char *)result, len, &off, &z, &o) == MSGPACK_UNPACK_SUCCESS) {
-        const msgpack_object *v = node_map_get(&o, "value"), *c = node_map_get(&o, "counter");
-        if (o.type == MSGPACK_OBJECT_NIL) {
-            rc = err_set(&err, STRATA_UNAVAILABLE, "the placement table is not written yet");
-        } else if (v && c && c->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
-            counter = c->via.u64;
-            rc = decode_table(v, counter, &p, &err);
-        }
-    }
-    msgpack_zone_destroy(&z);
+    int rc = decode_cell(result, len, &p, &err);
+    if (rc == STRATA_NOT_FOUND)
+        rc = err_set(&err, STRATA_UNAVAILABLE, "the placement table is not written yet");
     if (rc) {
         placement_free(&p);
         assign_finish(ar, rc, err.msg[0] ? err.msg : "cannot read the placement table", 0);
         return;
     }
+    uint64_t counter = p.epoch;
     if (!assign_apply(&p, ar->batch)) {
         adopt(n, &p);
         assign_finish(ar, 0, NULL, counter);
@@ -835,27 +796,17 @@ static void assign_read_done(void *arg, int code, const uint8_t *result, size_t 
     }
     struct buf b;
     buf_init(&b);
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, node_buf_w);
-    msgpack_pack_map(&pk, 4);
-    node_pack_str(&pk, "op");
-    node_pack_str(&pk, "state.cas");
-    node_pack_str(&pk, "cell");
-    node_pack_str(&pk, placement_cell);
-    node_pack_str(&pk, "expected_counter");
-    msgpack_pack_uint64(&pk, counter);
-    node_pack_str(&pk, "value");
     rc = placement_encode(&p, &b);
     placement_free(&p);
     struct node_group *g0 = node_group(n, 0);
-    if (rc || g0 == NULL) {
-        buf_close(&b);
-        assign_finish(ar, rc ? rc : STRATA_UNAVAILABLE, "cannot write the placement table", 0);
-        return;
-    }
-    ar->new_epoch = counter + 1;
-    repl_write(g0->group, b.data, b.len, assign_written, ar);
+    if (rc == 0 && g0 == NULL)
+        rc = STRATA_UNAVAILABLE;
+    if (rc == 0)
+        rc = metacell_write(g0->group, placement_cell, METACELL_CAS, counter, b.data, b.len,
+                            assign_written, ar);
     buf_close(&b);
+    if (rc)
+        assign_finish(ar, rc, "cannot write the placement table", 0);
 }
 
 static void assign_round_start(struct assign_round *ar)
@@ -865,9 +816,7 @@ static void assign_round_start(struct assign_round *ar)
         assign_finish(ar, STRATA_UNAVAILABLE, "the meta group is not hosted here", 0);
         return;
     }
-    size_t len;
-    const uint8_t *cmd = get_cmd(&len);
-    repl_read(g0->group, cmd, len, false, assign_read_done, ar);
+    metacell_read(g0->group, placement_cell, false, assign_read_done, ar);
 }
 
 static void assign_kick(struct node *n)
@@ -1016,9 +965,7 @@ static void tick(uv_timer_t *t)
             /* Our own replica moved on: read the table from it (no network). */
             n->pl_reading = true;
             n->pl_applied = st.applied_index;
-            size_t len;
-            const uint8_t *cmd = get_cmd(&len);
-            repl_read(g0->group, cmd, len, true, local_read_done, n);
+            metacell_read(g0->group, placement_cell, true, local_read_done, n);
         }
     }
     authz_tick(n, member, &st); /* the access table: the same refresh scheme */
