@@ -362,14 +362,15 @@ struct node {
     uint64_t transfer_at[PL_MAX_SHARDS + 1];             /* leader spreading cool-down */
     uint64_t last_spread_ms;
     /* Rebalancer (rebalance.c). */
-    bool rb_busy;
-    uint64_t rb_busy_since, rb_last_step_ms, rb_steps, rb_stale_since, rb_retry_at;
+    uint64_t rb_last_step_ms, rb_steps, rb_stale_since, rb_retry_at;
     uint32_t rb_next;
     uint64_t rb_ok_epoch[PL_MAX_SHARDS + 1];     /* shard epoch its members matched */
     uint64_t rb_checked_ms[PL_MAX_SHARDS + 1];
     uint64_t rb_unassigned_ms[PL_MAX_SHARDS + 1]; /* since when the table drops a replica */
     struct rb_waiter *rb_waiters;
-    struct rb_auto *rb_auto; /* automatic branch moves (NULL until needed, freed at stop) */
+    /* The rebalancer's private state: the current action and the automatic branch moves
+     * (allocated by the first action, freed at stop). */
+    struct rb_auto *rb_auto;
     bool retiring[PL_MAX_SHARDS + 1]; /* a retired group is still closing */
     uv_timer_t shard_timer;
     bool shard_timer_on;
