@@ -492,7 +492,13 @@ int snapfork_start(struct repl_group *g, struct raft_buffer *bufs[], unsigned *n
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     pid_t parent = getpid();
-    pid_t pid = fork();
+    pid_t pid;
+    if (faultio_point_action("strata/raft/snapshot/fork", NULL) != 0) {
+        pid = -1; /* test builds: the fork fails as when the process limit is reached */
+        errno = EAGAIN;
+    } else {
+        pid = fork();
+    }
     if (pid == 0)
         child_run(g->engine, memfd, p[1], parent, act, info, &old);
     int fork_errno = errno;
