@@ -138,8 +138,7 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
 
 /* raft is done with the snapshot's buffers (written or not): FSM version 2 makes them
  * ours to free. */
-static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[],
-                                 unsigned *n_bufs)
+static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
 {
     snapfork_finalize(fsm->data, bufs, n_bufs);
     return 0;

@@ -292,8 +292,8 @@ static void try_reap(struct sf_child *c)
         return;
     }
     if (++c->reap_tries == REAP_TRIES_BEFORE_KILL) {
-        log_warn("snapshot encoder pid %ld still not reaped after %u ms: killing it",
-                 (long)c->pid, REAP_TRIES_BEFORE_KILL * REAP_RETRY_MS);
+        log_warn("snapshot encoder pid %ld still not reaped after %u ms: killing it", (long)c->pid,
+                 REAP_TRIES_BEFORE_KILL * REAP_RETRY_MS);
         kill(c->pid, SIGKILL);
     }
     uv_timer_start(&c->timer, reap_timer_cb, REAP_RETRY_MS, 0);
@@ -337,8 +337,8 @@ static void hand_off(struct sf_child *c)
     memset(&st, 0, sizeof st);
     if (fstat(c->memfd, &st) != 0 || (uint64_t)st.st_size != c->rec.len || c->rec.len == 0) {
         char why[128];
-        snprintf(why, sizeof why, "left %lld bytes, its record says %llu",
-                 (long long)st.st_size, (unsigned long long)c->rec.len);
+        snprintf(why, sizeof why, "left %lld bytes, its record says %llu", (long long)st.st_size,
+                 (unsigned long long)c->rec.len);
         encode_failed(c, why);
         return;
     }
@@ -375,8 +375,7 @@ static void hand_off(struct sf_child *c)
     group_emit(g, REPL_EV_SNAPSHOT_TAKEN,
                "index=%llu bytes=%zu stall_us=%llu encode_us=%llu cow_bytes=%llu",
                (unsigned long long)index, len, (unsigned long long)(stall_ns / 1000),
-               (unsigned long long)(c->rec.encode_ns / 1000),
-               (unsigned long long)c->rec.cow_bytes);
+               (unsigned long long)(c->rec.encode_ns / 1000), (unsigned long long)c->rec.cow_bytes);
 }
 
 static void on_record(struct sf_child *c)
@@ -505,8 +504,8 @@ int snapfork_start(struct repl_group *g, struct raft_buffer *bufs[], unsigned *n
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     close(p[1]);
     if (pid < 0) {
-        log_warn("group %u: cannot fork a snapshot encoder (%s): encoding on the loop",
-                 g->group_id, strerror(fork_errno));
+        log_warn("group %u: cannot fork a snapshot encoder (%s): encoding on the loop", g->group_id,
+                 strerror(fork_errno));
         c->g = NULL;
         c->reaped = true;
         uv_close((uv_handle_t *)&c->poll, child_handle_closed);
@@ -535,8 +534,8 @@ int snapfork_start(struct repl_group *g, struct raft_buffer *bufs[], unsigned *n
     return 0;
 
 err_fallback:
-    log_warn("group %u: no background snapshot (%s: %s): encoding on the loop", g->group_id,
-             what, strerror(errno));
+    log_warn("group %u: no background snapshot (%s: %s): encoding on the loop", g->group_id, what,
+             strerror(errno));
     close_fds(memfd, p[0], p[1]);
     raft_free(b);
     sm_free(c);
@@ -657,7 +656,7 @@ int snapfork_sync(struct repl_group *g, struct raft_buffer *bufs[], unsigned *n_
              g->group_id, (unsigned long long)raft_last_applied(&g->raft), o.len,
              (double)stall_us / 1000.0);
     group_emit(g, REPL_EV_SNAPSHOT_TAKEN, "index=%llu bytes=%zu stall_us=%llu encode_us=%llu",
-               (unsigned long long)raft_last_applied(&g->raft), o.len,
-               (unsigned long long)stall_us, (unsigned long long)stall_us);
+               (unsigned long long)raft_last_applied(&g->raft), o.len, (unsigned long long)stall_us,
+               (unsigned long long)stall_us);
     return 0;
 }

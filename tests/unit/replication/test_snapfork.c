@@ -52,15 +52,6 @@ static void disable_point(const char *name)
 #endif
 }
 
-static void write_ok(struct cluster *c, int i, const char *key, int v)
-{
-    struct cl_result r;
-    cl_write(c, i, &r, "{\"op\":\"kv.put\",\"key\":\"%s\",\"value\":%d}", key, v);
-    cl_wait(c, &r, 10000);
-    if (r.code != 0)
-        fail_msg("write %s on node %d: %s: %s", key, i + 1, err_name(r.code), r.json);
-}
-
 static struct snapfork *snap_of(struct cluster *c, int i)
 {
     return &c->nodes[i].g->snap;
@@ -70,8 +61,8 @@ static struct snapfork *snap_of(struct cluster *c, int i)
 static int encoding_node(struct cluster *c)
 {
     for (int i = 0; i < c->n; i++)
-        if (c->nodes[i].g != NULL && !c->nodes[i].stopping &&
-            snap_of(c, i)->state == SF_ENCODING && snap_of(c, i)->child != NULL)
+        if (c->nodes[i].g != NULL && !c->nodes[i].stopping && snap_of(c, i)->state == SF_ENCODING &&
+            snap_of(c, i)->child != NULL)
             return i;
     return -1;
 }
@@ -82,20 +73,38 @@ struct writer {
     int next;
 };
 
-/* Writes one key at a time until some node encodes (bounded by the caller's count). */
+static void write_next(struct writer *w)
+{
+    char key[32];
+    snprintf(key, sizeof key, "w%d", w->next);
+    cl_put_ok(w->c, w->leader, key, w->next++);
+}
+
+/* Writes one key at a time until some node encodes (at most max writes). */
 static int write_until_encoding(struct writer *w, int max)
 {
-    for (int k = 0; k < max; k++) {
-        int e = encoding_node(w->c);
-        if (e >= 0)
-            return e;
-        char key[32];
-        snprintf(key, sizeof key, "w%d", w->next);
-        write_ok(w->c, w->leader, key, w->next++);
-    }
+    for (int k = 0; k < max && encoding_node(w->c) < 0; k++)
+        write_next(w);
     int e = encoding_node(w->c);
     if (e < 0)
         fail_msg("no snapshot encoder started within %d writes", max);
+    return e;
+}
+
+/* 3 nodes snapshotting every 32 entries, writes on the leader until a node's encoder runs,
+ * held in its encode for delay_ms by the failpoint (then disabled: later ones run at full
+ * speed). Returns that node. */
+static int start_held_encoder(struct cluster *c, struct writer *w, uintptr_t delay_ms)
+{
+    cl_init(c, 3);
+    c->opts.snapshot_threshold = 32;
+    c->opts.snapshot_trailing = 8;
+    cl_start(c, 3);
+    *w = (struct writer){c, cl_wait_leader(c, 10000), 0};
+    enable_point(ENCODE_POINT, FIO_DELAY, delay_ms);
+    int e = write_until_encoding(w, 200);
+    disable_point(ENCODE_POINT);
+    assert_true(snap_of(c, e)->last_pid > 0);
     return e;
 }
 
@@ -158,7 +167,7 @@ static void test_snapfork_writes_continue_and_snapshot_installs(void **state)
     int f = (l + 1) % 3;
     struct writer w = {&c, l, 0};
     for (int k = 0; k < 20; k++)
-        write_ok(&c, l, "early", k);
+        cl_put_ok(&c, l, "early", k);
     cl_wait_caught_up(&c, 5000);
     cl_stop(&c, f); /* lags from here on */
 
@@ -167,11 +176,8 @@ static void test_snapfork_writes_continue_and_snapshot_installs(void **state)
     struct repl_status st0;
     repl_group_status(c.nodes[l].g, &st0);
     /* Until the leader's own encoder runs (a follower's may come first). */
-    for (int k = 0; k < 400 && snap_of(&c, l)->state != SF_ENCODING; k++) {
-        char key[32];
-        snprintf(key, sizeof key, "w%d", w.next);
-        write_ok(&c, l, key, w.next++);
-    }
+    for (int k = 0; k < 400 && snap_of(&c, l)->state != SF_ENCODING; k++)
+        write_next(&w);
     assert_int_equal(snap_of(&c, l)->state, SF_ENCODING);
     pid_t pid = snap_of(&c, l)->last_pid;
     assert_true(pid > 0);
@@ -184,9 +190,7 @@ static void test_snapfork_writes_continue_and_snapshot_installs(void **state)
     while (snap_of(&c, l)->state == SF_ENCODING) {
         if (cl_now_ms() - t0 > 20000)
             fail_msg("the encode did not finish in 20 s");
-        char key[32];
-        snprintf(key, sizeof key, "w%d", w.next);
-        write_ok(&c, l, key, w.next++);
+        write_next(&w);
         double now = cl_now_ms();
         if (now - last > gap_max)
             gap_max = now - last;
@@ -204,11 +208,8 @@ static void test_snapfork_writes_continue_and_snapshot_installs(void **state)
     assert_true(sf->last_stall_ns < 1500u * 1000000u);
 
     /* Enough entries past the snapshot for raft to drop the follower's part of the log. */
-    for (int k = 0; k < 150; k++) {
-        char key[32];
-        snprintf(key, sizeof key, "w%d", w.next);
-        write_ok(&c, l, key, w.next++);
-    }
+    for (int k = 0; k < 150; k++)
+        write_next(&w);
     cl_run_until(&c, reaped_everywhere, &c, 10000, "every encoder reaped");
     assert_reaped(pid);
     struct repl_status st;
@@ -234,19 +235,10 @@ static void test_snapfork_killed_child_fails_then_next_succeeds(void **state)
     (void)state;
     need_failpoints();
     struct cluster c;
-    cl_init(&c, 3);
-    c.opts.snapshot_threshold = 32;
-    c.opts.snapshot_trailing = 8;
-    cl_start(&c, 3);
-    int l = cl_wait_leader(&c, 10000);
-    struct writer w = {&c, l, 0};
-
-    enable_point(ENCODE_POINT, FIO_DELAY, 10000);
-    int e = write_until_encoding(&w, 200);
+    struct writer w;
+    int e = start_held_encoder(&c, &w, 10000);
     struct snapfork *sf = snap_of(&c, e);
-    pid_t pid = sf->child != NULL ? sf->last_pid : 0;
-    assert_true(pid > 0);
-    disable_point(ENCODE_POINT);
+    pid_t pid = sf->last_pid;
     struct repl_status st0;
     repl_group_status(c.nodes[e].g, &st0);
     uint64_t failed0 = sf->failed_total, encoded0 = sf->encoded_total;
@@ -265,9 +257,7 @@ static void test_snapfork_killed_child_fails_then_next_succeeds(void **state)
     while (sf->encoded_total == encoded0) {
         if (cl_now_ms() - t0 > 20000)
             fail_msg("no snapshot succeeded in 20 s after the killed one");
-        char key[32];
-        snprintf(key, sizeof key, "w%d", w.next);
-        write_ok(&c, l, key, w.next++);
+        write_next(&w);
         cl_run_for(&c, 5);
     }
     cl_run_until(&c, child_gone, &c.nodes[e], 10000, "the encoder reaped");
@@ -291,18 +281,14 @@ static void test_snapfork_killed_child_fails_then_next_succeeds(void **state)
     while (sf->failed_total == failed1) {
         if (cl_now_ms() - t0 > 20000)
             fail_msg("no failed encode in 20 s with EIO at " ENCODE_POINT);
-        char key[32];
-        snprintf(key, sizeof key, "w%d", w.next);
-        write_ok(&c, l, key, w.next++);
+        write_next(&w);
     }
     disable_point(ENCODE_POINT);
     assert_int_equal(sf->encoded_total, encoded1);
     while (sf->encoded_total == encoded1) {
         if (cl_now_ms() - t0 > 30000)
             fail_msg("no snapshot succeeded after the EIO one");
-        char key[32];
-        snprintf(key, sizeof key, "w%d", w.next);
-        write_ok(&c, l, key, w.next++);
+        write_next(&w);
         cl_run_for(&c, 5);
     }
     cl_wait_caught_up(&c, 10000);
@@ -317,18 +303,10 @@ static void test_snapfork_close_while_encoding_leaves_no_child(void **state)
     (void)state;
     need_failpoints();
     struct cluster c;
-    cl_init(&c, 3);
-    c.opts.snapshot_threshold = 32;
-    c.opts.snapshot_trailing = 8;
-    cl_start(&c, 3);
-    int l = cl_wait_leader(&c, 10000);
-    struct writer w = {&c, l, 0};
-    enable_point(ENCODE_POINT, FIO_DELAY, 10000);
-    int e = write_until_encoding(&w, 200);
+    struct writer w;
+    int e = start_held_encoder(&c, &w, 10000);
     pid_t pid = snap_of(&c, e)->last_pid;
-    assert_true(pid > 0);
     assert_int_equal(kill(pid, 0), 0); /* alive, asleep in its encode */
-    disable_point(ENCODE_POINT);
     double t0 = cl_now_ms();
     cl_stop(&c, e);
     double stop_ms = cl_now_ms() - t0;
@@ -357,7 +335,7 @@ static void test_snapfork_fork_failure_encodes_on_the_loop(void **state)
     int l = cl_wait_leader(&c, 10000);
     enable_point(FORK_POINT, FIO_EIO, 0);
     for (int k = 0; k < 100; k++)
-        write_ok(&c, l, "k", k);
+        cl_put_ok(&c, l, "k", k);
     cl_wait_caught_up(&c, 5000);
     disable_point(FORK_POINT);
     struct snapfork *sf = snap_of(&c, l);
