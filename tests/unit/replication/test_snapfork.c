@@ -91,16 +91,22 @@ static int write_until_encoding(struct writer *w, int max)
     return e;
 }
 
+/* 3 nodes snapshotting every `threshold` entries; returns the leader. */
+static int start_cluster(struct cluster *c, unsigned threshold, unsigned trailing)
+{
+    cl_init(c, 3);
+    c->opts.snapshot_threshold = threshold;
+    c->opts.snapshot_trailing = trailing;
+    cl_start(c, 3);
+    return cl_wait_leader(c, 10000);
+}
+
 /* 3 nodes snapshotting every 32 entries, writes on the leader until a node's encoder runs,
  * held in its encode for delay_ms by the failpoint (then disabled: later ones run at full
  * speed). Returns that node. */
 static int start_held_encoder(struct cluster *c, struct writer *w, uintptr_t delay_ms)
 {
-    cl_init(c, 3);
-    c->opts.snapshot_threshold = 32;
-    c->opts.snapshot_trailing = 8;
-    cl_start(c, 3);
-    *w = (struct writer){c, cl_wait_leader(c, 10000), 0};
+    *w = (struct writer){c, start_cluster(c, 32, 8), 0};
     enable_point(ENCODE_POINT, FIO_DELAY, delay_ms);
     int e = write_until_encoding(w, 200);
     disable_point(ENCODE_POINT);
@@ -159,11 +165,7 @@ static void test_snapfork_writes_continue_and_snapshot_installs(void **state)
     (void)state;
     need_failpoints();
     struct cluster c;
-    cl_init(&c, 3);
-    c.opts.snapshot_threshold = 64;
-    c.opts.snapshot_trailing = 16;
-    cl_start(&c, 3);
-    int l = cl_wait_leader(&c, 10000);
+    int l = start_cluster(&c, 64, 16);
     int f = (l + 1) % 3;
     struct writer w = {&c, l, 0};
     for (int k = 0; k < 20; k++)
@@ -328,11 +330,7 @@ static void test_snapfork_fork_failure_encodes_on_the_loop(void **state)
     (void)state;
     need_failpoints();
     struct cluster c;
-    cl_init(&c, 3);
-    c.opts.snapshot_threshold = 32;
-    c.opts.snapshot_trailing = 8;
-    cl_start(&c, 3);
-    int l = cl_wait_leader(&c, 10000);
+    int l = start_cluster(&c, 32, 8);
     enable_point(FORK_POINT, FIO_EIO, 0);
     for (int k = 0; k < 100; k++)
         cl_put_ok(&c, l, "k", k);
