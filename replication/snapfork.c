@@ -200,6 +200,14 @@ static void child_run(struct storage *engine, int memfd, int wfd, pid_t parent, 
     if (getppid() != parent)
         _exit(3);
     close_inherited(memfd, wfd);
+    /* The copies on write may run the machine short of memory: the OOM killer should
+     * then take the encoder (its failure costs one snapshot), not the node. */
+    int oom = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    if (oom >= 0) {
+        int ignored = 0;
+        write_all(oom, "1000", 4, &ignored);
+        close(oom);
+    }
     pthread_sigmask(SIG_SETMASK, mask, NULL); /* signals were blocked around the fork */
 
     uint64_t t0 = clock_mono_ns();
