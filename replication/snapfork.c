@@ -39,6 +39,11 @@
 #define REAP_RETRY_MS 1
 #define REAP_TRIES_BEFORE_KILL 5000
 #define BACKOFF_MAX_S 30
+/* An encoder whose output has not grown for struct snapfork.stuck_after_ms (default
+ * 60 s) is taken for stuck (on a lock some other thread held at the fork, say) and
+ * killed: its snapshot fails, the next is tried. Checked 4 times in that span, at most
+ * every 5 s. */
+#define STUCK_AFTER_MS_DEFAULT 60000u
 
 /* The child's one message to the parent, written once after the last byte of output. */
 struct sf_record {
@@ -57,15 +62,18 @@ _Static_assert(sizeof(struct sf_record) <= PIPE_BUF, "the record is one atomic p
  * close kills and reaps it (snapfork_cancel). */
 struct sf_child {
     uv_poll_t poll;   /* readable: the record, then EOF */
-    uv_timer_t timer; /* reap retries after EOF */
+    uv_timer_t timer; /* progress checks while it encodes, reap retries after EOF */
     int handles;      /* of poll and timer, still open */
     struct repl_group *g;
     pid_t pid;
     int rfd, memfd;
     struct sf_record rec;
     size_t got;
-    bool have_record, eof, reaped, failed;
+    bool have_record, eof, reaped, failed, stuck;
     unsigned reap_tries;
+    int64_t last_size; /* of the memfd at the last progress check */
+    uint64_t last_progress_ns;
+    unsigned stuck_after_ms;
 };
 
 static unsigned live_children; /* forked, not yet reaped (loop thread) */
@@ -285,6 +293,27 @@ static void reap_timer_cb(uv_timer_t *t)
     try_reap(t->data);
 }
 
+/* While the child encodes: has its output grown lately? */
+static void progress_cb(uv_timer_t *t)
+{
+    struct sf_child *c = t->data;
+    if (c->have_record || c->stuck || c->memfd < 0)
+        return; /* done: the EOF follows */
+    struct stat st;
+    uint64_t now = clock_mono_ns();
+    if (fstat(c->memfd, &st) == 0 && st.st_size != c->last_size) {
+        c->last_size = st.st_size;
+        c->last_progress_ns = now;
+        return;
+    }
+    if (now - c->last_progress_ns < c->stuck_after_ms * UINT64_C(1000000))
+        return;
+    c->stuck = true; /* its EOF fails the snapshot */
+    log_error("snapshot encoder pid %ld wrote nothing for %u ms: killing it", (long)c->pid,
+              c->stuck_after_ms);
+    kill(c->pid, SIGKILL);
+}
+
 /* After the pipe's EOF the child has closed its files and is a moment from being a
  * zombie: poll for it without blocking the loop. */
 static void try_reap(struct sf_child *c)
@@ -435,7 +464,8 @@ static void on_readable(uv_poll_t *h, int status, int events)
     c->eof = true;
     uv_poll_stop(h);
     if (!c->have_record && c->g != NULL)
-        encode_failed(c, "ended without a result (killed or crashed)");
+        encode_failed(c, c->stuck ? "made no progress and was killed"
+                                  : "ended without a result (killed or crashed)");
     if (!c->reaped)
         try_reap(c);
 }
@@ -525,6 +555,11 @@ int snapfork_start(struct repl_group *g, struct raft_buffer *bufs[], unsigned *n
     live_children++;
     c->pid = pid;
     uv_poll_start(&c->poll, UV_READABLE | UV_DISCONNECT, on_readable);
+    c->last_progress_ns = t0;
+    c->stuck_after_ms = sf->stuck_after_ms != 0 ? sf->stuck_after_ms : STUCK_AFTER_MS_DEFAULT;
+    unsigned check_ms = c->stuck_after_ms / 4 < 5000 ? c->stuck_after_ms / 4 : 5000;
+    check_ms = check_ms > 10 ? check_ms : 10;
+    uv_timer_start(&c->timer, progress_cb, check_ms, check_ms);
     b[0].base = NULL; /* placeholder: the put waits for the bytes (faultio.c) */
     b[0].len = 0;
     *bufs = b;

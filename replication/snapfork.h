@@ -40,6 +40,8 @@ struct snapfork {
     /* After a failed encode the next waits 1 s, doubling to 30 s. */
     unsigned failures_in_row;
     uint64_t retry_after_ns;
+    /* An encoder whose output has not grown for this long is killed (0: 60 s). */
+    unsigned stuck_after_ms;
     /* counters, for logs and tests */
     uint64_t encoded_total, failed_total, sync_total, busy_total;
     uint64_t last_encode_ns, last_cow_bytes, last_stall_ns;

@@ -232,7 +232,8 @@ static void test_snapfork_writes_continue_and_snapshot_installs(void **state)
 
 /* A child killed by PID in the middle of its encode: that snapshot fails (raft keeps its
  * log, nothing partial is written), the group carries on, and after the back-off the next
- * snapshot succeeds. Then the same with the child's own failure (EIO at the failpoint). */
+ * snapshot succeeds. Then the same with the child's own failure (EIO at the failpoint),
+ * and with a child that stops making progress (killed by the group). */
 static void test_snapfork_killed_child_fails_then_next_succeeds(void **state)
 {
     (void)state;
@@ -294,6 +295,32 @@ static void test_snapfork_killed_child_fails_then_next_succeeds(void **state)
         write_next(&w);
         cl_run_for(&c, 5);
     }
+
+    /* A child that stops making progress (asleep in its encode here) is killed as stuck:
+     * on every node, since any may hold the two encoder slots. */
+    uint64_t failed2[CL_MAX];
+    for (int i = 0; i < c.n; i++) {
+        snap_of(&c, i)->stuck_after_ms = 300;
+        snap_of(&c, i)->retry_after_ns = 0;
+        failed2[i] = snap_of(&c, i)->failed_total;
+    }
+    enable_point(ENCODE_POINT, FIO_DELAY, 10000);
+    t0 = cl_now_ms();
+    int s = -1;
+    while (s < 0) {
+        if (cl_now_ms() - t0 > 8000)
+            fail_msg("a stuck encoder was not killed in 8 s");
+        write_next(&w);
+        for (int i = 0; i < c.n && s < 0; i++)
+            if (snap_of(&c, i)->failed_total > failed2[i])
+                s = i;
+    }
+    disable_point(ENCODE_POINT);
+    pid_t stuck = snap_of(&c, s)->last_pid;
+    cl_run_until(&c, child_gone, &c.nodes[s], 10000, "the stuck encoder reaped");
+    assert_reaped(stuck);
+    printf("# node %d: a stuck encoder (pid %ld) was killed after %.0f ms\n", s + 1, (long)stuck,
+           cl_now_ms() - t0);
     cl_wait_caught_up(&c, 10000);
     assert_int_equal(cl_assert_same_state(&c), 3);
     cl_teardown(&c);
