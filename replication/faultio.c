@@ -41,7 +41,9 @@
 #define io_group(io) ((struct repl_group *)((char *)(io)-offsetof(struct repl_group, io)))
 
 enum fio_kind { R_APPEND = 1, R_TRUNCATE, R_SNAPSHOT };
-enum fio_stage { S_HELD = 1, S_SUBMITTED, S_DONE };
+/* S_ENCODING: a snapshot put whose bytes a child is still encoding (snapfork.c); it holds
+ * nothing else back, since raft_uv orders a snapshot put after the log writes itself. */
+enum fio_stage { S_HELD = 1, S_ENCODING, S_SUBMITTED, S_DONE };
 
 /* One operation raft asked for, from submission until raft has its completion. */
 struct fio_req {
@@ -126,6 +128,11 @@ static int point_action(const char *name, uintptr_t *info)
     if (act != 0 && info != NULL)
         *info = (uintptr_t)fiu_failinfo();
     return act;
+}
+
+int faultio_point_action(const char *name, uintptr_t *info)
+{
+    return point_action(name, info);
 }
 
 /* Say once that a failpoint fires, not for every write it holds. */
@@ -560,14 +567,22 @@ static int io_snapshot_put(struct raft_io *io, unsigned trailing, struct raft_io
 {
     struct repl_group *g = io_group(io);
     struct faultio *f = &g->fio;
+    /* Our own snapshot, still being encoded: its buffers are a placeholder that must
+     * never reach raft_uv. */
+    bool encoding = trailing > 0 && snapfork_encoding(g, snapshot);
     struct fio_req *r = new_req(g, R_SNAPSHOT);
     if (r == NULL)
-        return f->held > 0 ? RAFT_NOMEM : f->snapshot_put(io, trailing, req, snapshot, cb);
+        return f->held > 0 || encoding ? RAFT_NOMEM
+                                       : f->snapshot_put(io, trailing, req, snapshot, cb);
     r->outer_put = req;
     r->put_cb = cb;
     r->trailing = trailing;
     r->snapshot = snapshot;
     link_req(f, r);
+    if (encoding) {
+        r->stage = S_ENCODING; /* faultio_snapshot_encoded goes on */
+        return 0;
+    }
     if (f->held > 0 || POINT_HOLDS(g, r,
                                    trailing == 0 ? "strata/raft/snapshot/install/before"
                                                  : "strata/raft/snapshot/save/before")) {
@@ -583,6 +598,39 @@ static int io_snapshot_put(struct raft_io *io, unsigned trailing, struct raft_io
         sm_free(r);
     }
     return rv;
+}
+
+void faultio_snapshot_encoded(struct repl_group *g, int status)
+{
+    struct faultio *f = &g->fio;
+    struct fio_req *r = f->head;
+    while (r != NULL && !(r->kind == R_SNAPSHOT && r->stage == S_ENCODING))
+        r = r->next;
+    if (r == NULL)
+        return; /* cancelled by the close already */
+    /* Not inside a raft call here (a libuv callback): completions may go to raft now. */
+    if (status != 0 || f->closing) {
+        r->stage = S_DONE;
+        r->status = f->closing ? RAFT_CANCELED : status;
+        deliver(g);
+        return;
+    }
+    r->stage = S_SUBMITTED; /* as if raft had asked just now: the failpoints see it */
+    if (f->held > 0 || POINT_HOLDS(g, r, "strata/raft/snapshot/save/before")) {
+        r->stage = S_HELD;
+        f->held++;
+        return;
+    }
+    if (r->stage == S_DONE) { /* failed by the failpoint */
+        deliver(g);
+        return;
+    }
+    int rv = submit(g, r);
+    if (rv != 0) {
+        r->stage = S_DONE;
+        r->status = rv;
+        deliver(g);
+    }
 }
 
 static int io_truncate(struct raft_io *io, raft_index index)
@@ -664,6 +712,7 @@ static void io_close(struct raft_io *io, raft_io_close_cb cb)
     struct faultio *f = &g->fio;
     f->closing = true;
     f->raft_closed = cb;
+    snapfork_cancel(g); /* an encoder still running is killed and reaped first */
     for (struct fio_req *r = f->head, *next; r != NULL; r = next) {
         next = r->next;
         if (r->kind == R_TRUNCATE) {
@@ -671,7 +720,7 @@ static void io_close(struct raft_io *io, raft_io_close_cb cb)
             sm_free(r);
             continue;
         }
-        if (r->stage == S_HELD || r->hold) {
+        if (r->stage == S_HELD || r->stage == S_ENCODING || r->hold) {
             r->stage = S_DONE;
             r->status = RAFT_CANCELED;
             r->hold = false;

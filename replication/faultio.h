@@ -104,8 +104,18 @@ void watchdog_status(struct repl_group *g, struct repl_status *st);
 #ifdef STRATA_FIU
 void faultio_point(const char *name);
 #define FAULT_POINT(name) faultio_point(name)
+/* The action failpoint `name` is enabled with now (an enum fio_action), 0 if none;
+ * *info (may be NULL) gets its failinfo. For points whose action happens elsewhere (the
+ * snapshot encoder's, in the child). */
+int faultio_point_action(const char *name, uintptr_t *info);
 #else
 #define FAULT_POINT(name) ((void)0)
+static inline int faultio_point_action(const char *name, uintptr_t *info)
+{
+    (void)name;
+    (void)info;
+    return 0;
+}
 #endif
 
 #endif

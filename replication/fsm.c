@@ -121,62 +121,26 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     return 0;
 }
 
-/* Snapshot bytes accumulate in one raft_malloc'ed buffer: raft frees it. */
-struct snap_out {
-    uint8_t *base;
-    size_t len, cap;
-};
-
-static int snap_write(void *arg, const void *chunk, size_t len)
-{
-    struct snap_out *o = arg;
-    if (len > o->cap - o->len) {
-        size_t cap = o->cap ? o->cap : 64 * 1024;
-        while (cap - o->len < len)
-            cap *= 2;
-        uint8_t *p = raft_realloc(o->base, cap);
-        if (p == NULL)
-            return STRATA_OUT_OF_MEMORY;
-        o->base = p;
-        o->cap = cap;
-    }
-    memcpy(o->base + o->len, chunk, len);
-    o->len += len;
-    return 0;
-}
-
+/* Starts the snapshot: a forked child encodes the engine (snapfork.c) and the put that
+ * raft issues next waits for its bytes; only when no child can be forked is the engine
+ * encoded here, stalling the loop as long as that takes (trap 7). */
 static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
 {
     struct repl_group *g = fsm->data;
     if (g->hook != NULL && g->hook->snapshot_ok != NULL &&
         !g->hook->snapshot_ok(g->hook->arg, g->group_id))
         return RAFT_BUSY; /* raft skips this one and asks again at a later step */
-    uint64_t t0 = clock_mono_ns();
-    struct snap_out o = {NULL, 0, 0};
-    struct err err;
-    err_clear(&err);
-    int rc = storage_snapshot(g->engine, snap_write, &o, &err);
-    if (rc != 0) {
-        raft_free(o.base);
-        log_error("group %u: snapshot failed: %s", g->group_id, err.msg);
-        return rc == STRATA_OUT_OF_MEMORY ? RAFT_NOMEM : RAFT_IOERR;
-    }
-    *bufs = raft_malloc(sizeof **bufs);
-    if (*bufs == NULL) {
-        raft_free(o.base);
-        return RAFT_NOMEM;
-    }
-    (*bufs)[0].base = o.base;
-    (*bufs)[0].len = o.len;
-    *n_bufs = 1;
-    /* The stall: the loop (every group on it) is blocked for this long (trap 7). */
-    uint64_t stall_us = (clock_mono_ns() - t0) / 1000;
-    g->snapshots_taken++;
-    log_info("group %u: snapshot at index %llu, %zu bytes, loop stalled %.3f ms", g->group_id,
-             (unsigned long long)raft_last_applied(&g->raft), o.len, (double)stall_us / 1000.0);
-    group_emit(g, REPL_EV_SNAPSHOT_TAKEN, "index=%llu bytes=%zu stall_us=%llu",
-               (unsigned long long)raft_last_applied(&g->raft), o.len,
-               (unsigned long long)stall_us);
+    int rc = snapfork_start(g, bufs, n_bufs);
+    if (rc == STRATA_UNAVAILABLE)
+        return snapfork_sync(g, bufs, n_bufs);
+    return rc;
+}
+
+/* raft is done with the snapshot's buffers (written or not): FSM version 2 makes them
+ * ours to free. */
+static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
+{
+    snapfork_finalize(fsm->data, bufs, n_bufs);
     return 0;
 }
 
@@ -209,9 +173,12 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 void fsm_setup(struct repl_group *g)
 {
     memset(&g->fsm, 0, sizeof g->fsm);
-    g->fsm.version = 1; /* raft frees snapshot buffers itself (trap 1: version required) */
+    /* Version 2 (trap 1: a version is required): snapshot_finalize frees the buffers,
+     * which may be a mapping of the encoder's output rather than raft_malloc'ed. */
+    g->fsm.version = 2;
     g->fsm.data = g;
     g->fsm.apply = fsm_apply;
     g->fsm.snapshot = fsm_snapshot;
+    g->fsm.snapshot_finalize = fsm_snapshot_finalize;
     g->fsm.restore = fsm_restore;
 }

@@ -127,6 +127,7 @@ static void on_peer(void *arg, bool up, uint64_t id, const char *address)
 
 static void free_group(struct repl_group *g)
 {
+    snapfork_cancel(g); /* done at raft's io close already: no encoder outlives its group */
     snapguard_free(g);
     struct pending_event *e;
     while ((e = g->ev_head) != NULL) {

@@ -17,6 +17,7 @@
 
 #include "faultio.h"
 #include "replication.h"
+#include "snapfork.h"
 
 #include <raft.h>
 #include <raft/uv.h>
@@ -145,6 +146,9 @@ struct repl_group {
     /* faultio.c, watchdog.c: disk writes watched, writes refused while the disk fails */
     struct faultio fio;
     struct watchdog wd;
+
+    /* snapfork.c: the snapshot being encoded by a forked child */
+    struct snapfork snap;
 };
 
 /* group.c */

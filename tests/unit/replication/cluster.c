@@ -584,3 +584,12 @@ void cl_wait(struct cluster *c, struct cl_result *r, unsigned timeout_ms)
     assert_false(r->reentrant);
     assert_int_equal(r->calls, 1);
 }
+
+void cl_put_ok(struct cluster *c, int i, const char *key, int v)
+{
+    struct cl_result r;
+    cl_write(c, i, &r, "{\"op\":\"kv.put\",\"key\":\"%s\",\"value\":%d}", key, v);
+    cl_wait(c, &r, 10000);
+    if (r.code != 0)
+        fail_msg("write %s on node %d: %s: %s", key, i + 1, err_name(r.code), r.json);
+}

@@ -101,6 +101,8 @@ void cl_write(struct cluster *c, int i, struct cl_result *r, const char *fmt, ..
 void cl_read(struct cluster *c, int i, bool stale, struct cl_result *r, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 void cl_wait(struct cluster *c, struct cl_result *r, unsigned timeout_ms);
+/* kv.put key=v on node i and wait (10 s) for its success; anything else fails the test. */
+void cl_put_ok(struct cluster *c, int i, const char *key, int v);
 repl_done_cb cl_done_cb(void);
 
 int cl_leader_of(struct cluster *c); /* index of a running leader, or -1 */
