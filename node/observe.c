@@ -53,6 +53,8 @@ enum {
     F_SNAPSHOTS,
     F_SNAPSHOT_BYTES,
     F_SNAPSHOT_DURATION,
+    F_SNAPSHOT_ENCODE,
+    F_SNAPSHOT_COW,
     F_LOOP_LAG,
     F_LOOP_BLOCKED,
     F_HTTP_REQUESTS,
@@ -181,11 +183,25 @@ static const struct metric_def defs[F_COUNT] = {
                           0},
     [F_SNAPSHOT_DURATION] = {METRIC_HISTOGRAM,
                              "strata_snapshot_duration_seconds",
-                             "Time to take a snapshot (the loop is blocked meanwhile) or to "
-                             "restore one.",
+                             "How long taking a snapshot blocked the event loop (the fork of "
+                             "the encoder, or the whole encode when it ran on the loop), or "
+                             "the time to restore one.",
                              {"group", "kind"},
                              snapshot_buckets,
                              N(snapshot_buckets)},
+    [F_SNAPSHOT_ENCODE] = {METRIC_HISTOGRAM,
+                           "strata_snapshot_encode_seconds",
+                           "Time the forked encoder took to write a snapshot (off the loop).",
+                           {"group"},
+                           snapshot_buckets,
+                           N(snapshot_buckets)},
+    [F_SNAPSHOT_COW] = {METRIC_COUNTER,
+                        "strata_snapshot_cow_bytes_total",
+                        "Memory copied on write while forked encoders ran (the encoder's "
+                        "private dirty pages at its end).",
+                        {"group"},
+                        NULL,
+                        0},
     [F_LOOP_LAG] = {METRIC_HISTOGRAM,
                     "strata_loop_lag_seconds",
                     "How late a 100 ms timer on the event loop ran.",
@@ -307,7 +323,7 @@ void observe_command(struct node *n, int op, int code, uint64_t elapsed_ns)
 /* ---- Replication events ---------------------------------------------------------------- */
 
 /* A number following `key` in an event detail ("index=5 bytes=1234 stall_us=80", as
- * replication/fsm.c writes them); 0 when absent. */
+ * replication/fsm.c and snapfork.c write them); 0 when absent. */
 static uint64_t detail_num(const char *detail, const char *key)
 {
     const char *p = detail ? strstr(detail, key) : NULL;
@@ -331,6 +347,13 @@ void observe_repl_event(struct node *n, uint32_t group, enum repl_event ev, cons
         metric_add(series(o, F_SNAPSHOT_BYTES, v), (double)detail_num(detail, "bytes="));
         uint64_t us = detail_num(detail, taken ? "stall_us=" : "restore_us=");
         metric_observe(series(o, F_SNAPSHOT_DURATION, v), (double)us / 1e6);
+        /* A forked encoder reports its own time and copy-on-write cost (snapfork.c). */
+        if (taken && detail != NULL && strstr(detail, "encode_us=") != NULL) {
+            const char *gv[] = {g};
+            metric_observe(series(o, F_SNAPSHOT_ENCODE, gv),
+                           (double)detail_num(detail, "encode_us=") / 1e6);
+            metric_add(series(o, F_SNAPSHOT_COW, gv), (double)detail_num(detail, "cow_bytes="));
+        }
     }
 }
 

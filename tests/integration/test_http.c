@@ -489,12 +489,20 @@ void test_http(void)
           "a client's op string never becomes a label");
     CHECK(sample(&m, "strata_command_errors_total{op=\"kv.get\",code=\"BRANCH_NOT_FOUND\"}") >= 1,
           "the failed kv.get is counted with its code");
-    double snaps = -1;
+    double snaps = -1, encoded = -1, cow = -1;
     for (int i = 0; i < 3; i++) {
         double s = metric_now(http_port[i], "strata_snapshots_total{group=\"1\",kind=\"taken\"}");
+        double en = metric_now(http_port[i], "strata_snapshot_encode_seconds_count{group=\"1\"}");
+        double w = metric_now(http_port[i], "strata_snapshot_cow_bytes_total{group=\"1\"}");
         snaps = s > snaps ? s : snaps;
+        encoded = en > encoded ? en : encoded;
+        cow = w > cow ? w : cow;
     }
     CHECK(snaps >= 1, "snapshots were taken and counted (threshold 64): %.0f", snaps);
+    /* Taken by forked encoders (replication/snapfork.c), which report their own time and
+     * the memory copied on write meanwhile. */
+    CHECK(encoded >= 1, "the forked encodes are timed: %.0f", encoded);
+    CHECK(cow > 0, "their copy-on-write bytes are counted: %.0f", cow);
     double fwd1 = metric_now(http_port[F], "strata_forwarded_requests_total");
     CHECK(fwd1 - (fwd0 < 0 ? 0 : fwd0) >= 10, "the follower's forwarded count rose by >= 10");
     CHECK(check_exposition(&m, &samples) == 0, "the text is still well formed after traffic");
