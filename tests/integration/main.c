@@ -43,6 +43,7 @@ static const struct {
     {"move_bench", test_move_bench, 900},
     {"auto_move", test_auto_move, 120},
     {"auto_move_off", test_auto_move_off, 60},
+    {"idem", test_idem, 120},
 };
 
 int main(int argc, char **argv)

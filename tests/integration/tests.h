@@ -25,5 +25,6 @@ void test_move_resume(void);      /* test_move.c */
 void test_move_bench(void);       /* test_move.c (not a CTest test: prints figures) */
 void test_auto_move(void);        /* test_automove.c */
 void test_auto_move_off(void);    /* test_automove.c */
+void test_idem(void);             /* test_idem.c */
 
 #endif
