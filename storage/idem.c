@@ -404,3 +404,209 @@ int idem_restore(struct idem_table *t, const msgpack_object *head, idem_next_fn 
     }
     return 0;
 }
+
+/* ---- Branch moves ---------------------------------------------------------------------- */
+
+void idem_pack_move(const struct idem_table *t, uint64_t branch, msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 2);
+    msgpack_pack_uint64(pk, t->dropped);
+    msgpack_pack_array(pk, (uint32_t)t->n);
+    for (size_t i = 0; i < t->n; i++) {
+        const struct idem_client *c = t->c[i];
+        uint32_t n = 0;
+        for (uint32_t j = 0; j < c->n; j++)
+            n += c->ans[j]->branch == branch;
+        msgpack_pack_array(pk, 4);
+        pack_bin(pk, c->id, IDEM_CLIENT_LEN);
+        msgpack_pack_uint64(pk, c->floor);
+        msgpack_pack_int64(pk, c->last_ts);
+        msgpack_pack_array(pk, n);
+        for (uint32_t j = 0; j < c->n; j++) {
+            if (c->ans[j]->branch != branch)
+                continue;
+            msgpack_pack_array(pk, 2);
+            msgpack_pack_uint64(pk, c->ans[j]->seq);
+            pack_bin(pk, c->ans[j]->data, c->ans[j]->len);
+        }
+    }
+}
+
+/* One client of a carried section, ready to install. */
+struct merge_item {
+    uint8_t id[IDEM_CLIENT_LEN];
+    uint64_t floor;
+    int64_t last_ts;
+    struct idem_client *fresh; /* not in the table at prepare time: its new record */
+    struct idem_answer **ans;  /* owned until installed */
+    uint32_t n;
+};
+
+static int bad_move(struct err *err, const char *what)
+{
+    return err_set(err, STRATA_INVALID_ARGUMENT, "argument 'blob': idempotency section %s",
+                   what);
+}
+
+void idem_merge_discard(struct idem_merge *m)
+{
+    for (uint32_t i = 0; i < m->n; i++) {
+        struct merge_item *it = &m->items[i];
+        for (uint32_t j = 0; j < it->n; j++)
+            sm_free(it->ans[j]);
+        sm_free(it->ans);
+        if (it->fresh)
+            sm_free(it->fresh->ans);
+        sm_free(it->fresh);
+    }
+    sm_free(m->items);
+    *m = (struct idem_merge){0};
+}
+
+/* Make sure arrays can take `more` more pointers without allocating at install time. */
+static int reserve_clients(struct idem_table *t, size_t more)
+{
+    if (t->n + more <= t->cap)
+        return 0;
+    size_t cap = t->n + more;
+    struct idem_client **nc = sm_realloc(t->c, cap * sizeof *nc);
+    if (nc == NULL)
+        return STRATA_OUT_OF_MEMORY;
+    t->c = nc;
+    t->cap = cap;
+    return 0;
+}
+
+static int reserve_answers(struct idem_client *c, uint32_t more)
+{
+    if (c->n + more <= c->cap)
+        return 0;
+    uint32_t cap = c->n + more;
+    struct idem_answer **na = sm_realloc(c->ans, cap * sizeof *na);
+    if (na == NULL)
+        return STRATA_OUT_OF_MEMORY;
+    c->ans = na;
+    c->cap = cap;
+    return 0;
+}
+
+int idem_merge_prepare(struct storage *s, const msgpack_object *o, struct idem_merge *m,
+                       struct err *err)
+{
+    struct idem_table *t = &s->idem;
+    *m = (struct idem_merge){0};
+    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 2 ||
+        o->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+        o->via.array.ptr[1].type != MSGPACK_OBJECT_ARRAY)
+        return bad_move(err, "is not [dropped, clients]");
+    const msgpack_object *cl = &o->via.array.ptr[1];
+    m->dropped = o->via.array.ptr[0].via.u64;
+    uint32_t n = cl->via.array.size;
+    if (n && (m->items = sm_calloc(n, sizeof *m->items)) == NULL)
+        goto oom;
+    size_t fresh = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *c = &cl->via.array.ptr[i];
+        const msgpack_object *f = c->via.array.ptr;
+        if (c->type != MSGPACK_OBJECT_ARRAY || c->via.array.size != 4 ||
+            f[0].type != MSGPACK_OBJECT_BIN || f[0].via.bin.size != IDEM_CLIENT_LEN ||
+            f[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER || !is_int64(&f[2]) ||
+            f[3].type != MSGPACK_OBJECT_ARRAY) {
+            idem_merge_discard(m);
+            return bad_move(err, "client fields");
+        }
+        if (i && memcmp(m->items[i - 1].id, f[0].via.bin.ptr, IDEM_CLIENT_LEN) >= 0) {
+            idem_merge_discard(m);
+            return bad_move(err, "clients out of order");
+        }
+        struct merge_item *it = &m->items[m->n++];
+        memcpy(it->id, f[0].via.bin.ptr, IDEM_CLIENT_LEN);
+        it->floor = f[1].via.u64;
+        it->last_ts = f[2].via.i64;
+        uint32_t na = f[3].via.array.size;
+        if (na && (it->ans = sm_calloc(na, sizeof *it->ans)) == NULL)
+            goto oom;
+        uint64_t last = it->floor;
+        for (uint32_t j = 0; j < na; j++) {
+            const msgpack_object *a = &f[3].via.array.ptr[j];
+            if (a->type != MSGPACK_OBJECT_ARRAY || a->via.array.size != 2 ||
+                a->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+                a->via.array.ptr[1].type != MSGPACK_OBJECT_BIN ||
+                a->via.array.ptr[0].via.u64 <= last) {
+                idem_merge_discard(m);
+                return bad_move(err, "answer fields or order");
+            }
+            last = a->via.array.ptr[0].via.u64;
+            uint32_t len = a->via.array.ptr[1].via.bin.size;
+            struct idem_answer *x = sm_malloc(sizeof *x + len);
+            if (x == NULL)
+                goto oom;
+            x->seq = last;
+            x->branch = 0;
+            x->len = len;
+            memcpy(x->data, a->via.array.ptr[1].via.bin.ptr, len);
+            it->ans[it->n++] = x;
+        }
+        size_t pos;
+        if (find_client(t, it->id, &pos)) {
+            if (reserve_answers(t->c[pos], it->n))
+                goto oom;
+        } else {
+            if ((it->fresh = sm_calloc(1, sizeof *it->fresh)) == NULL)
+                goto oom;
+            if (it->n && (it->fresh->ans = sm_calloc(it->n, sizeof *it->fresh->ans)) == NULL)
+                goto oom;
+            it->fresh->cap = it->n;
+            memcpy(it->fresh->id, it->id, IDEM_CLIENT_LEN);
+            fresh++;
+        }
+    }
+    if (reserve_clients(t, fresh))
+        goto oom;
+    return 0;
+oom:
+    idem_merge_discard(m);
+    return err_set(err, STRATA_OUT_OF_MEMORY, "out of memory importing the idempotency table");
+}
+
+void idem_merge_install(struct storage *s, struct idem_merge *m, uint64_t branch)
+{
+    struct idem_table *t = &s->idem;
+    for (uint32_t i = 0; i < m->n; i++) {
+        struct merge_item *it = &m->items[i];
+        size_t pos;
+        struct idem_client *c;
+        if (it->fresh) {
+            find_client(t, it->id, &pos);
+            memmove(t->c + pos + 1, t->c + pos, (t->n - pos) * sizeof *t->c);
+            c = t->c[pos] = it->fresh;
+            t->n++;
+            it->fresh = NULL;
+        } else {
+            find_client(t, it->id, &pos);
+            c = t->c[pos];
+        }
+        if (it->last_ts > c->last_ts)
+            c->last_ts = it->last_ts;
+        drop_below(t, c, it->floor + 1);
+        for (uint32_t j = 0; j < it->n; j++) {
+            struct idem_answer *a = it->ans[j];
+            it->ans[j] = NULL;
+            uint32_t k;
+            if (a->seq <= c->floor || find_seq(c, a->seq, &k)) {
+                sm_free(a); /* known here already, or forgotten here */
+                continue;
+            }
+            a->branch = branch;
+            memmove(c->ans + k + 1, c->ans + k, (c->n - k) * sizeof *c->ans);
+            c->ans[k] = a;
+            c->n++;
+            t->bytes += a->len;
+        }
+        it->n = 0;
+        trim_client(s, c);
+    }
+    t->dropped += m->dropped;
+    evict_clients(s, NULL);
+    idem_merge_discard(m);
+}

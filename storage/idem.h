@@ -81,14 +81,24 @@ typedef int (*idem_next_fn)(void *arg, const msgpack_object **o);
 int idem_restore(struct idem_table *t, const msgpack_object *head, idem_next_fn next, void *arg,
                  struct err *err);
 
-/* Branch moves: the answers recorded for writes to branch `branch`, packed as one array
- * of [client, floor, [[seq, answer]...]] (clients without such answers are left out);
- * merge adds such an array, read from a blob on another engine, to this table with the
- * branch id `branch` (validating it: INVALID_ARGUMENT; OUT_OF_MEMORY leaves the table
- * unchanged), at log timestamp ts, and applies the bounds. */
-void idem_pack_branch(const struct idem_table *t, uint64_t branch, msgpack_packer *pk);
-int idem_check_branch(const msgpack_object *o, struct err *err);
-int idem_merge_branch(struct storage *s, const msgpack_object *o, uint64_t branch, int64_t ts,
-                      struct err *err);
+/* Branch moves (move_copy.c): the last chunk of a fenced branch carries the table's
+ * knowledge a retry reaching the target shard needs — every client's floor and last
+ * timestamp with its answers for writes to that branch, and the dropped count — packed
+ * by idem_pack_move as [dropped, [[client, floor, last_ts, [[seq, answer]...]]...]].
+ * Importing it takes two steps like recording: idem_merge_prepare validates it
+ * (INVALID_ARGUMENT naming the field) and makes every allocation (OUT_OF_MEMORY: nothing
+ * changed); idem_merge_install adds it to this table — floors and last timestamps take
+ * the maximum, answers not known yet are added as answers of branch `branch` — then
+ * applies the bounds (cannot fail). */
+void idem_pack_move(const struct idem_table *t, uint64_t branch, msgpack_packer *pk);
+struct idem_merge {
+    struct merge_item *items; /* owned */
+    uint32_t n;
+    uint64_t dropped;
+};
+int idem_merge_prepare(struct storage *s, const msgpack_object *o, struct idem_merge *m,
+                       struct err *err);
+void idem_merge_install(struct storage *s, struct idem_merge *m, uint64_t branch);
+void idem_merge_discard(struct idem_merge *m);
 
 #endif

@@ -15,9 +15,11 @@
 #define MOVE_TAG_FENCE 'F'
 #define MOVE_TAG_IMPORT 'I'
 
-/* Blob: "STRAMOVE" be32(format), msgpack [header, records], SHA-256 of all before. */
+/* Blob: "STRAMOVE" be32(format), msgpack [header, records] (format 1) or [header,
+ * records, idempotency section] (format 2, idem.h), SHA-256 of all before. */
 #define MOVE_MAGIC "STRAMOVE"
 #define MOVE_FORMAT 1
+#define MOVE_FORMAT_IDEM 2 /* [header, records, idem]: the last chunk of a fenced branch */
 #define MOVE_DIGEST 32
 #define MOVE_CHUNK_MIN 4096u
 #define MOVE_CHUNK_MAX (3u << 20)
