@@ -671,6 +671,7 @@ struct slot {
     bool nf_retried; /* BRANCH_NOT_FOUND from a routed send was retried once already */
     bool keyed;      /* a write sent with an idempotency key: resent when its answer is lost */
     bool sent_once;  /* sent at least once: later sends are retries */
+    bool lost;       /* an answer to it was lost: it may have been applied */
     uint64_t seq;    /* its key's seq */
     struct keys_cmd kc;
     struct buf kbuf; /* the keyed bytes of the current send */
@@ -725,6 +726,7 @@ static void conn_fail(struct net *n, int i, struct slot *s, size_t cnt, const st
             /* A keyed write goes again with the same key (the code stays if the call ends
              * first); one without a key could be applied twice, so it ends here. */
             s[k].done = !s[k].keyed;
+            s[k].lost = true;
             s[k].code = err_set(s[k].err, STRATA_UNKNOWN_OUTCOME,
                                 "connection lost after sending a write: %s", why->msg);
         } else {
@@ -768,6 +770,8 @@ static void on_response(struct net *n, int i, const struct proto_response *r, st
         not_run = true;
     }
     if (not_run) {
+        if (r->code == STRATA_UNKNOWN_OUTCOME)
+            sl->lost = true;
         if (n->moved_ms || r->code == STRATA_MOVED)
             log_debug("net: %s from %s: %.*s (%llu ms since the first MOVED)", err_name(r->code),
                       n->conns[i].addr, (int)r->message_len, msg,
@@ -1060,11 +1064,17 @@ int net_exec_many(struct net *n, const uint8_t *const *cmds, const size_t *lens,
     n->call_deadline = 0;
     bool all_ok = true;
     for (size_t i = 0; i < cnt; i++) {
-        /* A keyed write whose answer was lost keeps its UNKNOWN_OUTCOME. */
-        bool lost = s[i].keyed && s[i].code == STRATA_UNKNOWN_OUTCOME;
-        if (!s[i].done && !lost && (n->refused || !s[i].code))
+        if (!s[i].done && s[i].lost && s[i].code != STRATA_UNKNOWN_OUTCOME) {
+            /* A keyed write whose answer was lost and whose resends got no real answer
+             * (NOT_LEADER, no connection, ...) may still have been applied. */
+            char m[ERR_MSG_MAX];
+            snprintf(m, sizeof m, "%s", s[i].err->msg);
+            s[i].code = err_set(s[i].err, STRATA_UNKNOWN_OUTCOME,
+                                "a write's answer was lost and resending it got none: %s", m);
+        } else if (!s[i].done && !s[i].lost && (n->refused || !s[i].code)) {
             s[i].code = err_set(s[i].err, cerr.code ? cerr.code : STRATA_UNAVAILABLE, "%s",
                                 cerr.msg[0] ? cerr.msg : "no server answered");
+        }
         codes[i] = s[i].code;
         all_ok = all_ok && s[i].code == 0;
     }

@@ -192,6 +192,38 @@ static void trim_bytes(struct storage *s, struct idem_client *c)
         drop_below(&s->idem, c, c->ans[0]->seq + 1);
 }
 
+/* Room for `more` more pointers, so that installing never allocates. Grows at least
+ * twofold: records are added one at a time. Grown capacity is not state. */
+static int reserve_clients(struct idem_table *t, size_t more)
+{
+    if (t->n + more <= t->cap)
+        return 0;
+    size_t cap = t->cap ? 2 * t->cap : 16;
+    if (cap < t->n + more)
+        cap = t->n + more;
+    struct idem_client **nc = sm_realloc(t->c, cap * sizeof *nc);
+    if (nc == NULL)
+        return STRATA_OUT_OF_MEMORY;
+    t->c = nc;
+    t->cap = cap;
+    return 0;
+}
+
+static int reserve_answers(struct idem_client *c, uint32_t more)
+{
+    if (c->n + more <= c->cap)
+        return 0;
+    uint32_t cap = c->cap ? 2 * c->cap : 4;
+    if (cap < c->n + more)
+        cap = c->n + more;
+    struct idem_answer **na = sm_realloc(c->ans, cap * sizeof *na);
+    if (na == NULL)
+        return STRATA_OUT_OF_MEMORY;
+    c->ans = na;
+    c->cap = cap;
+    return 0;
+}
+
 int idem_prepare(struct storage *s, const struct idem_key *k, uint64_t branch,
                  const uint8_t *result, size_t len, struct idem_pending *p)
 {
@@ -211,26 +243,12 @@ int idem_prepare(struct storage *s, const struct idem_key *k, uint64_t branch,
         c = t->c[p->pos];
     } else {
         c = p->fresh = sm_calloc(1, sizeof *c);
-        if (c == NULL)
+        if (c == NULL || reserve_clients(t, 1))
             goto oom;
         memcpy(c->id, k->client, IDEM_CLIENT_LEN);
-        if (t->n == t->cap) {
-            size_t cap = t->cap ? 2 * t->cap : 16;
-            struct idem_client **nc = sm_realloc(t->c, cap * sizeof *nc);
-            if (nc == NULL)
-                goto oom;
-            t->c = nc;
-            t->cap = cap;
-        }
     }
-    if (c->n == c->cap) {
-        uint32_t cap = c->cap ? 2 * c->cap : 4;
-        struct idem_answer **na = sm_realloc(c->ans, cap * sizeof *na);
-        if (na == NULL)
-            goto oom;
-        c->ans = na;
-        c->cap = cap;
-    }
+    if (reserve_answers(c, 1))
+        goto oom;
     return 0;
 oom:
     /* Grown arrays stay (they are capacity, not state). */
@@ -334,14 +352,8 @@ static int restore_client(struct idem_table *t, const msgpack_object *o, struct 
     if (t->n && memcmp(t->c[t->n - 1]->id, f[0].via.bin.ptr, IDEM_CLIENT_LEN) >= 0)
         return corrupt(err, "clients out of order");
     const msgpack_object *as = &f[3];
-    if (t->n == t->cap) {
-        size_t cap = t->cap ? 2 * t->cap : 16;
-        struct idem_client **nc = sm_realloc(t->c, cap * sizeof *nc);
-        if (nc == NULL)
-            return err_set(err, STRATA_OUT_OF_MEMORY, "out of memory");
-        t->c = nc;
-        t->cap = cap;
-    }
+    if (reserve_clients(t, 1))
+        return err_set(err, STRATA_OUT_OF_MEMORY, "out of memory");
     struct idem_client *c = sm_calloc(1, sizeof *c);
     if (c == NULL)
         return err_set(err, STRATA_OUT_OF_MEMORY, "out of memory");
@@ -461,33 +473,6 @@ void idem_merge_discard(struct idem_merge *m)
     }
     sm_free(m->items);
     *m = (struct idem_merge){0};
-}
-
-/* Make sure arrays can take `more` more pointers without allocating at install time. */
-static int reserve_clients(struct idem_table *t, size_t more)
-{
-    if (t->n + more <= t->cap)
-        return 0;
-    size_t cap = t->n + more;
-    struct idem_client **nc = sm_realloc(t->c, cap * sizeof *nc);
-    if (nc == NULL)
-        return STRATA_OUT_OF_MEMORY;
-    t->c = nc;
-    t->cap = cap;
-    return 0;
-}
-
-static int reserve_answers(struct idem_client *c, uint32_t more)
-{
-    if (c->n + more <= c->cap)
-        return 0;
-    uint32_t cap = c->n + more;
-    struct idem_answer **na = sm_realloc(c->ans, cap * sizeof *na);
-    if (na == NULL)
-        return STRATA_OUT_OF_MEMORY;
-    c->ans = na;
-    c->cap = cap;
-    return 0;
 }
 
 int idem_merge_prepare(struct storage *s, const msgpack_object *o, struct idem_merge *m,

@@ -178,9 +178,9 @@ static void *call_main(void *arg)
 }
 
 /* Run `json` through `db` (connected via the relay) with the relay armed; when the
- * answer is swallowed, kill node `kill` (-1: none), then let the relay drop the
- * connection. Returns false if the answer never reached the relay. */
-static bool lose_answer(struct h_cluster *c, struct relay *r, struct call *k, int kill)
+ * answer is swallowed, kill nodes `kill` and `kill2` (-1: none), then let the relay drop
+ * the connection. Returns false if the answer never reached the relay. */
+static bool lose_answer(struct h_cluster *c, struct relay *r, struct call *k, int kill, int kill2)
 {
     atomic_store(&r->swallowed, false);
     atomic_store(&r->release, false);
@@ -195,6 +195,8 @@ static bool lose_answer(struct h_cluster *c, struct relay *r, struct call *k, in
     bool ok = atomic_load(&r->swallowed);
     if (ok && kill >= 0)
         h_node_kill9(c, kill);
+    if (ok && kill2 >= 0)
+        h_node_kill9(c, kill2);
     atomic_store(&r->armed, false);
     atomic_store(&r->release, true);
     pthread_join(th, NULL);
@@ -273,7 +275,7 @@ void test_idem(void)
     REQUIRE(h_exec(plain, 0, NULL, NULL, "{\"op\":\"state.set\",\"cell\":\"n\",\"value\":0}") == 0,
             "warm-up write through the relay");
     struct call k = {.db = plain, .json = "{\"op\":\"event.append\",\"type\":\"x\",\"payload\":{}}"};
-    REQUIRE(lose_answer(&c, &r, &k, -1), "the relay swallowed the keyless write's answer");
+    REQUIRE(lose_answer(&c, &r, &k, -1, -1), "the relay swallowed the keyless write's answer");
     CHECK(k.code == STRATA_UNKNOWN_OUTCOME, "keyless write whose answer was lost: %s (%s)",
           err_name(k.code), k.err.msg);
     CHECK(event_len(plain) == 1, "it was applied (once, never resent)");
@@ -288,7 +290,7 @@ void test_idem(void)
             "warm-up write through the relay");
     k = (struct call){.db = db,
                       .json = "{\"op\":\"event.append\",\"type\":\"x\",\"payload\":{\"n\":2}}"};
-    REQUIRE(lose_answer(&c, &r, &k, -1), "the relay swallowed the keyed write's answer");
+    REQUIRE(lose_answer(&c, &r, &k, -1, -1), "the relay swallowed the keyed write's answer");
     CHECK(k.code == 0, "keyed write after a lost answer: %s (%s)", err_name(k.code), k.err.msg);
     CHECK(r.kept_code == 0 && k.res.len == r.kept.len &&
               memcmp(k.res.data, r.kept.data, k.res.len) == 0,
@@ -308,7 +310,7 @@ void test_idem(void)
     k = (struct call){.db = db,
                       .json = "{\"op\":\"state.cas\",\"cell\":\"n\",\"expected_counter\":1,"
                               "\"value\":1}"};
-    REQUIRE(lose_answer(&c, &r, &k, L), "the cas's answer swallowed, leader node %d killed", L + 1);
+    REQUIRE(lose_answer(&c, &r, &k, L, -1), "the cas's answer swallowed, leader node %d killed", L + 1);
     CHECK(k.code == 0, "cas after a lost answer and a leader change: %s (%s)", err_name(k.code),
           k.err.msg);
     CHECK(r.kept_code == 0 && k.res.len == r.kept.len &&
@@ -349,4 +351,23 @@ void test_idem(void)
     }
     CHECK(same, "equal engine digests on the 3 nodes after the restart (%s %s %s)", d[0], d[1],
           d[2]);
+
+    /* 5. The answer is lost and the quorum with it (the other two nodes killed): the
+     * resends get no real answer within the budget, so the write ends UNKNOWN_OUTCOME —
+     * never NOT_LEADER or UNAVAILABLE, which would claim it did not run. */
+    REQUIRE(relay_start(&r, c.nodes[F].port) == 0, "relay to node %d again", F + 1);
+    db = open_via(&r, "");
+    REQUIRE(db != NULL, "third keyed handle opened");
+    strata_set_timeouts(db, 3000, 500);
+    REQUIRE(event_len(db) == 2, "first command of the third handle, through the relay");
+    k = (struct call){.db = db,
+                      .json = "{\"op\":\"event.append\",\"type\":\"x\",\"payload\":{}}"};
+    int other = 3 - L - F; /* the third node */
+    REQUIRE(lose_answer(&c, &r, &k, L, other), "answer swallowed, nodes %d and %d killed", L + 1,
+            other + 1);
+    CHECK(k.code == STRATA_UNKNOWN_OUTCOME && strstr(k.err.msg, "lost") != NULL,
+          "no quorum for the resends: %s (%s)", err_name(k.code), k.err.msg);
+    buf_close(&k.res);
+    strata_close(db);
+    relay_stop(&r);
 }
