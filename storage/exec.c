@@ -2,6 +2,7 @@
  * arguments (branch, space, at_version/as_of), run it, and install its staged writes. */
 #include "idem.h"
 #include "internal.h"
+#include "move.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -468,6 +469,14 @@ int storage_exec(struct storage *s, const uint8_t *cmd, size_t len, int64_t ts_u
     }
     if ((rc = resolve_common(&x, d, NULL)) || (rc = move_check(&x, d)))
         goto done;
+    if (key.present && key.retry && move_idem_lossy(&x, d)) {
+        rc = err_set(err, STRATA_HISTORY_UNAVAILABLE,
+                     "the outcome of this resent write (seq %llu) is not known: its branch "
+                     "moved here from a shard that had dropped client records, and this "
+                     "shard does not remember the request (the write may have been applied)",
+                     (unsigned long long)key.seq);
+        goto done;
+    }
     if ((rc = d->fn(&x)))
         goto done;
     if (result->len == start)

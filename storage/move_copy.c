@@ -1028,6 +1028,8 @@ int move_import(struct exec *x)
     }
     if (hd.at > nm.imported_to)
         nm.imported_to = hd.at;
+    if (merge && im.dropped > 0)
+        nm.idem_lossy = true;
     bool rebuild = hd.copy && hd.last;
     if (rebuild) {
         w.newlog_cap = count_own(b, &w, hd.floor);

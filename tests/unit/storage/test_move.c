@@ -1144,6 +1144,58 @@ static void test_move_carries_idempotency_answers(void **state)
     storage_free(d2);
 }
 
+/* The source had dropped a client whole (its answers with it): a resend to the moved
+ * branch that the target cannot answer is refused there, not applied a second time,
+ * even from a client the target knows. First attempts and remembered answers work. */
+static void test_move_lossy_source_refuses_unknown_resends(void **state)
+{
+    (void)state;
+    struct storage_config cfg;
+    storage_config_default(&cfg);
+    cfg.idem_clients = 1;
+    struct storage *src, *dst = engine();
+    assert_int_equal(storage_new(&cfg, &src), 0);
+    OK(src, "{\"op\":\"branch.create\",\"name\":\"b\"}");
+    OK(src, "{\"op\":\"kv.put\",\"branch\":\"b\",\"key\":\"k\",\"value\":1," MV_IDEM(MV_CA, 1, false) "}");
+    /* A second client: the table holds one, so CA (and its answer for b) is dropped. */
+    OK(src, "{\"op\":\"kv.put\",\"key\":\"d\",\"value\":1," MV_IDEM(MV_CB, 1, false) "}");
+    /* The target knows CA from a write of its own. */
+    OK(dst, "{\"op\":\"kv.put\",\"key\":\"x\",\"value\":1," MV_IDEM(MV_CA, 9, false) "}");
+    copy_all(src, dst, "b", 6, 1u << 20, false, NULL);
+    OK(src, "{\"op\":\"move.fence\",\"name\":\"b\",\"to_shard\":2,\"move_id\":6}");
+    catch_up(src, dst, "b", 6, 1u << 20);
+    struct err e;
+    assert_int_equal(run(dst, NULL, &e,
+                         "{\"op\":\"kv.put\",\"branch\":\"b\",\"key\":\"k\",\"value\":1,"
+                         MV_IDEM(MV_CA, 1, true) "}"),
+                     STRATA_HISTORY_UNAVAILABLE);
+    assert_non_null(strstr(e.msg, "dropped client records"));
+    char v[256];
+    result_text(dst, v, sizeof v, "{\"op\":\"kv.history\",\"branch\":\"b\",\"key\":\"k\"}");
+    assert_null(strstr(v, "},{")); /* still one version */
+    /* A first attempt runs; its resend gets the remembered answer. */
+    char first[256], again[256];
+    result_text(dst, first, sizeof first,
+                "{\"op\":\"kv.put\",\"branch\":\"b\",\"key\":\"k\",\"value\":2," MV_IDEM(MV_CA, 10, false) "}");
+    result_text(dst, again, sizeof again,
+                "{\"op\":\"kv.put\",\"branch\":\"b\",\"key\":\"k\",\"value\":2," MV_IDEM(MV_CA, 10, true) "}");
+    assert_non_null(strstr(first, "\"version\""));
+    assert_string_equal(first, again);
+    /* The flag is in the marker, so in snapshots. */
+    struct storage *r = engine();
+    struct buf snap;
+    t_snapshot(dst, &snap);
+    assert_int_equal(storage_restore(r, snap.data, snap.len, &e), 0);
+    assert_int_equal(run(r, NULL, &e,
+                         "{\"op\":\"kv.put\",\"branch\":\"b\",\"key\":\"k\",\"value\":1,"
+                         MV_IDEM(MV_CA, 1, true) "}"),
+                     STRATA_HISTORY_UNAVAILABLE);
+    buf_close(&snap);
+    storage_free(r);
+    storage_free(src);
+    storage_free(dst);
+}
+
 static void test_move_import_out_of_memory(void **state)
 {
     (void)state;
@@ -1216,6 +1268,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_move_export_bad_input, t_setup, t_teardown),
         cmocka_unit_test(test_move_import_out_of_memory),
         cmocka_unit_test(test_move_carries_idempotency_answers),
+        cmocka_unit_test(test_move_lossy_source_refuses_unknown_resends),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
