@@ -26,8 +26,8 @@ int idem_key_parse(const msgpack_object *cmd, struct idem_key *k, struct err *er
                        "argument 'idem' must be an array [client, seq, ack, retry]");
     const msgpack_object *f = o->via.array.ptr;
     if (f[0].type != MSGPACK_OBJECT_BIN || f[0].via.bin.size != IDEM_CLIENT_LEN)
-        return err_set(err, STRATA_INVALID_ARGUMENT,
-                       "idem client must be %d bytes of binary", IDEM_CLIENT_LEN);
+        return err_set(err, STRATA_INVALID_ARGUMENT, "idem client must be %d bytes of binary",
+                       IDEM_CLIENT_LEN);
     if (f[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER || f[1].via.u64 == 0)
         return err_set(err, STRATA_INVALID_ARGUMENT, "idem seq must be an integer >= 1");
     if (f[2].type != MSGPACK_OBJECT_POSITIVE_INTEGER || f[2].via.u64 > f[1].via.u64)
@@ -83,8 +83,8 @@ static int find_seq(const struct idem_client *c, uint64_t seq, uint32_t *pos)
     return 0;
 }
 
-int idem_lookup(const struct storage *s, const struct idem_key *k,
-                const struct idem_answer **ans, struct err *err)
+int idem_lookup(const struct storage *s, const struct idem_key *k, const struct idem_answer **ans,
+                struct err *err)
 {
     const struct idem_table *t = &s->idem;
     *ans = NULL;
@@ -330,7 +330,8 @@ void idem_pack(const struct idem_table *t, msgpack_packer *pk)
 
 static int corrupt(struct err *err, const char *what)
 {
-    return err_set(err, STRATA_INVALID_ARGUMENT, "corrupt snapshot (format 2): idempotency table %s", what);
+    return err_set(err, STRATA_INVALID_ARGUMENT,
+                   "corrupt snapshot (format 2): idempotency table %s", what);
 }
 
 static bool is_int64(const msgpack_object *o)
@@ -456,8 +457,7 @@ struct merge_item {
 
 static int bad_move(struct err *err, const char *what)
 {
-    return err_set(err, STRATA_INVALID_ARGUMENT, "argument 'blob': idempotency section %s",
-                   what);
+    return err_set(err, STRATA_INVALID_ARGUMENT, "argument 'blob': idempotency section %s", what);
 }
 
 void idem_merge_discard(struct idem_merge *m)

@@ -38,8 +38,8 @@ struct idem_answer {
 
 struct idem_client {
     uint8_t id[IDEM_CLIENT_LEN];
-    uint64_t floor;  /* every seq <= floor is forgotten */
-    int64_t last_ts; /* log timestamp of its newest recorded write (eviction order) */
+    uint64_t floor;           /* every seq <= floor is forgotten */
+    int64_t last_ts;          /* log timestamp of its newest recorded write (eviction order) */
     struct idem_answer **ans; /* by seq, ascending */
     uint32_t n, cap;
 };
@@ -55,16 +55,16 @@ int idem_key_parse(const msgpack_object *cmd, struct idem_key *k, struct err *er
  * is remembered: return those bytes, change nothing), or HISTORY_UNAVAILABLE (the seq is
  * forgotten, or the client is unknown, the request a retry, and the table has dropped
  * clients: running it could apply it twice). */
-int idem_lookup(const struct storage *s, const struct idem_key *k,
-                const struct idem_answer **ans, struct err *err);
+int idem_lookup(const struct storage *s, const struct idem_key *k, const struct idem_answer **ans,
+                struct err *err);
 
 /* Recording in two steps, so the allocations happen before the write is installed:
  * prepare copies the answer and makes room (OUT_OF_MEMORY leaves the table unchanged);
  * install links it at log timestamp ts and applies the bounds (cannot fail). */
 struct idem_pending {
-    struct idem_answer *a;    /* owned until installed */
+    struct idem_answer *a;     /* owned until installed */
     struct idem_client *fresh; /* a new client record, owned until installed */
-    size_t pos;               /* the client's slot (existing or to insert at) */
+    size_t pos;                /* the client's slot (existing or to insert at) */
 };
 int idem_prepare(struct storage *s, const struct idem_key *k, uint64_t branch,
                  const uint8_t *result, size_t len, struct idem_pending *p);

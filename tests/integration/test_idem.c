@@ -266,15 +266,16 @@ void test_idem(void)
     int F = (L + 1) % 3;
     struct relay r;
     REQUIRE(relay_start(&r, c.nodes[F].port) == 0, "relay to follower node %d", F + 1);
-    h_note("leader node %d; the client reaches follower node %d through a relay on port %d",
-           L + 1, F + 1, r.port);
+    h_note("leader node %d; the client reaches follower node %d through a relay on port %d", L + 1,
+           F + 1, r.port);
 
     /* 1. Without keys the relay's loss is visible: UNKNOWN_OUTCOME. */
     struct strata *plain = open_via(&r, "&idempotency=off");
     REQUIRE(plain != NULL, "keyless handle opened");
     REQUIRE(h_exec(plain, 0, NULL, NULL, "{\"op\":\"state.set\",\"cell\":\"n\",\"value\":0}") == 0,
             "warm-up write through the relay");
-    struct call k = {.db = plain, .json = "{\"op\":\"event.append\",\"type\":\"x\",\"payload\":{}}"};
+    struct call k = {.db = plain,
+                     .json = "{\"op\":\"event.append\",\"type\":\"x\",\"payload\":{}}"};
     REQUIRE(lose_answer(&c, &r, &k, -1, -1), "the relay swallowed the keyless write's answer");
     CHECK(k.code == STRATA_UNKNOWN_OUTCOME, "keyless write whose answer was lost: %s (%s)",
           err_name(k.code), k.err.msg);
@@ -310,7 +311,8 @@ void test_idem(void)
     k = (struct call){.db = db,
                       .json = "{\"op\":\"state.cas\",\"cell\":\"n\",\"expected_counter\":1,"
                               "\"value\":1}"};
-    REQUIRE(lose_answer(&c, &r, &k, L, -1), "the cas's answer swallowed, leader node %d killed", L + 1);
+    REQUIRE(lose_answer(&c, &r, &k, L, -1), "the cas's answer swallowed, leader node %d killed",
+            L + 1);
     CHECK(k.code == 0, "cas after a lost answer and a leader change: %s (%s)", err_name(k.code),
           k.err.msg);
     CHECK(r.kept_code == 0 && k.res.len == r.kept.len &&
@@ -360,8 +362,7 @@ void test_idem(void)
     REQUIRE(db != NULL, "third keyed handle opened");
     strata_set_timeouts(db, 3000, 500);
     REQUIRE(event_len(db) == 2, "first command of the third handle, through the relay");
-    k = (struct call){.db = db,
-                      .json = "{\"op\":\"event.append\",\"type\":\"x\",\"payload\":{}}"};
+    k = (struct call){.db = db, .json = "{\"op\":\"event.append\",\"type\":\"x\",\"payload\":{}}"};
     int other = 3 - L - F; /* the third node */
     REQUIRE(lose_answer(&c, &r, &k, L, other), "answer swallowed, nodes %d and %d killed", L + 1,
             other + 1);

@@ -15,8 +15,7 @@
 #define CC "ICEiIyQlJicoKSorLC0uLw=="
 #define CD "MDEyMzQ1Njc4OTo7PD0+Pw=="
 /* The "idem" argument: client, seq, ack, retry. */
-#define IDEM(c, seq, ack, retry)                                                                \
-    "\"idem\":[{\"$bytes\":\"" c "\"}," #seq "," #ack "," #retry "]"
+#define IDEM(c, seq, ack, retry) "\"idem\":[{\"$bytes\":\"" c "\"}," #seq "," #ack "," #retry "]"
 
 /* Snapshot bytes: equal states give equal bytes, so "nothing changed" is checked whole. */
 static void snap(struct storage *s, struct buf *out)
@@ -80,7 +79,8 @@ static void test_idem_every_write_kind_applies_once(void **state)
 {
     struct storage *s = *state;
     /* Fixtures the keyed writes need. */
-    OK(s, "{\"op\":\"vector.create_collection\",\"collection\":\"c\",\"dimension\":2,\"metric\":\"cosine\"}");
+    OK(s, "{\"op\":\"vector.create_collection\",\"collection\":\"c\",\"dimension\":2,\"metric\":"
+          "\"cosine\"}");
     OK(s, "{\"op\":\"branch.create\",\"name\":\"src\"}");
     OK(s, "{\"op\":\"kv.put\",\"branch\":\"src\",\"key\":\"m\",\"value\":1}");
     OK(s, "{\"op\":\"state.set\",\"cell\":\"cnt\",\"value\":0}");
@@ -93,18 +93,24 @@ static void test_idem_every_write_kind_applies_once(void **state)
          "{\"op\":\"kv.delete\",\"key\":\"k\"," IDEM(CA, 2, 1, true) "}"},
         {"{\"op\":\"kv.batch_put\",\"items\":[[\"a\",1],[\"b\",2]]," IDEM(CA, 3, 1, false) "}",
          "{\"op\":\"kv.batch_put\",\"items\":[[\"a\",1],[\"b\",2]]," IDEM(CA, 3, 1, true) "}"},
-        {"{\"op\":\"state.cas\",\"cell\":\"cnt\",\"expected_counter\":1,\"value\":1," IDEM(CA, 4, 1, false) "}",
-         "{\"op\":\"state.cas\",\"cell\":\"cnt\",\"expected_counter\":1,\"value\":1," IDEM(CA, 4, 1, true) "}"},
+        {"{\"op\":\"state.cas\",\"cell\":\"cnt\",\"expected_counter\":1,\"value\":1," IDEM(
+             CA, 4, 1, false) "}",
+         "{\"op\":\"state.cas\",\"cell\":\"cnt\",\"expected_counter\":1,\"value\":1," IDEM(
+             CA, 4, 1, true) "}"},
         {"{\"op\":\"state.set\",\"cell\":\"x\",\"value\":1," IDEM(CA, 5, 1, false) "}",
          "{\"op\":\"state.set\",\"cell\":\"x\",\"value\":9," IDEM(CA, 5, 1, true) "}"},
         {"{\"op\":\"event.append\",\"type\":\"t\",\"payload\":{\"n\":1}," IDEM(CA, 6, 1, false) "}",
          "{\"op\":\"event.append\",\"type\":\"t\",\"payload\":{\"n\":1}," IDEM(CA, 6, 1, true) "}"},
-        {"{\"op\":\"json.set\",\"key\":\"d\",\"path\":\"$\",\"value\":{\"a\":1}," IDEM(CA, 7, 1, false) "}",
-         "{\"op\":\"json.set\",\"key\":\"d\",\"path\":\"$\",\"value\":{\"a\":1}," IDEM(CA, 7, 1, true) "}"},
+        {"{\"op\":\"json.set\",\"key\":\"d\",\"path\":\"$\",\"value\":{\"a\":1}," IDEM(CA, 7, 1,
+                                                                                       false) "}",
+         "{\"op\":\"json.set\",\"key\":\"d\",\"path\":\"$\",\"value\":{\"a\":1}," IDEM(CA, 7, 1,
+                                                                                       true) "}"},
         {"{\"op\":\"json.delete\",\"key\":\"d\"," IDEM(CA, 8, 1, false) "}",
          "{\"op\":\"json.delete\",\"key\":\"d\"," IDEM(CA, 8, 1, true) "}"},
-        {"{\"op\":\"vector.upsert\",\"collection\":\"c\",\"key\":\"v\",\"vector\":[1,0]," IDEM(CA, 9, 1, false) "}",
-         "{\"op\":\"vector.upsert\",\"collection\":\"c\",\"key\":\"v\",\"vector\":[0,1]," IDEM(CA, 9, 1, true) "}"},
+        {"{\"op\":\"vector.upsert\",\"collection\":\"c\",\"key\":\"v\",\"vector\":[1,0]," IDEM(
+             CA, 9, 1, false) "}",
+         "{\"op\":\"vector.upsert\",\"collection\":\"c\",\"key\":\"v\",\"vector\":[0,1]," IDEM(
+             CA, 9, 1, true) "}"},
         {"{\"op\":\"vector.delete\",\"collection\":\"c\",\"key\":\"v\"," IDEM(CA, 10, 1, false) "}",
          "{\"op\":\"vector.delete\",\"collection\":\"c\",\"key\":\"v\"," IDEM(CA, 10, 1, true) "}"},
         {"{\"op\":\"batch\",\"ops\":[{\"op\":\"kv.put\",\"key\":\"p\",\"value\":1},"
@@ -119,10 +125,14 @@ static void test_idem_every_write_kind_applies_once(void **state)
          "{\"op\":\"branch.create\",\"name\":\"nb\"," IDEM(CA, 13, 1, true) "}"},
         {"{\"op\":\"branch.fork\",\"source\":\"src\",\"name\":\"fk\"," IDEM(CA, 14, 1, false) "}",
          "{\"op\":\"branch.fork\",\"source\":\"src\",\"name\":\"fk\"," IDEM(CA, 14, 1, true) "}"},
-        {"{\"op\":\"kv.put\",\"branch\":\"fk\",\"key\":\"m\",\"value\":2," IDEM(CA, 15, 1, false) "}",
-         "{\"op\":\"kv.put\",\"branch\":\"fk\",\"key\":\"m\",\"value\":2," IDEM(CA, 15, 1, true) "}"},
-        {"{\"op\":\"branch.merge\",\"source\":\"fk\",\"target\":\"src\"," IDEM(CA, 16, 1, false) "}",
-         "{\"op\":\"branch.merge\",\"source\":\"fk\",\"target\":\"src\"," IDEM(CA, 16, 1, true) "}"},
+        {"{\"op\":\"kv.put\",\"branch\":\"fk\",\"key\":\"m\",\"value\":2," IDEM(CA, 15, 1,
+                                                                                false) "}",
+         "{\"op\":\"kv.put\",\"branch\":\"fk\",\"key\":\"m\",\"value\":2," IDEM(CA, 15, 1,
+                                                                                true) "}"},
+        {"{\"op\":\"branch.merge\",\"source\":\"fk\",\"target\":\"src\"," IDEM(CA, 16, 1,
+                                                                               false) "}",
+         "{\"op\":\"branch.merge\",\"source\":\"fk\",\"target\":\"src\"," IDEM(CA, 16, 1,
+                                                                               true) "}"},
         {"{\"op\":\"space.create\",\"space\":\"sp\"," IDEM(CA, 17, 1, false) "}",
          "{\"op\":\"space.create\",\"space\":\"sp\"," IDEM(CA, 17, 1, true) "}"},
         {"{\"op\":\"branch.delete\",\"name\":\"nb\"," IDEM(CA, 18, 1, false) "}",
@@ -161,12 +171,14 @@ static void test_idem_failed_write_is_not_remembered(void **state)
     OK(s, "{\"op\":\"state.set\",\"cell\":\"c\",\"value\":0}");
     struct buf before, after;
     snap(s, &before);
-    FAILS(s, STRATA_CONFLICT, "{\"op\":\"state.cas\",\"cell\":\"c\",\"expected_counter\":2,"
-                              "\"value\":5," IDEM(CA, 1, 1, false) "}");
+    FAILS(s, STRATA_CONFLICT,
+          "{\"op\":\"state.cas\",\"cell\":\"c\",\"expected_counter\":2,"
+          "\"value\":5," IDEM(CA, 1, 1, false) "}");
     snap(s, &after);
     assert_true(snap_equal(&before, &after));
     OK(s, "{\"op\":\"state.set\",\"cell\":\"c\",\"value\":1}");
-    OK(s, "{\"op\":\"state.cas\",\"cell\":\"c\",\"expected_counter\":2,\"value\":5," IDEM(CA, 1, 1, true) "}");
+    OK(s, "{\"op\":\"state.cas\",\"cell\":\"c\",\"expected_counter\":2,\"value\":5," IDEM(
+              CA, 1, 1, true) "}");
     const char *c = OK(s, "{\"op\":\"state.get\",\"cell\":\"c\"}");
     assert_non_null(strstr(c, "\"value\":5,\"counter\":3"));
     buf_close(&before);
@@ -180,11 +192,15 @@ static void test_idem_answer_outlives_its_branch(void **state)
     OK(s, "{\"op\":\"branch.create\",\"name\":\"b\"}");
     char first[256];
     snprintf(first, sizeof first, "%s",
-             OK(s, "{\"op\":\"kv.put\",\"branch\":\"b\",\"key\":\"k\",\"value\":1," IDEM(CA, 1, 1, false) "}"));
+             OK(s, "{\"op\":\"kv.put\",\"branch\":\"b\",\"key\":\"k\",\"value\":1," IDEM(
+                       CA, 1, 1, false) "}"));
     OK(s, "{\"op\":\"branch.delete\",\"name\":\"b\"}");
-    EXPECT(s, first, "{\"op\":\"kv.put\",\"branch\":\"b\",\"key\":\"k\",\"value\":1," IDEM(CA, 1, 1, true) "}");
-    FAILS(s, STRATA_BRANCH_NOT_FOUND,
-          "{\"op\":\"kv.put\",\"branch\":\"b\",\"key\":\"k\",\"value\":1," IDEM(CA, 2, 1, true) "}");
+    EXPECT(
+        s, first,
+        "{\"op\":\"kv.put\",\"branch\":\"b\",\"key\":\"k\",\"value\":1," IDEM(CA, 1, 1, true) "}");
+    FAILS(
+        s, STRATA_BRANCH_NOT_FOUND,
+        "{\"op\":\"kv.put\",\"branch\":\"b\",\"key\":\"k\",\"value\":1," IDEM(CA, 2, 1, true) "}");
 }
 
 static struct storage *small_engine(size_t clients, size_t window, size_t bytes)
@@ -208,8 +224,9 @@ static void test_idem_window_forgets_oldest_and_refuses_them(void **state)
     OK(s, "{\"op\":\"event.append\",\"type\":\"t\",\"payload\":{}," IDEM(CA, 2, 1, false) "}");
     OK(s, "{\"op\":\"event.append\",\"type\":\"t\",\"payload\":{}," IDEM(CA, 3, 1, false) "}");
     /* seq 1 left the window of 2: refused, never applied twice. */
-    const char *m = FAILS(s, STRATA_HISTORY_UNAVAILABLE,
-                          "{\"op\":\"event.append\",\"type\":\"t\",\"payload\":{}," IDEM(CA, 1, 1, true) "}");
+    const char *m =
+        FAILS(s, STRATA_HISTORY_UNAVAILABLE,
+              "{\"op\":\"event.append\",\"type\":\"t\",\"payload\":{}," IDEM(CA, 1, 1, true) "}");
     assert_non_null(strstr(m, "seq 1"));
     assert_non_null(strstr(m, "no longer remembered"));
     m = OK(s, "{\"op\":\"event.append\",\"type\":\"t\",\"payload\":{}," IDEM(CA, 2, 1, true) "}");
@@ -240,8 +257,9 @@ static void test_idem_client_eviction_is_deterministic(void **state)
         OK(s, "{\"op\":\"kv.put\",\"key\":\"a\",\"value\":2," IDEM(CA, 2, 1, true) "}");
         /* CC makes three: CB is the least recently written and goes. */
         OK(s, "{\"op\":\"kv.put\",\"key\":\"c\",\"value\":1," IDEM(CC, 1, 1, false) "}");
-        const char *m = FAILS(s, STRATA_HISTORY_UNAVAILABLE,
-                              "{\"op\":\"kv.put\",\"key\":\"b\",\"value\":9," IDEM(CB, 1, 1, true) "}");
+        const char *m =
+            FAILS(s, STRATA_HISTORY_UNAVAILABLE,
+                  "{\"op\":\"kv.put\",\"key\":\"b\",\"value\":9," IDEM(CB, 1, 1, true) "}");
         assert_non_null(strstr(m, "dropped 1 client"));
         /* CA is still known: its retry gets the answer. */
         OK(s, "{\"op\":\"kv.put\",\"key\":\"a\",\"value\":9," IDEM(CA, 1, 1, true) "}");
@@ -250,7 +268,8 @@ static void test_idem_client_eviction_is_deterministic(void **state)
         OK(s, "{\"op\":\"kv.put\",\"key\":\"d\",\"value\":1," IDEM(CD, 1, 1, false) "}");
         FAILS(s, STRATA_HISTORY_UNAVAILABLE,
               "{\"op\":\"kv.put\",\"key\":\"a\",\"value\":9," IDEM(CA, 1, 1, true) "}");
-        EXPECT(s, "{\"value\":1,\"version\":1,\"ts\":1000}", "{\"op\":\"kv.get\",\"key\":\"a\",\"at_version\":1}");
+        EXPECT(s, "{\"value\":1,\"version\":1,\"ts\":1000}",
+               "{\"op\":\"kv.get\",\"key\":\"a\",\"at_version\":1}");
         snap(s, &snaps[e]);
         storage_free(s);
     }
@@ -288,8 +307,9 @@ static void test_idem_snapshot_restore_keeps_the_table(void **state)
     snap(s, &plain);
     assert_int_equal(plain.data[11], 1); /* no keyed write yet: format 1, as before */
     char first[256];
-    snprintf(first, sizeof first, "%s",
-             OK(s, "{\"op\":\"event.append\",\"type\":\"t\",\"payload\":{}," IDEM(CA, 7, 1, false) "}"));
+    snprintf(
+        first, sizeof first, "%s",
+        OK(s, "{\"op\":\"event.append\",\"type\":\"t\",\"payload\":{}," IDEM(CA, 7, 1, false) "}"));
     OK(s, "{\"op\":\"kv.put\",\"key\":\"k\",\"value\":1," IDEM(CB, 3, 2, false) "}");
     struct buf full;
     snap(s, &full);
@@ -301,7 +321,8 @@ static void test_idem_snapshot_restore_keeps_the_table(void **state)
     struct buf again;
     snap(r, &again);
     assert_true(snap_equal(&full, &again));
-    EXPECT(r, first, "{\"op\":\"event.append\",\"type\":\"t\",\"payload\":{}," IDEM(CA, 7, 1, true) "}");
+    EXPECT(r, first,
+           "{\"op\":\"event.append\",\"type\":\"t\",\"payload\":{}," IDEM(CA, 7, 1, true) "}");
     EXPECT(r, "1", "{\"op\":\"event.len\"}");
     /* CB's floor (ack 2) came along too. */
     FAILS(r, STRATA_HISTORY_UNAVAILABLE,
@@ -324,7 +345,8 @@ static void test_idem_restore_rejects_truncated_table(void **state)
         char cmd[200];
         snprintf(cmd, sizeof cmd,
                  "{\"op\":\"kv.put\",\"key\":\"k\",\"value\":%d,\"idem\":[{\"$bytes\":\"" CA
-                 "\"},%d,1,false]}", i, i);
+                 "\"},%d,1,false]}",
+                 i, i);
         OK(s, "%s", cmd);
     }
     struct buf full;
@@ -371,8 +393,9 @@ static void test_idem_malformed_keys_are_rejected(void **state)
         {"[{\"$bytes\":\"" CA "\"},3,1,null]", "retry must be a boolean"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        const char *m = FAILS(s, STRATA_INVALID_ARGUMENT,
-                              "{\"op\":\"kv.put\",\"key\":\"k\",\"value\":2,\"idem\":%s}", bad[i].idem);
+        const char *m =
+            FAILS(s, STRATA_INVALID_ARGUMENT,
+                  "{\"op\":\"kv.put\",\"key\":\"k\",\"value\":2,\"idem\":%s}", bad[i].idem);
         if (strstr(m, bad[i].msg) == NULL) {
             fprintf(stderr, "idem %s: got '%s', want '%s'\n", bad[i].idem, m, bad[i].msg);
             fail();
@@ -383,8 +406,8 @@ static void test_idem_malformed_keys_are_rejected(void **state)
                           "{\"op\":\"kv.get\",\"key\":\"k\"," IDEM(CA, 1, 1, false) "}");
     assert_non_null(strstr(m, "writes only"));
     m = FAILS(s, STRATA_INVALID_ARGUMENT,
-              "{\"op\":\"batch\",\"ops\":[{\"op\":\"kv.put\",\"key\":\"k\",\"value\":3,"
-              IDEM(CA, 1, 1, false) "}]}");
+              "{\"op\":\"batch\",\"ops\":[{\"op\":\"kv.put\",\"key\":\"k\",\"value\":3," IDEM(
+                  CA, 1, 1, false) "}]}");
     assert_non_null(strstr(m, "belongs to the whole command"));
     FAILS(s, STRATA_INVALID_ARGUMENT,
           "{\"op\":\"txn.commit\",\"snapshot\":1,\"reads\":[],\"ops\":[{\"op\":\"kv.put\","
@@ -403,7 +426,8 @@ static void test_idem_out_of_memory_changes_nothing(void **state)
 {
     struct storage *s = *state;
     OK(s, "{\"op\":\"kv.put\",\"key\":\"k\",\"value\":0," IDEM(CB, 1, 1, false) "}");
-    const char *cmd = "{\"op\":\"event.append\",\"type\":\"t\",\"payload\":{}," IDEM(CA, 1, 1, false) "}";
+    const char *cmd =
+        "{\"op\":\"event.append\",\"type\":\"t\",\"payload\":{}," IDEM(CA, 1, 1, false) "}";
     struct buf res;
     buf_init(&res);
     int rc = STRATA_OUT_OF_MEMORY;
@@ -441,7 +465,8 @@ int main(void)
         cmocka_unit_test(test_idem_window_forgets_oldest_and_refuses_them),
         cmocka_unit_test(test_idem_client_eviction_is_deterministic),
         cmocka_unit_test(test_idem_byte_bound_evicts),
-        cmocka_unit_test_setup_teardown(test_idem_snapshot_restore_keeps_the_table, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idem_snapshot_restore_keeps_the_table, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_idem_restore_rejects_truncated_table, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idem_malformed_keys_are_rejected, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idem_out_of_memory_changes_nothing, setup, teardown),
