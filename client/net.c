@@ -8,9 +8,12 @@
  * deadline and backoff. Against a server that has no placement (or with
  * ?routing=server) it keeps one connection to the node believed to lead and lets the
  * servers route. Either way: timeouts, reconnects with backoff, and a write whose
- * connection failed after it was sent ends UNKNOWN_OUTCOME, never silently resent. */
+ * answer was lost (connection failed after it was sent, UNKNOWN_OUTCOME from a server) is
+ * resent with the same idempotency key (keys.h), which the servers' state machine
+ * answers at most once; with ?idempotency=off it ends UNKNOWN_OUTCOME, never resent. */
 #include "net.h"
 
+#include "keys.h"
 #include "proto.h"
 #include "route.h"
 #include "storage.h"
@@ -73,7 +76,7 @@ static bool seed_ok(const char *p, size_t l)
     return port >= 1 && port <= 65535;
 }
 
-/* "routing=client|server", '&'-separated. */
+/* "routing=client|server", "idempotency=on|off", '&'-separated. */
 static int parse_options(struct net *n, const char *uri, const char *q, struct err *err)
 {
     while (*q) {
@@ -82,10 +85,14 @@ static int parse_options(struct net *n, const char *uri, const char *q, struct e
             n->pinned = false;
         else if (l == 14 && memcmp(q, "routing=server", 14) == 0)
             n->pinned = true;
+        else if (l == 14 && memcmp(q, "idempotency=on", 14) == 0)
+            n->no_keys = false;
+        else if (l == 15 && memcmp(q, "idempotency=off", 15) == 0)
+            n->no_keys = true;
         else
             return err_set(err, STRATA_INVALID_ARGUMENT,
-                           "URI '%.*s' has an unknown option '%.*s': expected routing=client or "
-                           "routing=server",
+                           "URI '%.*s' has an unknown option '%.*s': expected routing=client, "
+                           "routing=server, idempotency=on or idempotency=off",
                            URI_SHOW_MAX, uri, (int)(l > 64 ? 64 : l), q);
         q += l + (q[l] == '&');
     }
@@ -662,6 +669,12 @@ struct slot {
     bool sent;       /* on a connection in this round, not answered yet */
     bool routed;     /* sent with [shard, epoch] to a node chosen by the table */
     bool nf_retried; /* BRANCH_NOT_FOUND from a routed send was retried once already */
+    bool keyed;      /* a write sent with an idempotency key: resent when its answer is lost */
+    bool sent_once;  /* sent at least once: later sends are retries */
+    bool lost;       /* an answer to it was lost: it may have been applied */
+    uint64_t seq;    /* its key's seq */
+    struct keys_cmd kc;
+    struct buf kbuf; /* the keyed bytes of the current send */
     struct route_pick pick;
     int conn;
     int code;
@@ -710,7 +723,10 @@ static void conn_fail(struct net *n, int i, struct slot *s, size_t cnt, const st
             continue;
         s[k].sent = false;
         if (s[k].write) {
-            s[k].done = true;
+            /* A keyed write goes again with the same key (the code stays if the call ends
+             * first); one without a key could be applied twice, so it ends here. */
+            s[k].done = !s[k].keyed;
+            s[k].lost = true;
             s[k].code = err_set(s[k].err, STRATA_UNKNOWN_OUTCOME,
                                 "connection lost after sending a write: %s", why->msg);
         } else {
@@ -742,8 +758,11 @@ static void on_response(struct net *n, int i, const struct proto_response *r, st
     sl->sent = false;
     n->conns[i].waiting--;
     const char *msg = r->message ? r->message : "";
+    /* UNKNOWN_OUTCOME (leadership lost after the append, a forwarding link broken): a
+     * keyed write is simply sent again; its key makes that safe. */
     bool not_run = r->code == STRATA_NOT_LEADER || r->code == STRATA_UNAVAILABLE ||
-                   (r->code == STRATA_MOVED && sl->routed);
+                   (r->code == STRATA_MOVED && sl->routed) ||
+                   (r->code == STRATA_UNKNOWN_OUTCOME && sl->keyed);
     if (r->code == STRATA_BRANCH_NOT_FOUND && sl->routed && !sl->nf_retried) {
         /* The table said the branch exists: it may have been deleted and made again on
          * another shard. Re-read and try once more; a second answer is final. */
@@ -751,6 +770,8 @@ static void on_response(struct net *n, int i, const struct proto_response *r, st
         not_run = true;
     }
     if (not_run) {
+        if (r->code == STRATA_UNKNOWN_OUTCOME)
+            sl->lost = true;
         if (n->moved_ms || r->code == STRATA_MOVED)
             log_debug("net: %s from %s: %.*s (%llu ms since the first MOVED)", err_name(r->code),
                       n->conns[i].addr, (int)r->message_len, msg,
@@ -785,6 +806,7 @@ static void on_response(struct net *n, int i, const struct proto_response *r, st
     }
     sl->done = true;
     sl->code = r->code;
+    err_clear(sl->err); /* a resent write's earlier loss is no longer the story */
     if (r->code) {
         err_set(sl->err, r->code, "%.*s", (int)r->message_len, msg);
         return;
@@ -887,10 +909,22 @@ static void round_trip(struct net *n, struct slot *s, size_t cnt, unsigned flags
          * the leader instead of relaying it: that is how the client learns where
          * leadership went (docs/protocol.md §5). */
         uint32_t f = (uint32_t)flags;
-        if (proto_request_append_routed(&n->conns[ci].out, base + i, f, s[i].cmd, s[i].len, &rt)) {
+        const uint8_t *cmd = s[i].cmd;
+        size_t len = s[i].len;
+        if (s[i].keyed) {
+            if (keys_wrap(s[i].cmd, s[i].len, &s[i].kc, n->client_id, s[i].seq, n->call_ack,
+                          s[i].sent_once, &s[i].kbuf)) {
+                s[i].code = err_set(s[i].err, STRATA_OUT_OF_MEMORY, "out of memory");
+                continue;
+            }
+            cmd = s[i].kbuf.data;
+            len = s[i].kbuf.len;
+        }
+        if (proto_request_append_routed(&n->conns[ci].out, base + i, f, cmd, len, &rt)) {
             s[i].code = err_set(s[i].err, STRATA_OUT_OF_MEMORY, "out of memory");
             continue;
         }
+        s[i].sent_once = true;
         s[i].conn = ci;
         s[i].sent = true;
         n->conns[ci].waiting++;
@@ -968,7 +1002,23 @@ int net_exec_many(struct net *n, const uint8_t *const *cmds, const size_t *lens,
         if (storage_cmd_kind(cmds[i], lens[i], &kind, &tmp) == 0)
             s[i].write = kind == STORAGE_CMD_WRITE;
         err_clear(&errs[i]);
+        if (s[i].write && !n->no_keys && !n->have_id) {
+            /* Without a client id the writes go without keys, as with idempotency=off. */
+            n->have_id = keys_client_id(n->client_id, &tmp) == 0;
+            if (!n->have_id)
+                log_warn("libstrata: %s; writes are sent without idempotency keys", tmp.msg);
+        }
+        if (s[i].write && !n->no_keys && n->have_id) {
+            keys_inspect(cmds[i], lens[i], &s[i].kc);
+            s[i].keyed = s[i].kc.ok;
+        }
     }
+    /* Number this call's keyed writes. Every lower seq belongs to an earlier call, which
+     * has returned: those are acknowledged, and the servers may forget their answers. */
+    n->call_ack = n->last_seq + 1;
+    for (size_t i = 0; i < cnt; i++)
+        if (s[i].keyed)
+            s[i].seq = ++n->last_seq;
     unsigned backoff = BACKOFF_MIN_MS, redirects = 0, moved_now = 0, reads_after_moved = 0;
     struct err cerr;
     err_clear(&cerr);
@@ -1014,9 +1064,17 @@ int net_exec_many(struct net *n, const uint8_t *const *cmds, const size_t *lens,
     n->call_deadline = 0;
     bool all_ok = true;
     for (size_t i = 0; i < cnt; i++) {
-        if (!s[i].done && (n->refused || !s[i].code))
+        if (!s[i].done && s[i].lost && s[i].code != STRATA_UNKNOWN_OUTCOME) {
+            /* A keyed write whose answer was lost and whose resends got no real answer
+             * (NOT_LEADER, no connection, ...) may still have been applied. */
+            char m[ERR_MSG_MAX];
+            snprintf(m, sizeof m, "%s", s[i].err->msg);
+            s[i].code = err_set(s[i].err, STRATA_UNKNOWN_OUTCOME,
+                                "a write's answer was lost and resending it got none: %s", m);
+        } else if (!s[i].done && !s[i].lost && (n->refused || !s[i].code)) {
             s[i].code = err_set(s[i].err, cerr.code ? cerr.code : STRATA_UNAVAILABLE, "%s",
                                 cerr.msg[0] ? cerr.msg : "no server answered");
+        }
         codes[i] = s[i].code;
         all_ok = all_ok && s[i].code == 0;
     }
@@ -1024,6 +1082,8 @@ int net_exec_many(struct net *n, const uint8_t *const *cmds, const size_t *lens,
         log_debug("net: %s %llu ms after the first MOVED (%u table reads, at %llu ms)",
                   all_ok ? "answered" : "failed", (unsigned long long)(now_ms() - n->moved_ms),
                   reads_after_moved, (unsigned long long)now_ms());
+    for (size_t i = 0; i < cnt; i++)
+        buf_close(&s[i].kbuf);
     if (s != st)
         sm_free(s);
     return 0;

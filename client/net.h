@@ -57,11 +57,18 @@ struct net {
     bool moved;             /* the current call met MOVED (or a stale BRANCH_NOT_FOUND) */
     uint64_t moved_ms;      /* monotonic ms of the current call's first MOVED, 0 if none */
     int moved_conn;         /* the round's last MOVED came from this connection, -1: none */
+    /* Idempotency keys (keys.h): writes carry [client_id, seq, ack, retry] and a write
+     * whose answer was lost is resent with the same key. */
+    bool no_keys;           /* ?idempotency=off */
+    bool have_id;           /* client_id drawn (at the first write) */
+    uint8_t client_id[16];
+    uint64_t last_seq;      /* seq of the handle's last numbered write */
+    uint64_t call_ack;      /* the current call's first seq: every lower one is answered */
 };
 
 void net_set_timeouts(struct net *n, int op_ms, int connect_ms);
 
-/* Parse "[KEY@]HOST[:PORT][,HOST[:PORT]...][/][?routing=client|server]" (after
+/* Parse "[KEY@]HOST[:PORT][,HOST[:PORT]...][/][?OPTION[&OPTION]]" (after
  * "strata://"). No I/O. */
 int net_parse(struct net *n, const char *uri, const char *rest, struct err *err);
 /* Close every connection and free what the handle owns (the struct itself is the
@@ -69,7 +76,9 @@ int net_parse(struct net *n, const char *uri, const char *rest, struct err *err)
 void net_close(struct net *n);
 /* Execute cnt commands pipelined (one pipeline per node they go to); per-command codes,
  * results and errors. Reads are retried across reconnects; a write whose connection
- * failed after it was sent ends UNKNOWN_OUTCOME. Returns 0 (look at codes) or
+ * failed after it was sent, or that a server answered UNKNOWN_OUTCOME, is sent again with
+ * the same idempotency key until it gets a real answer (UNKNOWN_OUTCOME when the call's
+ * budget runs out first; at once without keys). Returns 0 (look at codes) or
  * OUT_OF_MEMORY. */
 int net_exec_many(struct net *n, const uint8_t *const *cmds, const size_t *lens, size_t cnt,
                   unsigned flags, struct buf *results, int *codes, struct err *errs);

@@ -13,7 +13,10 @@
  *                  a StrataDB server or cluster: any member works as a seed; the client
  *                  finds the leader, follows NOT_LEADER, reconnects with backoff. KEY is
  *                  an API key (servers started with --api-keys require one). Default
- *                  port 9876.
+ *                  port 9876. Options after '?', '&'-separated: routing=client|server,
+ *                  idempotency=on|off (default on: every write carries an idempotency
+ *                  key and a write whose answer was lost is resent with it, applied at
+ *                  most once; docs/client.md §5).
  *
  * Thread: a `struct strata` is not thread-safe; the caller serializes all calls on one
  * handle. Distinct handles are independent. */
@@ -48,7 +51,9 @@ void strata_close(struct strata *db);
  * (caller-owned, not reset first). On failure returns a code from common.h, fills `err`
  * (may be NULL) with the code and a message naming the offending argument, appends
  * nothing to `result`, and the database is unchanged — except STRATA_UNKNOWN_OUTCOME
- * (servers only): the write was sent and may or may not have been applied. Writes are stamped with the
+ * (servers only): the write was sent and may or may not have been applied (with
+ * idempotency keys, the default, only when the call's budget ran out while resending
+ * it), and HISTORY_UNAVAILABLE for a resent write the server no longer remembers. Writes are stamped with the
  * wall clock of whoever applies them first — the client's for mem:, the leader's for
  * file: and strata:// — and timestamps never go backwards. */
 int strata_exec(struct strata *db, const uint8_t *cmd, size_t len, struct buf *result,

@@ -1,5 +1,6 @@
 /* Engine core: the branch table, MVCC reads through fork chains, and atomic installation
  * of a command's staged writes at one new version. */
+#include "idem.h"
 #include "internal.h"
 
 #include <string.h>
@@ -13,6 +14,9 @@ void storage_config_default(struct storage_config *cfg)
      * Raft entry), so values may nest 24 deep. See docs/architecture.md. */
     cfg->max_depth = 24;
     cfg->max_fork_depth = 32;
+    cfg->idem_clients = IDEM_DEFAULT_CLIENTS;
+    cfg->idem_window = IDEM_DEFAULT_WINDOW;
+    cfg->idem_bytes = IDEM_DEFAULT_BYTES;
 }
 
 size_t ikey_make(uint8_t *out, const char *space, size_t slen, int tag, const void *rest,
@@ -139,6 +143,7 @@ void storage_clear(struct storage *s)
     sm_free(s->branches);
     s->branches = NULL;
     s->nbranches = 0;
+    idem_clear(&s->idem);
     s->version = 0;
     s->last_ts = 0;
     s->next_branch_id = 1;
@@ -159,6 +164,13 @@ int storage_new(const struct storage_config *cfg, struct storage **out)
         sm_free(s);
         return STRATA_INVALID_ARGUMENT;
     }
+    /* Configurations built by hand before these fields existed leave them 0. */
+    if (s->cfg.idem_clients == 0)
+        s->cfg.idem_clients = IDEM_DEFAULT_CLIENTS;
+    if (s->cfg.idem_window == 0)
+        s->cfg.idem_window = IDEM_DEFAULT_WINDOW;
+    if (s->cfg.idem_bytes == 0)
+        s->cfg.idem_bytes = IDEM_DEFAULT_BYTES;
     s->next_branch_id = 1;
     buf_init(&s->scratch);
     if (!msgpack_zone_init(&s->zone, 2048)) {

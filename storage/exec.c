@@ -1,6 +1,8 @@
 /* Command execution: decode a command, find its table entry, resolve the common
  * arguments (branch, space, at_version/as_of), run it, and install its staged writes. */
+#include "idem.h"
 #include "internal.h"
+#include "move.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -334,6 +336,10 @@ static int op_batch(struct exec *x)
         if (rc == 0 && !(d->flags & OP_BATCHABLE))
             rc = err_set(x->err, STRATA_INVALID_ARGUMENT,
                          "'%s' cannot be used inside a batch or transaction", d->name);
+        if (rc == 0 && arg_get(&sub, IDEM_ARG))
+            rc = err_set(x->err, STRATA_INVALID_ARGUMENT,
+                         "argument 'idem' belongs to the whole command, not to an operation "
+                         "inside it");
         if (rc == 0)
             rc = resolve_common(&sub, d, x);
         if (rc == 0)
@@ -440,21 +446,60 @@ int storage_exec(struct storage *s, const uint8_t *cmd, size_t len, int64_t ts_u
                      .scratch = &s->scratch, .wver = s->version + 1,
                      .wts = storage_next_ts(s, ts_us)};
     const struct op_def *d;
-    if ((rc = decode_op(&x, &d)) || (rc = resolve_common(&x, d, NULL)) ||
-        (rc = move_check(&x, d)))
+    struct idem_key key;
+    struct idem_pending pend = {0};
+    if ((rc = decode_op(&x, &d)) || (rc = idem_key_parse(&o, &key, err)))
         goto done;
+    if (key.present) {
+        if (!(d->flags & OP_WRITE)) {
+            rc = err_set(err, STRATA_INVALID_ARGUMENT, "argument 'idem' applies to writes only");
+            goto done;
+        }
+        /* Before anything else — the branch may have been deleted or moved since — a
+         * remembered answer is returned as it was given, and nothing changes. */
+        const struct idem_answer *a;
+        if ((rc = idem_lookup(s, &key, &a, err)))
+            goto done;
+        if (a) {
+            mp_pack_raw(&pk, a->data, a->len);
+            if (sink.oom)
+                rc = err_set(err, STRATA_OUT_OF_MEMORY, "out of memory returning the result");
+            goto done;
+        }
+    }
+    if ((rc = resolve_common(&x, d, NULL)) || (rc = move_check(&x, d)))
+        goto done;
+    if (key.present && key.retry && move_idem_lossy(&x, d)) {
+        rc = err_set(err, STRATA_HISTORY_UNAVAILABLE,
+                     "the outcome of this resent write (seq %llu) is not known: its branch "
+                     "moved here from a shard that had dropped client records, and this "
+                     "shard does not remember the request (the write may have been applied)",
+                     (unsigned long long)key.seq);
+        goto done;
+    }
     if ((rc = d->fn(&x)))
         goto done;
+    if (result->len == start)
+        msgpack_pack_nil(&pk);
     if (sink.oom) {
         rc = err_set(err, STRATA_OUT_OF_MEMORY, "out of memory building the result");
         goto done;
     }
+    /* The answer is copied for the table before the write is installed, so running out
+     * of memory on either leaves the engine unchanged. */
+    bool keyed = (d->flags & OP_WRITE) && key.present;
+    if (keyed && (rc = idem_prepare(s, &key, x.b ? x.b->id : 0, result->data + start,
+                                    result->len - start, &pend))) {
+        err_set(err, rc, "out of memory remembering the answer");
+        goto done;
+    }
     if ((d->flags & OP_WRITE) && (rc = stage_commit(s, &st, ts_us, NULL, NULL))) {
+        idem_discard(&pend);
         err_set(err, rc, "out of memory installing the write");
         goto done;
     }
-    if (result->len == start && (msgpack_pack_nil(&pk) != 0 || sink.oom))
-        rc = err_set(err, STRATA_OUT_OF_MEMORY, "out of memory returning the result");
+    if (keyed)
+        idem_install(s, &key, &pend, x.wts);
 done:
     if (rc)
         result->len = start;

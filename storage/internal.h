@@ -110,6 +110,15 @@ struct branch {
     int64_t keep_for_us; /* retention: keep versions current within this window (0 = all) */
 };
 
+/* The idempotency table (idem.h): clients and their remembered answers. */
+struct idem_client;
+struct idem_table {
+    struct idem_client **c; /* by id, ascending */
+    size_t n, cap;
+    uint64_t bytes;   /* sum of the answers' lengths */
+    uint64_t dropped; /* client records evicted since the engine was created */
+};
+
 struct storage {
     struct storage_config cfg;
     msgpack_zone zone;     /* reused by every exec (cleared after each) */
@@ -119,6 +128,7 @@ struct storage {
     uint64_t next_branch_id;
     struct branch **branches; /* every branch, live or hidden, in id order */
     size_t nbranches;
+    struct idem_table idem; /* remembered answers of keyed writes (idem.h) */
 };
 
 struct branch *branch_find(struct storage *s, const char *name, size_t len); /* live only */

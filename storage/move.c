@@ -20,8 +20,9 @@ static bool is_u64(const msgpack_object *o)
     return o->type == MSGPACK_OBJECT_POSITIVE_INTEGER;
 }
 
+/* The marker as an array of min..max elements: 1, or 0 when absent or malformed. */
 static int decode_marker(struct branch *b, int tag, msgpack_zone *z, msgpack_object *o,
-                         uint32_t n)
+                         uint32_t min, uint32_t max)
 {
     struct entry *e = marker_entry(b, tag);
     if (e == NULL)
@@ -29,7 +30,7 @@ static int decode_marker(struct branch *b, int tag, msgpack_zone *z, msgpack_obj
     size_t off = 0;
     if (msgpack_unpack((const char *)e->head->data, e->head->len, &off, z, o) !=
             MSGPACK_UNPACK_SUCCESS ||
-        o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != n)
+        o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size < min || o->via.array.size > max)
         return 0;
     return 1;
 }
@@ -40,7 +41,7 @@ int move_fence_get(struct branch *b, struct fence_marker *out)
     if (!msgpack_zone_init(&z, 256))
         return 0;
     msgpack_object o;
-    int found = decode_marker(b, MOVE_TAG_FENCE, &z, &o, 4);
+    int found = decode_marker(b, MOVE_TAG_FENCE, &z, &o, 4, 4);
     if (found) {
         const msgpack_object *f = o.via.array.ptr;
         found = is_u64(&f[0]) && f[0].via.u64 >= FENCE_FENCED &&
@@ -60,7 +61,8 @@ int move_import_get(struct branch *b, struct import_marker *out)
     if (!msgpack_zone_init(&z, 256))
         return 0;
     msgpack_object o;
-    int found = decode_marker(b, MOVE_TAG_IMPORT, &z, &o, 9);
+    /* A 10th element, idem_lossy, is written only when true. */
+    int found = decode_marker(b, MOVE_TAG_IMPORT, &z, &o, 9, 10);
     if (found) {
         const msgpack_object *f = o.via.array.ptr;
         const msgpack_object *pos = &f[5];
@@ -71,7 +73,8 @@ int move_import_get(struct branch *b, struct import_marker *out)
                 (pos->type == MSGPACK_OBJECT_NIL ||
                  (pos->type == MSGPACK_OBJECT_ARRAY && pos->via.array.size == 2 &&
                   pos->via.array.ptr[0].type == MSGPACK_OBJECT_BIN &&
-                  pos->via.array.ptr[0].via.bin.size <= IKEY_MAX && is_u64(&pos->via.array.ptr[1])));
+                  pos->via.array.ptr[0].via.bin.size <= IKEY_MAX && is_u64(&pos->via.array.ptr[1]))) &&
+                (o.via.array.size == 9 || f[9].type == MSGPACK_OBJECT_BOOLEAN);
         if (found) {
             memset(out, 0, sizeof *out);
             out->source_shard = (uint32_t)f[0].via.u64;
@@ -89,6 +92,7 @@ int move_import_get(struct branch *b, struct import_marker *out)
             out->has_log_pos = f[7].type != MSGPACK_OBJECT_NIL;
             out->log_pos = out->has_log_pos ? f[7].via.u64 : 0;
             out->imported_to = f[8].via.u64;
+            out->idem_lossy = o.via.array.size == 10 && f[9].via.boolean;
         }
     }
     msgpack_zone_destroy(&z);
@@ -109,7 +113,8 @@ int move_import_encode(const struct import_marker *m, struct buf *out)
 {
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, buf_pack_write);
-    int rc = msgpack_pack_array(&pk, 9) || msgpack_pack_uint32(&pk, m->source_shard) ||
+    int rc = msgpack_pack_array(&pk, m->idem_lossy ? 10 : 9) ||
+             msgpack_pack_uint32(&pk, m->source_shard) ||
              msgpack_pack_uint64(&pk, m->move_id) ||
              msgpack_pack_uint64(&pk, m->source_branch_id) ||
              msgpack_pack_uint32(&pk, (uint32_t)m->state) || msgpack_pack_uint64(&pk, m->copy_at);
@@ -123,6 +128,8 @@ int move_import_encode(const struct import_marker *m, struct buf *out)
         rc = msgpack_pack_bool(&pk, m->copy_complete) ||
              (m->has_log_pos ? msgpack_pack_uint64(&pk, m->log_pos) : msgpack_pack_nil(&pk)) ||
              msgpack_pack_uint64(&pk, m->imported_to);
+    if (rc == 0 && m->idem_lossy)
+        rc = msgpack_pack_true(&pk);
     return rc ? STRATA_OUT_OF_MEMORY : 0;
 }
 
@@ -610,6 +617,30 @@ int move_check(struct exec *x, const struct op_def *d)
             return rc;
     }
     return 0;
+}
+
+static bool imported_lossy(struct branch *b)
+{
+    struct import_marker m;
+    return move_import_get(b, &m) && m.idem_lossy;
+}
+
+bool move_idem_lossy(struct exec *x, const struct op_def *d)
+{
+    if (x->b)
+        return imported_lossy(x->b);
+    if (d->flags & OP_BRANCH)
+        return false;
+    static const char *const args[] = {"name", "source", "target", "a", "b"};
+    for (size_t i = 0; i < sizeof args / sizeof args[0]; i++) {
+        const msgpack_object *o = mp_map_getn(x->args, args[i], strlen(args[i]));
+        struct branch *b = o && o->type == MSGPACK_OBJECT_STR
+                               ? branch_find(x->s, o->via.str.ptr, o->via.str.size)
+                               : NULL;
+        if (b && imported_lossy(b))
+            return true;
+    }
+    return false;
 }
 
 const struct op_def move_ops[] = {

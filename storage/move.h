@@ -15,9 +15,11 @@
 #define MOVE_TAG_FENCE 'F'
 #define MOVE_TAG_IMPORT 'I'
 
-/* Blob: "STRAMOVE" be32(format), msgpack [header, records], SHA-256 of all before. */
+/* Blob: "STRAMOVE" be32(format), msgpack [header, records] (format 1) or [header,
+ * records, idempotency section] (format 2, idem.h), SHA-256 of all before. */
 #define MOVE_MAGIC "STRAMOVE"
 #define MOVE_FORMAT 1
+#define MOVE_FORMAT_IDEM 2 /* [header, records, idem]: the last chunk of a fenced branch */
 #define MOVE_DIGEST 32
 #define MOVE_CHUNK_MIN 4096u
 #define MOVE_CHUNK_MAX (3u << 20)
@@ -47,6 +49,7 @@ struct import_marker {
     bool has_log_pos; /* false until the first delta chunk */
     uint64_t log_pos; /* next source change-log index to import */
     uint64_t imported_to; /* greatest source engine version seen in a blob (`at`) */
+    bool idem_lossy; /* the source's idempotency table had dropped clients (idem.h) */
 };
 
 /* Read a branch's markers: 1 found (out filled), 0 none. A marker that does not decode
@@ -74,6 +77,11 @@ void move_marker_install(struct storage *s, struct marker_set *ms);
 void move_marker_discard(struct marker_set *ms);
 /* Drop a marker (its chain is freed; the entry stays, empty). */
 void move_marker_clear(struct branch *b, int tag);
+
+/* Was a branch the command names imported from a shard whose idempotency table had
+ * dropped client records? A resend to it that its table does not know may be a write
+ * applied on that shard, so it is refused (exec.c). */
+bool move_idem_lossy(struct exec *x, const struct op_def *d);
 
 /* Does any branch (live or hidden) read through b? */
 bool move_has_children(const struct storage *s, const struct branch *b);

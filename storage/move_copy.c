@@ -2,6 +2,7 @@
  * a self-contained, checksummed blob; move.import applies one on the target shard,
  * deterministically, all or nothing, and idempotently (by the chunk's position against
  * the target's import marker). docs/sharding.md "Branch moves". */
+#include "idem.h"
 #include "move.h"
 
 #include <openssl/evp.h>
@@ -270,11 +271,15 @@ static int export_pack(struct exec *x, struct branch *b, const struct export_req
     struct fence_marker f;
     bool fenced = q->fence || (move_fence_get(b, &f) && f.state != FENCE_UNFENCED);
     uint64_t fence_id = q->fence ? q->fence : fenced ? f.move_id : 0;
+    /* The chunk that ends a fenced branch's history also carries what the idempotency
+     * table knows for it, so a retry that reaches the target shard is answered there. */
+    bool carry = fenced && !q->copy && last && !idem_empty(&x->s->idem);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &blob, buf_pack_write);
-    if (buf_append(&blob, MOVE_MAGIC, 8) || buf_append_be32(&blob, MOVE_FORMAT))
+    if (buf_append(&blob, MOVE_MAGIC, 8) ||
+        buf_append_be32(&blob, carry ? MOVE_FORMAT_IDEM : MOVE_FORMAT))
         goto oom;
-    msgpack_pack_array(&pk, 2);
+    msgpack_pack_array(&pk, carry ? 3 : 2);
     msgpack_pack_map(&pk, 14);
     mp_pack_cstr(&pk, "branch");
     mp_pack_str(&pk, b->name, b->name_len);
@@ -315,7 +320,15 @@ static int export_pack(struct exec *x, struct branch *b, const struct export_req
     mp_pack_cstr(&pk, "keep_for_us");
     msgpack_pack_int64(&pk, b->keep_for_us);
     msgpack_pack_array(&pk, c.n);
-    if (buf_append(&blob, c.rec.data, c.rec.len) || buf_reserve(&blob, MOVE_DIGEST))
+    if (buf_append(&blob, c.rec.data, c.rec.len))
+        goto oom;
+    if (carry) {
+        size_t before = blob.len;
+        idem_pack_move(&x->s->idem, b->id, &pk);
+        if (blob.len == before)
+            goto oom;
+    }
+    if (buf_reserve(&blob, MOVE_DIGEST))
         goto oom;
     unsigned int dlen = 0;
     if (!EVP_Digest(blob.data, blob.len, blob.data + blob.len, &dlen, EVP_sha256(), NULL) ||
@@ -920,11 +933,12 @@ int move_import(struct exec *x)
     size_t len = bo->via.bin.size;
     if (len < 12 + MOVE_DIGEST || memcmp(p, MOVE_MAGIC, 8) != 0)
         return bad_blob(x, "bad magic");
-    if (get_be32(p + 8) != MOVE_FORMAT)
+    uint32_t format = get_be32(p + 8);
+    if (format != MOVE_FORMAT && format != MOVE_FORMAT_IDEM)
         return err_set(x->err, STRATA_INVALID_ARGUMENT,
                        "argument 'blob': move chunk format %u is not supported (this build "
-                       "reads %u)",
-                       get_be32(p + 8), MOVE_FORMAT);
+                       "reads %u and %u)",
+                       format, MOVE_FORMAT, MOVE_FORMAT_IDEM);
     uint8_t md[MOVE_DIGEST];
     unsigned int dlen = 0;
     if (!EVP_Digest(p, len - MOVE_DIGEST, md, &dlen, EVP_sha256(), NULL) || dlen != MOVE_DIGEST)
@@ -940,8 +954,10 @@ int move_import(struct exec *x)
                        "out of memory decoding the blob (or nested deeper than 32 levels)");
     if (ur != MSGPACK_UNPACK_SUCCESS || off != len - 12 - MOVE_DIGEST ||
         body.type != MSGPACK_OBJECT_ARRAY ||
-        body.via.array.size != 2 || body.via.array.ptr[1].type != MSGPACK_OBJECT_ARRAY)
-        return bad_blob(x, "body is not [header, records]");
+        body.via.array.size != (format == MOVE_FORMAT_IDEM ? 3 : 2) ||
+        body.via.array.ptr[1].type != MSGPACK_OBJECT_ARRAY)
+        return bad_blob(x, format == MOVE_FORMAT_IDEM ? "body is not [header, records, idem]"
+                                                      : "body is not [header, records]");
     struct blob_header hd;
     if ((rc = header_decode(x, &body.via.array.ptr[0], &hd)))
         return rc;
@@ -971,6 +987,10 @@ int move_import(struct exec *x)
     struct buf val;
     buf_init(&val);
     struct marker_set ms = {0};
+    struct idem_merge im = {0};
+    bool merge = format == MOVE_FORMAT_IDEM;
+    if (merge && (rc = idem_merge_prepare(x->s, &body.via.array.ptr[2], &im, x->err)))
+        goto err;
     if ((rc = build_versions(x, recs, b, &hd, &w)))
         goto err;
     if (b == NULL) {
@@ -1008,6 +1028,8 @@ int move_import(struct exec *x)
     }
     if (hd.at > nm.imported_to)
         nm.imported_to = hd.at;
+    if (merge && im.dropped > 0)
+        nm.idem_lossy = true;
     bool rebuild = hd.copy && hd.last;
     if (rebuild) {
         w.newlog_cap = count_own(b, &w, hd.floor);
@@ -1062,6 +1084,8 @@ int move_import(struct exec *x)
     ms.v->ver = move_marker_ver(x->s);
     ms.v->ts = x->s->last_ts;
     move_marker_install(x->s, &ms);
+    if (merge)
+        idem_merge_install(x->s, &im, b->id);
     if (old) {
         old->deleted = true;
         branch_unref(x->s, old);
@@ -1071,6 +1095,7 @@ int move_import(struct exec *x)
     buf_close(&val);
     return 0;
 err:
+    idem_merge_discard(&im);
     move_marker_discard(&ms);
     work_free(x->s, &w);
     buf_close(&val);

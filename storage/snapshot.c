@@ -1,5 +1,6 @@
 /* Snapshot: the whole engine as a versioned, LZ4-framed (checksummed) msgpack stream, and
  * a restore that validates everything before it replaces the engine's state. */
+#include "idem.h"
 #include "internal.h"
 
 #include <lz4frame.h>
@@ -7,6 +8,7 @@
 
 #define SNAP_MAGIC "STRASNAP"
 #define SNAP_FORMAT 1
+#define SNAP_FORMAT_IDEM 2 /* format 1 + the idempotency table before "END" */
 #define SNAP_CHUNK (64 * 1024)
 
 /* ---- Writing ------------------------------------------------------------------------- */
@@ -131,7 +133,8 @@ int storage_snapshot(struct storage *s, storage_write_cb write, void *arg, struc
     }
     uint8_t head[12];
     memcpy(head, SNAP_MAGIC, 8);
-    put_be32(head + 8, SNAP_FORMAT);
+    /* An engine that never saw a keyed write writes format 1, byte for byte as before. */
+    put_be32(head + 8, idem_empty(&s->idem) ? SNAP_FORMAT : SNAP_FORMAT_IDEM);
     if ((rc = write(arg, head, sizeof head))) {
         err_set(err, rc, "snapshot write failed");
         goto out;
@@ -160,6 +163,8 @@ int storage_snapshot(struct storage *s, storage_write_cb write, void *arg, struc
     msgpack_pack_uint64(&pk, s->nbranches);
     for (size_t i = 0; i < s->nbranches && w.rc == 0; i++)
         write_branch(&pk, s->branches[i]);
+    if (!idem_empty(&s->idem))
+        idem_pack(&s->idem, &pk);
     mp_pack_cstr(&pk, "END");
     if ((rc = w.rc) || (rc = sw_emit(&w, true)))
         err_set(err, rc, "snapshot write failed: %s", err_message(rc));
@@ -186,6 +191,7 @@ struct snap_reader {
     msgpack_unpacker up;
     msgpack_unpacked res;
     struct err *err;
+    uint32_t format;
 };
 
 static int corrupt(struct snap_reader *r, const char *what)
@@ -365,6 +371,15 @@ static int read_branch(struct snap_reader *r, struct storage *s)
     return 0;
 }
 
+static int next_any(void *arg, const msgpack_object **o)
+{
+    struct snap_reader *r = arg;
+    if (msgpack_unpacker_next(&r->up, &r->res) != MSGPACK_UNPACK_SUCCESS)
+        return corrupt(r, "format 2 idempotency table truncated");
+    *o = &r->res.data;
+    return 0;
+}
+
 static int restore_stream(struct snap_reader *r, struct storage *s)
 {
     const msgpack_object *o;
@@ -381,6 +396,12 @@ static int restore_stream(struct snap_reader *r, struct storage *s)
     for (uint64_t i = 0; i < nb; i++)
         if ((rc = read_branch(r, s)))
             return rc;
+    if (r->format == SNAP_FORMAT_IDEM) {
+        const msgpack_object *head;
+        if ((rc = next_any(r, &head)) ||
+            (rc = idem_restore(&s->idem, head, next_any, r, r->err)))
+            return rc;
+    }
     if (msgpack_unpacker_next(&r->up, &r->res) != MSGPACK_UNPACK_SUCCESS ||
         !mp_str_eq(&r->res.data, "END"))
         return corrupt(r, "missing end marker");
@@ -396,11 +417,11 @@ int storage_restore(struct storage *s, const uint8_t *data, size_t len, struct e
     if (len < 12 || memcmp(data, SNAP_MAGIC, 8) != 0)
         return err_set(err, STRATA_INVALID_ARGUMENT, "not a StrataDB snapshot (bad magic)");
     uint32_t format = get_be32(data + 8);
-    if (format != SNAP_FORMAT)
+    if (format != SNAP_FORMAT && format != SNAP_FORMAT_IDEM)
         return err_set(err, STRATA_INVALID_ARGUMENT,
-                       "snapshot format %u is not supported (this build reads %u)", format,
-                       SNAP_FORMAT);
-    struct snap_reader r = {.err = err};
+                       "snapshot format %u is not supported (this build reads %u and %u)",
+                       format, SNAP_FORMAT, SNAP_FORMAT_IDEM);
+    struct snap_reader r = {.err = err, .format = format};
     LZ4F_dctx *dctx;
     if (LZ4F_isError(LZ4F_createDecompressionContext(&dctx, LZ4F_VERSION)))
         return err_set(err, STRATA_OUT_OF_MEMORY, "cannot create an lz4 context");
@@ -450,8 +471,10 @@ int storage_restore(struct storage *s, const uint8_t *data, size_t len, struct e
     s->next_branch_id = tmp.next_branch_id;
     s->branches = tmp.branches;
     s->nbranches = tmp.nbranches;
+    s->idem = tmp.idem;
     tmp.branches = NULL;
     tmp.nbranches = 0;
+    tmp.idem = (struct idem_table){0};
 out:
     storage_clear(&tmp);
     msgpack_unpacked_destroy(&r.res);

@@ -23,6 +23,11 @@ struct storage_config {
     size_t max_value_bytes; /* default 16 MiB */
     int max_depth;          /* value nesting, default 24 (msgpack-c decodes 32 levels) */
     int max_fork_depth;     /* read-through chain length kept before materializing, 32 */
+    /* Idempotency table bounds (docs/architecture.md "Idempotent retries"); 0 = default.
+     * Every replica of a group must use the same values. */
+    size_t idem_clients; /* clients remembered, default 4096 */
+    size_t idem_window;  /* answers remembered per client, default 256 */
+    size_t idem_bytes;   /* bytes of answers in all, default 16 MiB */
 };
 
 #define STORAGE_MAX_KEY_BYTES 1024

@@ -154,6 +154,9 @@ static const char *const seeds[][2] = {
     {"event_range.bin", "{\"op\":\"event.range\",\"type\":\"click\",\"direction\":\"backward\","
                         "\"limit\":1}"},
     {"event_verify.bin", "{\"op\":\"event.verify_chain\"}"},
+    {"idem_event_append.bin",
+     "{\"op\":\"event.append\",\"type\":\"t\",\"payload\":{},\"idem\":[{\"$bytes\":"
+     "\"AAECAwQFBgcICQoLDA0ODw==\"},3,2,true]}"},
     {"state_cas.bin", "{\"op\":\"state.cas\",\"cell\":\"lock\",\"expected_counter\":1,"
                       "\"value\":\"held\"}"},
     {"vector_query.bin", "{\"op\":\"vector.query\",\"collection\":\"docs\",\"vector\":[1,0.5,0],"

@@ -158,6 +158,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint8_t *snap = malloc(cap);
     CHECK(snap != NULL);
     memcpy(snap, empty.data, SNAP_HEADER);
+    /* A stream holding an idempotency table section is format 2 (docs/storage.md). */
+    if (size >= 4 && memmem(stream, size, "IDEM", 4) != NULL)
+        snap[SNAP_HEADER - 1] = 2;
     size_t n = LZ4F_compressFrame(snap + SNAP_HEADER, cap - SNAP_HEADER, stream, size, &prefs);
     CHECK(!LZ4F_isError(n));
     /* When the whole-snapshot form was refused, the stream form goes into the same
@@ -214,6 +217,17 @@ static const char *const retention[] = {
     "{\"op\":\"kv.put\",\"branch\":\"scratch\",\"key\":\"k\",\"value\":2}",
     "{\"op\":\"branch.set_retention\",\"name\":\"scratch\",\"keep_last\":1}",
     "{\"op\":\"branch.fork\",\"source\":\"scratch\",\"name\":\"child\"}",
+    NULL,
+};
+
+/* Keyed writes: the snapshot carries the idempotency table (format 2). */
+static const char *const idem[] = {
+    "{\"op\":\"kv.put\",\"key\":\"a\",\"value\":1,\"idem\":[{\"$bytes\":"
+    "\"AAECAwQFBgcICQoLDA0ODw==\"},1,1,false]}",
+    "{\"op\":\"event.append\",\"type\":\"t\",\"payload\":{},\"idem\":[{\"$bytes\":"
+    "\"AAECAwQFBgcICQoLDA0ODw==\"},2,1,false]}",
+    "{\"op\":\"kv.put\",\"key\":\"b\",\"value\":2,\"idem\":[{\"$bytes\":"
+    "\"EBESExQVFhcYGRobHB0eHw==\"},7,5,false]}",
     NULL,
 };
 
@@ -278,6 +292,7 @@ int main(int argc, char **argv)
     int bad = seed(argv[1], "empty", none);
     bad |= seed(argv[1], "kv_only", kv_only);
     bad |= seed(argv[1], "everything", everything);
+    bad |= seed(argv[1], "idem", idem);
     bad |= seed(argv[1], "retention", retention);
     return bad;
 }

@@ -44,6 +44,7 @@ static const struct {
     {"auto_move", test_auto_move, 120},
     {"auto_move_off", test_auto_move_off, 60},
     {"join_retry", test_join_retry, 140},
+    {"idem", test_idem, 120},
 };
 
 int main(int argc, char **argv)

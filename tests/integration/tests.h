@@ -26,5 +26,6 @@ void test_move_bench(void);       /* test_move.c (not a CTest test: prints figur
 void test_auto_move(void);        /* test_automove.c */
 void test_auto_move_off(void);    /* test_automove.c */
 void test_join_retry(void);       /* test_join.c */
+void test_idem(void);             /* test_idem.c */
 
 #endif

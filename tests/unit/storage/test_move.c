@@ -840,26 +840,39 @@ static void test_move_abort_and_leftovers(void **state)
 /* ---- Bad input ------------------------------------------------------------------------- */
 
 /* A blob from parts, with a correct checksum (so the checks behind it are reached). */
-static void make_blob(struct buf *out, const char *header_json, const char *records_json)
+/* A blob of format 1 [header, records], or of format 2 with idem_json as the third
+ * element (the idempotency section) when it is not NULL. */
+static void make_blob_idem(struct buf *out, const char *header_json, const char *records_json,
+                           const char *idem_json)
 {
-    struct buf h, r;
+    struct buf h, r, d;
     buf_init(&h);
     buf_init(&r);
+    buf_init(&d);
     struct err e;
     assert_int_equal(storage_json_to_value(header_json, strlen(header_json), &h, &e), 0);
     assert_int_equal(storage_json_to_value(records_json, strlen(records_json), &r, &e), 0);
+    if (idem_json)
+        assert_int_equal(storage_json_to_value(idem_json, strlen(idem_json), &d, &e), 0);
     buf_init(out);
     buf_append(out, "STRAMOVE", 8);
-    buf_append_be32(out, 1);
-    buf_append_u8(out, 0x92); /* fixarray of 2 */
+    buf_append_be32(out, idem_json ? 2 : 1);
+    buf_append_u8(out, idem_json ? 0x93 : 0x92); /* fixarray of 3 or 2 */
     buf_append(out, h.data, h.len);
     buf_append(out, r.data, r.len);
+    buf_append(out, d.data, d.len);
     buf_reserve(out, 32);
     unsigned int n = 0;
     EVP_Digest(out->data, out->len, out->data + out->len, &n, EVP_sha256(), NULL);
     out->len += 32;
     buf_close(&h);
     buf_close(&r);
+    buf_close(&d);
+}
+
+static void make_blob(struct buf *out, const char *header_json, const char *records_json)
+{
+    make_blob_idem(out, header_json, records_json, NULL);
 }
 
 #define HDR(mode, from, to, since, last)                                                          \
@@ -916,8 +929,8 @@ static void test_move_import_bad_input(void **state)
     }
     for (size_t cut = 0; cut < good.len; cut += 5)
         expect_refused(dst, good.data, cut, STRATA_INVALID_ARGUMENT, NULL);
-    good.data[11] = 2; /* format 2 */
-    expect_refused(dst, good.data, good.len, STRATA_INVALID_ARGUMENT, "format 2");
+    good.data[11] = 3; /* format 3 */
+    expect_refused(dst, good.data, good.len, STRATA_INVALID_ARGUMENT, "format 3");
     good.data[11] = 1;
     good.data[0] = 'X';
     expect_refused(dst, good.data, good.len, STRATA_INVALID_ARGUMENT, "magic");
@@ -1045,6 +1058,144 @@ static void test_move_export_bad_input(void **state)
 }
 
 /* Out of memory anywhere in an import changes nothing; a retry then succeeds. */
+/* The last chunk of a fenced branch carries the idempotency table's answers for it: a
+ * retry that reaches the target is answered there, byte for byte, and not applied again.
+ * A malformed section is refused whole. */
+#define MV_CA "AAECAwQFBgcICQoLDA0ODw=="
+#define MV_CB "EBESExQVFhcYGRobHB0eHw=="
+#define MV_IDEM(c, seq, retry) "\"idem\":[{\"$bytes\":\"" c "\"}," #seq ",1," #retry "]"
+static void test_move_carries_idempotency_answers(void **state)
+{
+    (void)state;
+    struct storage *src = engine(), *dst = engine();
+    OK(src, "{\"op\":\"branch.create\",\"name\":\"b\"}");
+    fill(src, "b", 3, 0);
+    OK(dst, "{\"op\":\"kv.put\",\"key\":\"x\",\"value\":1," MV_IDEM(MV_CB, 9, false) "}");
+    copy_all(src, dst, "b", 4, 1u << 20, false, NULL);
+#define MV_W0(r) "{\"op\":\"kv.put\",\"branch\":\"b\",\"key\":\"k\",\"value\":1," MV_IDEM(MV_CA, 1, r) "}"
+#define MV_W1(r) "{\"op\":\"event.append\",\"branch\":\"b\",\"type\":\"t\",\"payload\":{}," MV_IDEM(MV_CA, 2, r) "}"
+#define MV_W2(r) "{\"op\":\"kv.put\",\"branch\":\"b\",\"key\":\"j\",\"value\":1," MV_IDEM(MV_CB, 3, r) "}"
+    static const char *const writes[] = {MV_W0(false), MV_W1(false), MV_W2(false)};
+    static const char *const retries[] = {MV_W0(true), MV_W1(true), MV_W2(true)};
+    char first[3][256];
+    for (int i = 0; i < 3; i++)
+        result_text(src, first[i], sizeof first[i], "%s", writes[i]);
+    /* An answer for another branch stays behind. */
+    OK(src, "{\"op\":\"kv.put\",\"key\":\"d\",\"value\":1," MV_IDEM(MV_CA, 4, false) "}");
+    OK(src, "{\"op\":\"move.fence\",\"name\":\"b\",\"to_shard\":2,\"move_id\":4}");
+    catch_up(src, dst, "b", 4, 1u << 20);
+    struct position p;
+    assert_true(target_position(dst, "b", &p) && p.done);
+    uint64_t ver = storage_version(dst);
+    for (int i = 0; i < 3; i++) {
+        char again[256];
+        result_text(dst, again, sizeof again, "%s", retries[i]);
+        assert_string_equal(again, first[i]);
+    }
+    assert_int_equal(storage_version(dst), ver);
+    char len[64], src_len[64];
+    result_text(dst, len, sizeof len, "{\"op\":\"event.len\",\"branch\":\"b\"}");
+    result_text(src, src_len, sizeof src_len, "{\"op\":\"event.len\",\"branch\":\"b\"}");
+    assert_string_equal(len, src_len); /* the append is not applied again */
+    /* The target's own client keeps its answer too (the floors merged, nothing lost). */
+    OK(dst, "{\"op\":\"kv.put\",\"key\":\"x\",\"value\":2," MV_IDEM(MV_CB, 9, true) "}");
+    result_text(dst, len, sizeof len, "{\"op\":\"kv.get\",\"key\":\"x\"}");
+    assert_non_null(strstr(len, "\"value\":1"));
+    /* The section is in the target's snapshot, so in every replica's state. */
+    struct storage *r = engine();
+    struct buf snap;
+    t_snapshot(dst, &snap);
+    struct err e;
+    assert_int_equal(storage_restore(r, snap.data, snap.len, &e), 0);
+    char again[256];
+    result_text(r, again, sizeof again, "%s", retries[1]);
+    assert_string_equal(again, first[1]);
+    buf_close(&snap);
+    storage_free(r);
+    storage_free(src);
+    storage_free(dst);
+
+    /* Bad sections, on a first chunk that would otherwise be applied. */
+    struct storage *d2 = engine();
+    static const char *const bad[] = {
+        "1", "[0]", "[-1,[]]", "[0,{}]", "[0,[1]]",
+        "[0,[[{\"$bytes\":\"AAEC\"},0,0,[]]]]",
+        "[0,[[{\"$bytes\":\"" MV_CA "\"},0,0,[[0,{\"$bytes\":\"wA==\"}]]]]]",
+        "[0,[[{\"$bytes\":\"" MV_CA "\"},5,0,[[5,{\"$bytes\":\"wA==\"}]]]]]",
+        "[0,[[{\"$bytes\":\"" MV_CA "\"},0,0,[[2,\"x\"]]]]]",
+        "[0,[[{\"$bytes\":\"" MV_CB "\"},0,0,[]],[{\"$bytes\":\"" MV_CA "\"},0,0,[]]]]",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        struct buf b;
+        make_blob_idem(&b, HDR("copy", "null", "[" KEY_A ",3]", "null", "false"),
+                       "[[" KEY_A ",3,1," VAL_1 "]]", bad[i]);
+        expect_refused(d2, b.data, b.len, STRATA_INVALID_ARGUMENT, "idempotency section");
+        buf_close(&b);
+    }
+    /* A well-formed one is taken. */
+    struct buf b;
+    make_blob_idem(&b, HDR("copy", "null", "[" KEY_A ",3]", "null", "false"),
+                   "[[" KEY_A ",3,1," VAL_1 "]]",
+                   "[0,[[{\"$bytes\":\"" MV_CA "\"},0,0,[[2,{\"$bytes\":\"wA==\"}]]]]]");
+    struct res rr;
+    assert_int_equal(import_blob(d2, "b", 7, 5, b.data, b.len, &rr, &e), 0);
+    res_free(&rr);
+    buf_close(&b);
+    storage_free(d2);
+}
+
+/* The source had dropped a client whole (its answers with it): a resend to the moved
+ * branch that the target cannot answer is refused there, not applied a second time,
+ * even from a client the target knows. First attempts and remembered answers work. */
+static void test_move_lossy_source_refuses_unknown_resends(void **state)
+{
+    (void)state;
+    struct storage_config cfg;
+    storage_config_default(&cfg);
+    cfg.idem_clients = 1;
+    struct storage *src, *dst = engine();
+    assert_int_equal(storage_new(&cfg, &src), 0);
+    OK(src, "{\"op\":\"branch.create\",\"name\":\"b\"}");
+    OK(src, "{\"op\":\"kv.put\",\"branch\":\"b\",\"key\":\"k\",\"value\":1," MV_IDEM(MV_CA, 1, false) "}");
+    /* A second client: the table holds one, so CA (and its answer for b) is dropped. */
+    OK(src, "{\"op\":\"kv.put\",\"key\":\"d\",\"value\":1," MV_IDEM(MV_CB, 1, false) "}");
+    /* The target knows CA from a write of its own. */
+    OK(dst, "{\"op\":\"kv.put\",\"key\":\"x\",\"value\":1," MV_IDEM(MV_CA, 9, false) "}");
+    copy_all(src, dst, "b", 6, 1u << 20, false, NULL);
+    OK(src, "{\"op\":\"move.fence\",\"name\":\"b\",\"to_shard\":2,\"move_id\":6}");
+    catch_up(src, dst, "b", 6, 1u << 20);
+    struct err e;
+    assert_int_equal(run(dst, NULL, &e,
+                         "{\"op\":\"kv.put\",\"branch\":\"b\",\"key\":\"k\",\"value\":1,"
+                         MV_IDEM(MV_CA, 1, true) "}"),
+                     STRATA_HISTORY_UNAVAILABLE);
+    assert_non_null(strstr(e.msg, "dropped client records"));
+    char v[256];
+    result_text(dst, v, sizeof v, "{\"op\":\"kv.history\",\"branch\":\"b\",\"key\":\"k\"}");
+    assert_null(strstr(v, "},{")); /* still one version */
+    /* A first attempt runs; its resend gets the remembered answer. */
+    char first[256], again[256];
+    result_text(dst, first, sizeof first,
+                "{\"op\":\"kv.put\",\"branch\":\"b\",\"key\":\"k\",\"value\":2," MV_IDEM(MV_CA, 10, false) "}");
+    result_text(dst, again, sizeof again,
+                "{\"op\":\"kv.put\",\"branch\":\"b\",\"key\":\"k\",\"value\":2," MV_IDEM(MV_CA, 10, true) "}");
+    assert_non_null(strstr(first, "\"version\""));
+    assert_string_equal(first, again);
+    /* The flag is in the marker, so in snapshots. */
+    struct storage *r = engine();
+    struct buf snap;
+    t_snapshot(dst, &snap);
+    assert_int_equal(storage_restore(r, snap.data, snap.len, &e), 0);
+    assert_int_equal(run(r, NULL, &e,
+                         "{\"op\":\"kv.put\",\"branch\":\"b\",\"key\":\"k\",\"value\":1,"
+                         MV_IDEM(MV_CA, 1, true) "}"),
+                     STRATA_HISTORY_UNAVAILABLE);
+    buf_close(&snap);
+    storage_free(r);
+    storage_free(src);
+    storage_free(dst);
+}
+
 static void test_move_import_out_of_memory(void **state)
 {
     (void)state;
@@ -1091,6 +1242,9 @@ static void test_move_import_out_of_memory(void **state)
         buf_close(&ex.blob);
         if (phase == 0) {
             fill(src, "b", 4, 50);
+            /* A keyed write: the fenced chunk carries an idempotency section too. */
+            OK(src, "{\"op\":\"kv.put\",\"branch\":\"b\",\"key\":\"i\",\"value\":1,"
+                    "\"idem\":[{\"$bytes\":\"AAECAwQFBgcICQoLDA0ODw==\"},1,1,false]}");
             OK(src, "{\"op\":\"move.fence\",\"name\":\"b\",\"to_shard\":2,\"move_id\":1}");
         }
     }
@@ -1113,6 +1267,8 @@ int main(void)
         cmocka_unit_test(test_move_import_bad_input),
         cmocka_unit_test_setup_teardown(test_move_export_bad_input, t_setup, t_teardown),
         cmocka_unit_test(test_move_import_out_of_memory),
+        cmocka_unit_test(test_move_carries_idempotency_answers),
+        cmocka_unit_test(test_move_lossy_source_refuses_unknown_resends),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
