@@ -557,6 +557,46 @@ static const struct raft_server *config_find(struct repl_group *g, uint64_t id)
     return NULL;
 }
 
+static void stuck_transfer_done(void *arg, int code, const uint8_t *result, size_t len,
+                                const char *message, const char *leader)
+{
+    (void)arg, (void)result, (void)len, (void)leader;
+    if (code != 0)
+        log_info("handing leadership away from a stuck configuration: %s: %s", err_name(code),
+                 message ? message : "");
+}
+
+/* A membership change refused with RAFT_CANTCHANGE ("a configuration change is already in
+ * progress"). Legitimately so while the last configuration entry is not yet committed, or
+ * while a promotion of ours catches up. But libraft 0.22.1 can also keep
+ * configuration_uncommitted_index set on a leader for an entry it has long committed and
+ * applied: seen on a node that became leader by a transfer while a configuration entry
+ * of the previous term was in flight (integ_rebalance's drain, about 1 run in 8: every
+ * later change was refused for as long as it led — 90 s and more — although writes went
+ * on). Nothing of ours can clear it; a new leader rebuilds that state from its own log.
+ * So: log the state, and when the entry is committed and applied, hand the leadership
+ * away (the caller is answered UNAVAILABLE and retries at the new leader). */
+static void cantchange(struct repl_group *g, const char *what)
+{
+    raft_index unc = g->raft.configuration_uncommitted_index;
+    bool stuck = unc != 0 && unc <= g->raft.commit_index && unc <= g->raft.last_applied;
+    log_info("group %u: %s refused: configuration change in progress (uncommitted index %llu, "
+             "committed %llu, commit %llu, applied %llu)%s",
+             g->group_id, what, (unsigned long long)unc,
+             (unsigned long long)g->raft.configuration_committed_index,
+             (unsigned long long)g->raft.commit_index, (unsigned long long)g->raft.last_applied,
+             stuck ? ": that entry is committed and applied, so this leader's state is stuck; "
+                     "handing leadership away"
+                   : "");
+    if (stuck) {
+        struct req *t = req_new(REQ_TRANSFER, stuck_transfer_done, NULL);
+        if (t != NULL) {
+            t->id = 0;
+            admin_submit(g, t);
+        }
+    }
+}
+
 static void admin_next(struct repl_group *g)
 {
     int rv;
@@ -584,19 +624,28 @@ static void admin_next(struct repl_group *g)
             }
             r->promoting = true;
             rv = raft_assign(&g->raft, &g->change, r->id, RAFT_VOTER, change_cb);
-            if (rv != 0)
+            if (rv != 0) {
                 admin_finish(g, rv, "promote member to voter");
+                if (rv == RAFT_CANTCHANGE)
+                    cantchange(g, "promote member to voter");
+            }
             return;
         }
         rv = raft_add(&g->raft, &g->change, r->id, r->address, change_cb);
-        if (rv != 0)
+        if (rv != 0) {
             admin_finish(g, rv, "add member");
+            if (rv == RAFT_CANTCHANGE)
+                cantchange(g, "add member");
+        }
         return;
     }
     case REQ_REMOVE:
         rv = raft_remove(&g->raft, &g->change, r->id, change_cb);
-        if (rv != 0)
+        if (rv != 0) {
             admin_finish(g, rv, "remove member");
+            if (rv == RAFT_CANTCHANGE)
+                cantchange(g, "remove member");
+        }
         return;
     case REQ_TRANSFER:
         rv = raft_transfer(&g->raft, &g->xfer, r->id, xfer_cb);

@@ -485,3 +485,27 @@ int h_log_count(const struct h_cluster *c, int i, const char *needle)
     fclose(f);
     return n;
 }
+
+void h_log_grep_tail(const struct h_cluster *c, int i, const char *needle, int max)
+{
+    FILE *f = fopen(c->nodes[i].log, "r");
+    if (f == NULL || max <= 0) {
+        if (f)
+            fclose(f);
+        return;
+    }
+    enum { RING = 64 };
+    static char ring[RING][512];
+    int count = 0;
+    char line[512];
+    /* Long lines come in pieces; a piece holding the needle is kept. */
+    while (fgets(line, sizeof line, f))
+        if (strstr(line, needle) != NULL)
+            memcpy(ring[count++ % RING], line, sizeof line);
+    fclose(f);
+    int keep = max < RING ? max : RING;
+    fprintf(stderr, "---- node %d: last %d of %d lines with \"%s\" ----\n", i + 1,
+            count < keep ? count : keep, count, needle);
+    for (int k = count > keep ? count - keep : 0; k < count; k++)
+        fputs(ring[k % RING], stderr);
+}

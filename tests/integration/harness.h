@@ -113,6 +113,10 @@ void h_node_kill9(struct h_cluster *c, int i);
 bool h_node_alive(struct h_cluster *c, int i);
 /* Count lines of node i's log containing `needle`. */
 int h_log_count(const struct h_cluster *c, int i, const char *needle);
+/* Print to stderr the last `max` (at most 64) lines of node i's log that hold `needle`:
+ * the story behind a failed wait, printed when it fails (a global deadline later kills
+ * the servers without the usual log tails). */
+void h_log_grep_tail(const struct h_cluster *c, int i, const char *needle, int max);
 
 /* ---- Client helpers --------------------------------------------------------------------- */
 

@@ -207,6 +207,9 @@ void test_rebalance(void)
     uint64_t join_ms = h_now_ms() - t0;
     CHECK(even, "after the join every node holds 3 replicas and node 6 leads 1 shard (node 6: "
                 "%d replicas, %d preferred, leads %d)", l.replicas[6], l.preferred[6], led6);
+    if (!even)
+        for (int i = 0; i < 6; i++)
+            h_log_grep_tail(&c, i, "rebalance", 40);
     h_note("join: table even and node 6 leading in %llu ms", (unsigned long long)join_ms);
     CHECK(h_log_count(&c, 0, "rebalance:") + h_log_count(&c, 1, "rebalance:") +
                   h_log_count(&c, 2, "rebalance:") + h_log_count(&c, 3, "rebalance:") +
@@ -227,6 +230,9 @@ void test_rebalance(void)
         gone = read_layout(&c, 0, &l) == 0 && !l.has[2] && l.nodes == 5 && !l.draining;
     uint64_t drain_ms = h_now_ms() - t0;
     CHECK(gone, "node 2 drained and removed from the table");
+    if (!gone)
+        for (int i = 0; i < 6; i++)
+            h_log_grep_tail(&c, i, "rebalance", 40);
     bool spread = gone;
     for (int id = 1; spread && id <= 6; id++)
         spread = id == 2 ? l.replicas[id] == 0 : l.replicas[id] >= 3 && l.replicas[id] <= 4;
