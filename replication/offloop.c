@@ -11,9 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef STRATA_FIU
 #include "faultio.h"
-#endif
 
 struct job {
     struct job *next;
@@ -109,21 +107,31 @@ int offloop_run(offloop_fn fn, void *arg)
 
 /* ---- Engines freed off the loop ---------------------------------------------------------- */
 
+/* Frees of 10 ms or more are logged: what the loop would have stalled for. */
+static void free_timed(struct storage *engine, const char *where)
+{
+    uint64_t t0 = clock_mono_ns();
+    uint64_t version = storage_version(engine);
+    storage_free(engine);
+    double ms = (double)(clock_mono_ns() - t0) / 1e6;
+    if (ms >= 10.0)
+        log_info("engine (version %llu) freed %s in %.1f ms", (unsigned long long)version, where,
+                 ms);
+}
+
 static void free_job(void *arg)
 {
-    storage_free(arg);
+    free_timed(arg, "off the loop");
 }
 
 void repl_engine_free(struct storage *engine)
 {
     if (engine == NULL)
         return;
-#ifdef STRATA_FIU
     if (faultio_point_action("strata/engine/free", NULL) != 0) {
-        storage_free(engine); /* test builds: on the loop, as before (measurements) */
+        free_timed(engine, "on the loop"); /* test builds: as before (measurements) */
         return;
     }
-#endif
     if (offloop_run(free_job, engine) != 0)
-        storage_free(engine);
+        free_timed(engine, "on the loop");
 }
