@@ -51,7 +51,7 @@ static void on_group_event(void *arg, enum repl_event ev, const char *detail)
 static void group_failed(void *arg)
 {
     struct node_group *g = arg;
-    storage_free(g->engine);
+    repl_engine_free(g->engine); /* off the loop: seconds for a large engine */
     sm_free(g);
 }
 
@@ -179,7 +179,7 @@ static void group_stopped(void *arg)
 {
     struct node_group *g = arg;
     struct node *n = g->node;
-    storage_free(g->engine);
+    repl_engine_free(g->engine); /* off the loop: seconds for a large engine */
     sm_free(g);
     if (--n->groups_stopping == 0 && n->groups_stopped_cb)
         n->groups_stopped_cb(n);
@@ -206,7 +206,7 @@ static void group_retired(void *arg)
         log_error("shard %u: cannot rename %s: %s", g->id, dir, strerror(errno));
     log_info("shard %u: retired (data kept in %s)", g->id, old);
     n->retiring[g->id] = false;
-    storage_free(g->engine);
+    repl_engine_free(g->engine); /* off the loop: seconds for a large engine */
     sm_free(g);
 }
 

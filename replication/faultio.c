@@ -70,6 +70,7 @@ struct fio_req {
     raft_io_snapshot_put_cb put_cb;
     unsigned trailing;
     const struct raft_snapshot *snapshot;
+    bool prep; /* an install whose bytes a thread decodes: completion waits for it */
 };
 
 static void record_error(struct repl_group *g, const char *fmt, ...)
@@ -407,7 +408,7 @@ static void deliver(struct repl_group *g)
                     break;
                 }
                 append_waiting = true;
-            } else if (done) {
+            } else if (done && !(r->prep && restoreprep_decoding(g))) {
                 ready = r;
                 break;
             }
@@ -421,6 +422,14 @@ static void deliver(struct repl_group *g)
         if (ready->kind == R_SNAPSHOT && ready->trailing == 0 && ready->status != 0 &&
             ready->status != RAFT_CANCELED && !f->closing)
             f->install_failed = true;
+        if (ready->prep) {
+            /* Held for its decode past the start of the close: raft, closing, frees the
+             * chunk and restores nothing. A failed put will never be restored. */
+            if (f->closing)
+                ready->status = RAFT_CANCELED;
+            if (ready->status != 0)
+                restoreprep_discard(g, "the snapshot put did not complete");
+        }
         if (ready->kind == R_APPEND)
             ready->append_cb(ready->outer_append, ready->status);
         else
@@ -579,6 +588,9 @@ static int io_snapshot_put(struct raft_io *io, unsigned trailing, struct raft_io
     r->trailing = trailing;
     r->snapshot = snapshot;
     link_req(f, r);
+    /* An install: its bytes are decoded into a fresh engine while raft_uv writes them. */
+    if (trailing == 0 && !f->closing)
+        r->prep = restoreprep_start(g, snapshot);
     if (encoding) {
         r->stage = S_ENCODING; /* faultio_snapshot_encoded goes on */
         return 0;
@@ -593,11 +605,29 @@ static int io_snapshot_put(struct raft_io *io, unsigned trailing, struct raft_io
     if (r->stage == S_DONE) /* failed by the failpoint: raft hears of it from the tick */
         return 0;
     int rv = submit(g, r);
+    if (rv != 0 && r->prep) {
+        /* A thread reads the buffer: raft must not get it back before the decode ends,
+         * so it learns of the failure as a completion. */
+        r->stage = S_DONE;
+        r->status = rv;
+        return 0;
+    }
     if (rv != 0) {
         unlink_req(f, r);
         sm_free(r);
     }
     return rv;
+}
+
+static void io_closed(struct raft_io *io);
+
+void faultio_restore_prepared(struct repl_group *g)
+{
+    deliver(g);
+    if (g->fio.closed_deferred && !restoreprep_decoding(g)) {
+        g->fio.closed_deferred = false;
+        io_closed(&g->io);
+    }
 }
 
 void faultio_snapshot_encoded(struct repl_group *g, int status)
@@ -695,6 +725,13 @@ static int io_start(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick, ra
 static void io_closed(struct raft_io *io)
 {
     struct repl_group *g = io_group(io);
+    if (restoreprep_decoding(g)) {
+        /* A put's completion waits for the thread that reads its buffer: raft (which
+         * frees the buffer) hears of the close after it. */
+        g->fio.closed_deferred = true;
+        log_info("group %u: close waits for the snapshot decode off the loop", g->group_id);
+        return;
+    }
     unsigned left = 0;
     for (struct fio_req *r = g->fio.head; r != NULL; r = r->next)
         left++;

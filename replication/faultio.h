@@ -53,6 +53,9 @@ struct faultio {
     bool install_failed; /* a snapshot install failed: raft cannot take another */
     const char *noted;   /* the failpoint last logged as firing (logged once) */
     bool closing;
+    /* raft_uv has closed while a put waits for its decode off the loop (restoreprep.c):
+     * raft hears of the close once that put's completion is delivered */
+    bool closed_deferred;
 };
 
 /* The disk watchdog's state. */

@@ -30,7 +30,7 @@ static void pump_cb(uv_idle_t *h);
 /* Run the pump on the next loop iteration (idempotent, safe inside raft callbacks). */
 void group_kick(struct repl_group *g)
 {
-    if (g->handles_open == 2 && !uv_is_closing((uv_handle_t *)&g->pump))
+    if (g->handles_open == g->handles_total && !uv_is_closing((uv_handle_t *)&g->pump))
         uv_idle_start(&g->pump, pump_cb);
 }
 
@@ -129,6 +129,7 @@ static void free_group(struct repl_group *g)
 {
     snapfork_cancel(g); /* done at raft's io close already: no encoder outlives its group */
     snapguard_free(g);
+    restoreprep_discard(g, "the group is closed"); /* the decode ended before raft closed */
     struct pending_event *e;
     while ((e = g->ev_head) != NULL) {
         g->ev_head = e->next;
@@ -169,6 +170,7 @@ static void raft_closed(struct raft *r)
     requests_fail_on_close(g);
     uv_close((uv_handle_t *)&g->pump, handle_closed);
     uv_close((uv_handle_t *)&g->timer, handle_closed);
+    restoreprep_close_handle(g, handle_closed);
 }
 
 static void begin_close(struct repl_group *g)
@@ -440,7 +442,8 @@ int repl_group_open(uv_loop_t *loop, const struct repl_options *o, struct storag
     g->pump.data = g;
     uv_timer_init(loop, &g->timer);
     g->timer.data = g;
-    g->handles_open = 2;
+    g->handles_open = 2 + restoreprep_init(g);
+    g->handles_total = g->handles_open;
     g->state = G_OPEN;
     if (g->hook != NULL && g->hook->reset != NULL)
         g->hook->reset(g->hook->arg, g->group_id); /* the engine starts empty: so does the hook */

@@ -17,6 +17,7 @@
 
 #include "faultio.h"
 #include "replication.h"
+#include "restoreprep.h"
 #include "snapfork.h"
 
 #include <raft.h>
@@ -91,10 +92,11 @@ struct repl_group {
     void *event_arg;
     struct pending_event *ev_head, *ev_tail;
 
-    uv_idle_t pump;   /* deferred work */
-    uv_timer_t timer; /* bounded leadership hand-off on stop */
-    int handles_open; /* of pump and timer, for the close sequence */
-    bool pumping;     /* inside pump: no recursive pump */
+    uv_idle_t pump;    /* deferred work */
+    uv_timer_t timer;  /* bounded leadership hand-off on stop */
+    int handles_open;  /* of pump, timer and prep.async, for the close sequence */
+    int handles_total; /* opened at group open */
+    bool pumping;      /* inside pump: no recursive pump */
 
     /* role tracking (set in step_cb, handled in the pump) */
     bool was_leader;
@@ -149,6 +151,9 @@ struct repl_group {
 
     /* snapfork.c: the snapshot being encoded by a forked child */
     struct snapfork snap;
+
+    /* restoreprep.c: an installed snapshot decoded off the loop */
+    struct restoreprep prep;
 };
 
 /* group.c */

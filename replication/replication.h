@@ -95,6 +95,13 @@ int repl_group_start(struct repl_group *g, struct err *err);
  * requests with UNAVAILABLE, close raft, then call cb. The group is freed after cb. */
 void repl_group_stop(struct repl_group *g, void (*cb)(void *arg), void *arg);
 
+/* Free an engine no group uses any more (after its group's stop callback, say) on a
+ * thread of its own: freeing a large engine takes seconds that the loop would stall for.
+ * The engine must be fully detached: nothing may touch it after the call. The process's
+ * exit waits for such frees to end. Any thread; falls back to storage_free when no
+ * thread can be started. */
+void repl_engine_free(struct storage *engine);
+
 /* A raft peer connection for this group, accepted by the node (preamble consumed).
  * Ownership of the heap-allocated uv_tcp_t passes to the group (freed with raft_free
  * semantics as raft requires). */

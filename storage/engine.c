@@ -197,6 +197,28 @@ void storage_free(struct storage *s)
     sm_free(s);
 }
 
+void storage_get_config(const struct storage *s, struct storage_config *cfg)
+{
+    *cfg = s->cfg;
+}
+
+void storage_swap(struct storage *a, struct storage *b)
+{
+    struct storage t = *a;
+    a->version = b->version;
+    a->last_ts = b->last_ts;
+    a->next_branch_id = b->next_branch_id;
+    a->branches = b->branches;
+    a->nbranches = b->nbranches;
+    a->idem = b->idem;
+    b->version = t.version;
+    b->last_ts = t.last_ts;
+    b->next_branch_id = t.next_branch_id;
+    b->branches = t.branches;
+    b->nbranches = t.nbranches;
+    b->idem = t.idem;
+}
+
 uint64_t storage_version(const struct storage *s)
 {
     return s->version;

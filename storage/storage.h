@@ -6,7 +6,9 @@
  * returns a MessagePack result; for a write command it is a pure function of (state,
  * command bytes, ts), so replicas applying the same log reach byte-identical state.
  *
- * Thread: an engine is single-threaded; the caller serializes all calls. */
+ * Thread: an engine is single-threaded; the caller serializes all calls. Distinct engines
+ * share no mutable state (storage/ has no globals), so different threads may each use
+ * their own. */
 #ifndef STRATA_STORAGE_H
 #define STRATA_STORAGE_H
 
@@ -73,6 +75,14 @@ int storage_snapshot_buf(struct storage *s, struct buf *out, struct err *err);
 /* Replace the engine's state with a snapshot. The input is validated completely first;
  * on any error (corrupt, truncated, wrong version) the engine is left unchanged. */
 int storage_restore(struct storage *s, const uint8_t *data, size_t len, struct err *err);
+
+/* The configuration `s` was created with (for a second engine built alike). */
+void storage_get_config(const struct storage *s, struct storage_config *cfg);
+/* Exchange the states (data, versions, remembered answers) of two engines, in O(1); each
+ * keeps its configuration and scratch buffers. For an engine decoded on another thread and
+ * swapped in: the caller makes sure nothing else touches either engine meanwhile and that
+ * both were created with the same configuration. */
+void storage_swap(struct storage *a, struct storage *b);
 
 /* ---- Result / value helpers for callers (CLI, tests) ------------------------------- */
 
