@@ -3,8 +3,10 @@
  * RESPONSE frame and drops the connection, once alone and once after kill -9 of the
  * leader — and libstrata's resend, with the same idempotency key, is applied exactly
  * once and returns the remembered answer byte for byte. Without keys the same loss ends
- * UNKNOWN_OUTCOME (so the relay really loses answers). Last, the old leader restarts and
- * replays its log: every replica's engine digest, which covers the table, is equal. */
+ * UNKNOWN_OUTCOME (so the relay really loses answers), and so does it when the relay strips
+ * the "features" of the servers' WELCOME — the client then takes them for servers older
+ * than keys, sends none and resends nothing. Last, the old leader restarts and replays its
+ * log: every replica's engine digest, which covers the table, is equal. */
 #include "harness.h"
 #include "storage.h"
 #include "tests.h"
@@ -26,11 +28,15 @@
 
 /* One connection at a time, client <-> target. Server-to-client bytes are cut into
  * frames; while `armed`, the first RESPONSE is kept (not forwarded), `swallowed` is set,
- * and the relay waits for `release` (bounded) before closing both sides. */
+ * and the relay waits for `release` (bounded) before closing both sides. With `strip`,
+ * a WELCOME goes on without its "features" (what a server older than them sends).
+ * Client-to-server requests are counted, and those whose command carries "idem". */
 struct relay {
     int lfd, port, target;
     pthread_t th;
-    atomic_bool stop, armed, swallowed, release;
+    atomic_bool stop, armed, swallowed, release, strip;
+    atomic_uint server_features; /* of the last WELCOME from the server */
+    atomic_int requests, keyed;
     struct buf kept; /* the swallowed response's result bytes */
     int kept_code;
 };
@@ -60,8 +66,9 @@ static void relay_one(struct relay *r, int cfd)
     int sfd = h_raw_connect(r->target);
     if (sfd < 0)
         return;
-    struct proto_reader rd;
+    struct proto_reader rd, up;
     proto_reader_init(&rd, PROTO_MAX_FRAME_DEFAULT);
+    proto_reader_init(&up, PROTO_MAX_FRAME_DEFAULT);
     uint8_t b[65536];
     bool holding = false;
     uint64_t hold_deadline = 0;
@@ -76,8 +83,22 @@ static void relay_one(struct relay *r, int cfd)
             continue;
         if (p[0].revents) {
             ssize_t n = recv(cfd, b, sizeof b, 0);
-            if (n <= 0 || h_raw_send(sfd, b, (size_t)n))
+            if (n <= 0 || h_raw_send(sfd, b, (size_t)n) || proto_reader_feed(&up, b, (size_t)n))
                 break;
+            struct proto_frame f;
+            struct err e;
+            while (proto_reader_next(&up, &f, &e) == 1) {
+                struct proto_request q;
+                if (f.kind != PROTO_REQUEST || proto_request_decode(&f, &q, &e) != 0)
+                    continue;
+                atomic_fetch_add(&r->requests, 1);
+                /* The key "idem" (fixstr a4) in the command map. */
+                for (size_t i = 0; i + 5 <= q.cmd_len; i++)
+                    if (memcmp(q.cmd + i, "\xa4idem", 5) == 0) {
+                        atomic_fetch_add(&r->keyed, 1);
+                        break;
+                    }
+            }
         }
         if (p[1].revents) {
             ssize_t n = recv(sfd, b, sizeof b, 0);
@@ -107,6 +128,23 @@ static void relay_one(struct relay *r, int cfd)
                 }
                 struct buf out;
                 buf_init(&out);
+                if (f.kind == PROTO_WELCOME) {
+                    msgpack_zone z;
+                    msgpack_zone_init(&z, 256);
+                    struct proto_welcome w;
+                    uint32_t feats = 0;
+                    bad = proto_welcome_decode_features(&f, &z, &w, &feats, &e) != 0;
+                    atomic_store(&r->server_features, feats);
+                    if (!bad && atomic_load(&r->strip))
+                        bad = proto_welcome_append(&out, &w) || h_raw_send(cfd, out.data, out.len);
+                    msgpack_zone_destroy(&z);
+                    if (bad || atomic_load(&r->strip)) {
+                        buf_close(&out);
+                        if (bad)
+                            break;
+                        continue;
+                    }
+                }
                 bad = proto_frame_append(&out, f.kind, f.body, f.len) ||
                       h_raw_send(cfd, out.data, out.len);
                 buf_close(&out);
@@ -118,6 +156,7 @@ static void relay_one(struct relay *r, int cfd)
         }
     }
     proto_reader_close(&rd);
+    proto_reader_close(&up);
     close(sfd);
 }
 
@@ -282,6 +321,41 @@ void test_idem(void)
     CHECK(event_len(plain) == 1, "it was applied (once, never resent)");
     buf_close(&k.res);
     strata_close(plain);
+
+    /* 1b. The same loss through a relay that strips the WELCOME's features: libstrata
+     * (keys on, the default) takes the nodes for older servers, sends the write without a
+     * key and does not resend it. */
+    atomic_store(&r.strip, true);
+    struct strata *stripped = open_via(&r, "");
+    REQUIRE(stripped != NULL, "keyed handle opened through the stripping relay");
+    REQUIRE(h_exec(stripped, 0, NULL, NULL, "{\"op\":\"kv.put\",\"key\":\"w\",\"value\":1}") == 0,
+            "warm-up write through the stripping relay");
+    CHECK(atomic_load(&r.server_features) == PROTO_FEAT_IDEM,
+          "the server's WELCOME lists idem (features %u)", atomic_load(&r.server_features));
+    atomic_store(&r.requests, 0);
+    atomic_store(&r.keyed, 0);
+    k = (struct call){.db = stripped,
+                      .json = "{\"op\":\"state.set\",\"cell\":\"s\",\"value\":7}"};
+    REQUIRE(lose_answer(&c, &r, &k, -1, -1), "the relay swallowed the write's answer");
+    CHECK(k.code == STRATA_UNKNOWN_OUTCOME, "write to a server without idem, answer lost: %s (%s)",
+          err_name(k.code), k.err.msg);
+    CHECK(atomic_load(&r.requests) == 1 && atomic_load(&r.keyed) == 0,
+          "sent once, without a key (%d requests, %d keyed)", atomic_load(&r.requests),
+          atomic_load(&r.keyed));
+    buf_close(&k.res);
+    struct buf sres;
+    buf_init(&sres);
+    struct h_obj sx;
+    if (CHECK(h_exec(stripped, 0, &sres, NULL, "{\"op\":\"state.get\",\"cell\":\"s\"}") == 0 &&
+                  h_obj_parse(&sx, &sres) == 0,
+              "state.get of the cell")) {
+        CHECK(h_map_u64(sx.o, "counter") == 1, "applied once, never resent (counter %llu)",
+              (unsigned long long)h_map_u64(sx.o, "counter"));
+        h_obj_free(&sx);
+    }
+    buf_close(&sres);
+    strata_close(stripped);
+    atomic_store(&r.strip, false);
 
     /* 2. With keys (the default): the answer is lost, the connection dropped; the resend
      * gets the remembered answer. */
