@@ -221,9 +221,8 @@ static int decode_features(const struct proto_frame *f, const msgpack_object *v,
         return err_set(err, STRATA_PROTOCOL_ERROR,
                        "%s: \"features\" must be an array of strings (got %s)", kn, type_name(v));
     if (v->via.array.size > PROTO_FEATURES_MAX)
-        return err_set(err, STRATA_PROTOCOL_ERROR,
-                       "%s: \"features\" has %u elements (at most %d)", kn, v->via.array.size,
-                       PROTO_FEATURES_MAX);
+        return err_set(err, STRATA_PROTOCOL_ERROR, "%s: \"features\" has %u elements (at most %d)",
+                       kn, v->via.array.size, PROTO_FEATURES_MAX);
     *mask = 0;
     for (uint32_t i = 0; i < v->via.array.size; i++) {
         const msgpack_object *e = &v->via.array.ptr[i];
@@ -443,8 +442,7 @@ int proto_welcome_append(struct buf *out, const struct proto_welcome *w)
     return proto_welcome_append_features(out, w, 0);
 }
 
-int proto_welcome_append_features(struct buf *out, const struct proto_welcome *w,
-                                  uint32_t features)
+int proto_welcome_append_features(struct buf *out, const struct proto_welcome *w, uint32_t features)
 {
     uint32_t nf = 0;
     for (size_t j = 0; j < NFEATURES; j++)
@@ -625,8 +623,8 @@ int proto_response_err_append(struct buf *out, uint64_t id, int code, const char
     if (rc)
         return rc;
     msgpack_pack_uint64(&e.pk, id);
-    msgpack_pack_uint8(&e.pk,
-                       (uint8_t)(code == STRATA_OUTCOME_FORGOTTEN ? STRATA_HISTORY_UNAVAILABLE : code));
+    msgpack_pack_uint8(
+        &e.pk, (uint8_t)(code == STRATA_OUTCOME_FORGOTTEN ? STRATA_HISTORY_UNAVAILABLE : code));
     enc_error_map(&e, code, message, leader);
     return enc_end(&e);
 }

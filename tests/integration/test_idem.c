@@ -267,6 +267,23 @@ static uint64_t event_len(struct strata *db)
     return n;
 }
 
+/* state.get of `cell`: its counter (UINT64_MAX when the read fails) and value. */
+static uint64_t cell_counter(struct strata *db, const char *cell, uint64_t *value)
+{
+    struct buf res;
+    buf_init(&res);
+    uint64_t n = UINT64_MAX;
+    struct h_obj x;
+    if (h_exec(db, 0, &res, NULL, "{\"op\":\"state.get\",\"cell\":\"%s\"}", cell) == 0 &&
+        h_obj_parse(&x, &res) == 0) {
+        n = h_map_u64(x.o, "counter");
+        *value = h_map_u64(x.o, "value");
+        h_obj_free(&x);
+    }
+    buf_close(&res);
+    return n;
+}
+
 /* Group 1's digest and applied index on node i (cluster.status {digest: true}). */
 static int group_digest(const struct h_cluster *c, int i, char *hex, size_t cap, uint64_t *applied)
 {
@@ -334,8 +351,7 @@ void test_idem(void)
           "the server's WELCOME lists idem (features %u)", atomic_load(&r.server_features));
     atomic_store(&r.requests, 0);
     atomic_store(&r.keyed, 0);
-    k = (struct call){.db = stripped,
-                      .json = "{\"op\":\"state.set\",\"cell\":\"s\",\"value\":7}"};
+    k = (struct call){.db = stripped, .json = "{\"op\":\"state.set\",\"cell\":\"s\",\"value\":7}"};
     REQUIRE(lose_answer(&c, &r, &k, -1, -1), "the relay swallowed the write's answer");
     CHECK(k.code == STRATA_UNKNOWN_OUTCOME, "write to a server without idem, answer lost: %s (%s)",
           err_name(k.code), k.err.msg);
@@ -343,17 +359,9 @@ void test_idem(void)
           "sent once, without a key (%d requests, %d keyed)", atomic_load(&r.requests),
           atomic_load(&r.keyed));
     buf_close(&k.res);
-    struct buf sres;
-    buf_init(&sres);
-    struct h_obj sx;
-    if (CHECK(h_exec(stripped, 0, &sres, NULL, "{\"op\":\"state.get\",\"cell\":\"s\"}") == 0 &&
-                  h_obj_parse(&sx, &sres) == 0,
-              "state.get of the cell")) {
-        CHECK(h_map_u64(sx.o, "counter") == 1, "applied once, never resent (counter %llu)",
-              (unsigned long long)h_map_u64(sx.o, "counter"));
-        h_obj_free(&sx);
-    }
-    buf_close(&sres);
+    uint64_t value = 0, counter = cell_counter(stripped, "s", &value);
+    CHECK(counter == 1 && value == 7, "applied once, never resent (counter %llu)",
+          (unsigned long long)counter);
     strata_close(stripped);
     atomic_store(&r.strip, false);
 
@@ -392,18 +400,9 @@ void test_idem(void)
     CHECK(r.kept_code == 0 && k.res.len == r.kept.len &&
               memcmp(k.res.data, r.kept.data, k.res.len) == 0,
           "the new leader's answer is the lost one, byte for byte");
-    struct buf res;
-    buf_init(&res);
-    struct h_obj x;
-    if (CHECK(h_exec(db, 0, &res, NULL, "{\"op\":\"state.get\",\"cell\":\"n\"}") == 0 &&
-                  h_obj_parse(&x, &res) == 0,
-              "state.get after the failover")) {
-        CHECK(h_map_u64(x.o, "counter") == 2 && h_map_u64(x.o, "value") == 1,
-              "the cas applied once: counter 2, value 1 (counter %llu)",
-              (unsigned long long)h_map_u64(x.o, "counter"));
-        h_obj_free(&x);
-    }
-    buf_close(&res);
+    counter = cell_counter(db, "n", &value);
+    CHECK(counter == 2 && value == 1, "the cas applied once: counter 2, value 1 (counter %llu)",
+          (unsigned long long)counter);
     buf_close(&k.res);
     CHECK(event_len(db) == 2, "still 2 events");
     strata_close(db);

@@ -31,8 +31,8 @@
 enum act { ACT_DROP, ACT_OK, ACT_NOT_LEADER, ACT_FORGOTTEN };
 
 struct seen {
-    int conn;    /* index of the connection it came on */
-    bool keyed;  /* carried "idem" */
+    int conn;   /* index of the connection it came on */
+    bool keyed; /* carried "idem" */
     uint64_t seq;
     bool retry;
 };
@@ -48,11 +48,6 @@ struct fake {
     int bad; /* something the fake could not parse */
     pthread_t th;
 };
-
-static int buf_w(void *data, const char *p, size_t len)
-{
-    return buf_append(data, p, len) ? -1 : 0;
-}
 
 static const msgpack_object *map_get(const msgpack_object *m, const char *key)
 {
@@ -192,29 +187,23 @@ static void fake_stop(struct fake *fk)
     assert_int_equal(fk->bad, 0);
 }
 
-/* Run one kv.put through a strata:// handle against the fake; its code and message. */
-static int put_once(struct fake *fk, struct err *e)
+/* {"op": "kv.put", "key": "k", "value": 1} */
+static const uint8_t PUT[] = {0x83, 0xa2, 'o', 'p',  0xa6, 'k',  'v', '.', 'p', 'u', 't', 0xa3,
+                              'k',  'e',  'y', 0xa1, 'k',  0xa5, 'v', 'a', 'l', 'u', 'e', 0x01};
+
+/* Run PUT through a strata:// handle (URI options after routing=server: `opts`) against
+ * the fake; its code and message. */
+static int put_once(struct fake *fk, const char *opts, struct err *e)
 {
-    char uri[96];
-    snprintf(uri, sizeof uri, "strata://127.0.0.1:%u?routing=server", fk->port);
+    char uri[128];
+    snprintf(uri, sizeof uri, "strata://127.0.0.1:%u?routing=server%s", fk->port, opts);
     struct strata *db;
     assert_int_equal(strata_open(uri, &db, e), 0);
     strata_set_timeouts(db, 4000, 1000);
-    struct buf cmd, res;
-    buf_init(&cmd);
+    struct buf res;
     buf_init(&res);
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &cmd, buf_w);
-    msgpack_pack_map(&pk, 3);
-    msgpack_pack_str_with_body(&pk, "op", 2);
-    msgpack_pack_str_with_body(&pk, "kv.put", 6);
-    msgpack_pack_str_with_body(&pk, "key", 3);
-    msgpack_pack_str_with_body(&pk, "k", 1);
-    msgpack_pack_str_with_body(&pk, "value", 5);
-    msgpack_pack_uint8(&pk, 1);
-    int rc = strata_exec(db, cmd.data, cmd.len, &res, e);
+    int rc = strata_exec(db, PUT, sizeof PUT, &res, e);
     strata_close(db);
-    buf_close(&cmd);
     buf_close(&res);
     return rc;
 }
@@ -235,7 +224,7 @@ static void test_net_old_server_no_keys_no_resend(void **state)
     struct fake fk = {.features = {0, 0}, .act = {ACT_DROP, ACT_OK}};
     fake_start(&fk);
     struct err e;
-    assert_int_equal(put_once(&fk, &e), STRATA_UNKNOWN_OUTCOME);
+    assert_int_equal(put_once(&fk, "", &e), STRATA_UNKNOWN_OUTCOME);
     fake_stop(&fk);
     assert_int_equal(fk.nwrites, 1);
     assert_false(fk.w[0].keyed);
@@ -248,7 +237,7 @@ static void test_net_idem_server_keys_and_resends(void **state)
     struct fake fk = {.features = {PROTO_FEAT_IDEM, PROTO_FEAT_IDEM}, .act = {ACT_DROP, ACT_OK}};
     fake_start(&fk);
     struct err e;
-    assert_int_equal(put_once(&fk, &e), 0);
+    assert_int_equal(put_once(&fk, "", &e), 0);
     fake_stop(&fk);
     assert_int_equal(fk.nwrites, 2);
     assert_true(fk.w[0].keyed && fk.w[1].keyed);
@@ -267,7 +256,7 @@ static void test_net_no_resend_to_server_without_idem(void **state)
     struct fake fk = {.features = {PROTO_FEAT_IDEM, 0}, .act = {ACT_DROP, ACT_OK}};
     fake_start(&fk);
     struct err e;
-    assert_int_equal(put_once(&fk, &e), STRATA_UNKNOWN_OUTCOME);
+    assert_int_equal(put_once(&fk, "", &e), STRATA_UNKNOWN_OUTCOME);
     assert_true(has(&e, "not resent"));
     fake_stop(&fk);
     assert_int_equal(fk.nconn, 2); /* it reconnected, then held the write back */
@@ -282,7 +271,7 @@ static void test_net_not_run_write_goes_bare_to_server_without_idem(void **state
     struct fake fk = {.features = {PROTO_FEAT_IDEM, 0}, .act = {ACT_NOT_LEADER, ACT_OK}};
     fake_start(&fk);
     struct err e;
-    assert_int_equal(put_once(&fk, &e), 0);
+    assert_int_equal(put_once(&fk, "", &e), 0);
     fake_stop(&fk);
     assert_int_equal(fk.nwrites, 2);
     assert_true(fk.w[0].keyed);
@@ -297,7 +286,7 @@ static void test_net_forgotten_outcome_is_unknown_outcome(void **state)
                       .act = {ACT_DROP, ACT_FORGOTTEN}};
     fake_start(&fk);
     struct err e;
-    assert_int_equal(put_once(&fk, &e), STRATA_UNKNOWN_OUTCOME);
+    assert_int_equal(put_once(&fk, "", &e), STRATA_UNKNOWN_OUTCOME);
     assert_true(has(&e, "no longer remembers the outcome of this resent write"));
     assert_true(has(&e, "seq 1 is no longer remembered"));
     fake_stop(&fk);
@@ -311,19 +300,8 @@ static void test_net_idempotency_off_ignores_features(void **state)
     (void)state;
     struct fake fk = {.features = {PROTO_FEAT_IDEM, PROTO_FEAT_IDEM}, .act = {ACT_DROP, ACT_OK}};
     fake_start(&fk);
-    char uri[96];
-    snprintf(uri, sizeof uri, "strata://127.0.0.1:%u?routing=server&idempotency=off", fk.port);
-    struct strata *db;
     struct err e;
-    assert_int_equal(strata_open(uri, &db, &e), 0);
-    strata_set_timeouts(db, 4000, 1000);
-    const uint8_t put[] = {0x83, 0xa2, 'o', 'p', 0xa6, 'k',  'v', '.', 'p', 'u', 't', 0xa3,
-                           'k',  'e',  'y', 0xa1, 'k',  0xa5, 'v', 'a', 'l', 'u', 'e', 0x01};
-    struct buf res;
-    buf_init(&res);
-    assert_int_equal(strata_exec(db, put, sizeof put, &res, &e), STRATA_UNKNOWN_OUTCOME);
-    strata_close(db);
-    buf_close(&res);
+    assert_int_equal(put_once(&fk, "&idempotency=off", &e), STRATA_UNKNOWN_OUTCOME);
     fake_stop(&fk);
     assert_int_equal(fk.nwrites, 1);
     assert_false(fk.w[0].keyed);

@@ -681,12 +681,12 @@ static void test_response_decode_bad_codes_and_names(void **state)
                  STRATA_PROTOCOL_ERROR, "out of range");
     /* Codes from 20 on never travel, whatever name comes with them. */
     em[0].s = "OUTCOME_FORGOTTEN";
-    expect_error(decode_response_parts(V_UINT, V_UINT, STRATA_OUTCOME_FORGOTTEN, em, NULL, 0, &g,
-                                       &e),
-                 &e, STRATA_PROTOCOL_ERROR, "RESPONSE: code 20 is out of range (at most 19)");
-    expect_error(decode_response_parts(V_UINT, V_UINT, STRATA_HISTORY_UNAVAILABLE, em, NULL, 0, &g,
-                                       &e),
-                 &e, STRATA_PROTOCOL_ERROR, "\"OUTCOME_FORGOTTEN\" is not an error name");
+    expect_error(
+        decode_response_parts(V_UINT, V_UINT, STRATA_OUTCOME_FORGOTTEN, em, NULL, 0, &g, &e), &e,
+        STRATA_PROTOCOL_ERROR, "RESPONSE: code 20 is out of range (at most 19)");
+    expect_error(
+        decode_response_parts(V_UINT, V_UINT, STRATA_HISTORY_UNAVAILABLE, em, NULL, 0, &g, &e), &e,
+        STRATA_PROTOCOL_ERROR, "\"OUTCOME_FORGOTTEN\" is not an error name");
     em[0].s = "NOT_FOUND";
     /* Name and code disagree. */
     expect_error(decode_response_parts(V_UINT, V_UINT, STRATA_CONFLICT, em, NULL, 0, &g, &e), &e,
@@ -798,7 +798,10 @@ static void test_welcome_features_roundtrip(void **state)
             assert_memory_equal(wire.data, old.data, old.len);
         } else {
             assert_true(wire.len == old.len + 15); /* a8 "features" 91 a4 "idem" */
-            assert_true(contains(wire.data, wire.len, "\xa8" "features\x91\xa4idem", 15));
+            assert_true(contains(wire.data, wire.len,
+                                 "\xa8"
+                                 "features\x91\xa4idem",
+                                 15));
         }
         struct proto_reader r;
         struct proto_frame f = read_one(&r, &wire);
@@ -866,10 +869,13 @@ static void test_welcome_features_malformed(void **state)
         const char *raw;
         size_t len;
         const char *got;
-    } wrong[] = {{"\x01", 1, "(got unsigned integer)"}, {"\xff", 1, "(got negative integer)"},
-                 {"\xa4idem", 5, "(got string)"},       {"\xc3", 1, "(got boolean)"},
+    } wrong[] = {{"\x01", 1, "(got unsigned integer)"},
+                 {"\xff", 1, "(got negative integer)"},
+                 {"\xa4idem", 5, "(got string)"},
+                 {"\xc3", 1, "(got boolean)"},
                  {"\xca\x00\x00\x00\x00", 5, "(got float)"},
-                 {"\x81\xa1k\x01", 4, "(got map)"},     {"\xc4\x04idem", 6, "(got binary)"}};
+                 {"\x81\xa1k\x01", 4, "(got map)"},
+                 {"\xc4\x04idem", 6, "(got binary)"}};
     for (size_t i = 0; i < sizeof wrong / sizeof wrong[0]; i++) {
         expect_error(decode_welcome_features(wrong[i].raw, wrong[i].len, &feats, &e), &e,
                      STRATA_PROTOCOL_ERROR, "WELCOME: \"features\" must be an array of strings");
@@ -907,12 +913,15 @@ static void test_welcome_features_malformed(void **state)
                  STRATA_PROTOCOL_ERROR, "WELCOME: \"features\" has 65 elements (at most 64)");
     buf_close(&a);
     /* Truncated inside the array: the frame's framing check names it. */
-    expect_error(decode_welcome_features("\x92\xa4idem", 6, &feats, &e), &e,
-                 STRATA_PROTOCOL_ERROR, "WELCOME: body is truncated");
+    expect_error(decode_welcome_features("\x92\xa4idem", 6, &feats, &e), &e, STRATA_PROTOCOL_ERROR,
+                 "WELCOME: body is truncated");
     /* Given twice. */
-    struct kv twice[] = {{"version", V_UINT, 1, NULL}, {"node_id", V_UINT, 2, NULL},
-                         {"cluster_id", V_STR, 0, "c"}, {"epoch", V_UINT, 0, NULL},
-                         {"features", V_NIL, 0, NULL},  {"features", V_NIL, 0, NULL},
+    struct kv twice[] = {{"version", V_UINT, 1, NULL},
+                         {"node_id", V_UINT, 2, NULL},
+                         {"cluster_id", V_STR, 0, "c"},
+                         {"epoch", V_UINT, 0, NULL},
+                         {"features", V_NIL, 0, NULL},
+                         {"features", V_NIL, 0, NULL},
                          {NULL, 0, 0, NULL}};
     expect_error(decode_kvs(PROTO_WELCOME, dec_welcome, twice, &e), &e, STRATA_PROTOCOL_ERROR,
                  "duplicate key \"features\"");
@@ -936,7 +945,10 @@ static void test_response_forgotten_roundtrip(void **state)
         assert_int_equal(body[0], 77);
         assert_int_equal(body[1], STRATA_HISTORY_UNAVAILABLE);
         assert_true(contains(wire.data, wire.len, "\xa4name\xb3HISTORY_UNAVAILABLE", 25));
-        assert_true(contains(wire.data, wire.len, "\xa9" "forgotten\xc3", 11));
+        assert_true(contains(wire.data, wire.len,
+                             "\xa9"
+                             "forgotten\xc3",
+                             11));
         assert_false(contains(wire.data, wire.len, "OUTCOME_FORGOTTEN", 17));
         struct proto_reader r;
         struct proto_frame f = read_one(&r, &wire);
@@ -964,7 +976,8 @@ static void test_response_forgotten_roundtrip(void **state)
     assert_int_equal(
         decode_response_parts(V_UINT, V_UINT, STRATA_HISTORY_UNAVAILABLE, em, NULL, 0, &g, &e), 0);
     assert_int_equal(g.code, STRATA_HISTORY_UNAVAILABLE);
-    const char fals[] = "\x83\xa4name\xb3HISTORY_UNAVAILABLE\xa7message\xa1m\xa9" "forgotten\xc2";
+    const char fals[] = "\x83\xa4name\xb3HISTORY_UNAVAILABLE\xa7message\xa1m\xa9"
+                        "forgotten\xc2";
     assert_int_equal(decode_response_parts(V_UINT, V_UINT, STRATA_HISTORY_UNAVAILABLE, NULL, fals,
                                            sizeof fals - 1, &g, &e),
                      0);
