@@ -1,8 +1,9 @@
-/* libstrata against a fake server on 127.0.0.1 (a thread speaking the wire protocol): a
- * write is keyed, and resent after a lost answer, only on connections whose WELCOME
- * lists "idem" (docs/protocol.md §4); a forgotten outcome reaches the program as
- * UNKNOWN_OUTCOME. The fake server scripts, per accepted connection, the features of its
- * WELCOME and what it does with the first write, and records every write it saw. */
+/* libstrata against fake servers on 127.0.0.1 (threads speaking the wire protocol): a
+ * write is keyed, and resent after a lost answer, only while every open connection's
+ * WELCOME lists "idem" (docs/protocol.md §4); a forgotten outcome reaches the program as
+ * UNKNOWN_OUTCOME. A fake server scripts the features of the WELCOME on each connection
+ * it accepts and what it does with each write, may answer cluster.placement with a
+ * table (so the client routes), and records every write it saw. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,6 +11,7 @@
 
 #include <cmocka.h>
 
+#include "placement.h"
 #include "proto.h"
 #include "strata.h"
 
@@ -41,7 +43,8 @@ struct fake {
     int lfd;
     uint16_t port;
     uint32_t features[MAX_CONNS]; /* WELCOME features of the i-th connection */
-    enum act act[MAX_CONNS];      /* what it does with a write on the i-th connection */
+    enum act act[MAX_WRITES];     /* what it does with the i-th write */
+    const struct buf *placement;  /* the cluster.placement answer, NULL: nil */
     int nconn;
     struct seen w[MAX_WRITES];
     int nwrites;
@@ -130,12 +133,13 @@ static void serve(struct fake *fk, int fd, int conn)
                     fk->bad++;
                     open = false;
                 } else if (!record(fk, conn, &q)) {
-                    proto_response_ok_append(&out, q.id, NULL, 0);
-                } else if (fk->act[conn] == ACT_DROP) {
+                    const struct buf *pl = fk->placement;
+                    proto_response_ok_append(&out, q.id, pl ? pl->data : NULL, pl ? pl->len : 0);
+                } else if (fk->act[fk->nwrites - 1] == ACT_DROP) {
                     open = false; /* the answer is lost */
-                } else if (fk->act[conn] == ACT_OK) {
+                } else if (fk->act[fk->nwrites - 1] == ACT_OK) {
                     proto_response_ok_append(&out, q.id, NULL, 0);
-                } else if (fk->act[conn] == ACT_NOT_LEADER) {
+                } else if (fk->act[fk->nwrites - 1] == ACT_NOT_LEADER) {
                     proto_response_err_append(&out, q.id, STRATA_NOT_LEADER, "not the leader",
                                               NULL);
                 } else {
@@ -307,6 +311,74 @@ static void test_net_idempotency_off_ignores_features(void **state)
     assert_false(fk.w[0].keyed);
 }
 
+static int buf_w(void *data, const char *p, size_t len)
+{
+    return buf_append(data, p, len) ? -1 : 0;
+}
+
+/* Routed: node 1 (the seed, lists "idem") leads shard 1 and its branch "default"; node 2
+ * (lists nothing: an older node) leads shard 2 and its branch "b". A write to node 1 is
+ * keyed while only node 1 is connected; once a write to "b" opened a connection to node
+ * 2, writes to node 1 go bare too, and one whose answer is lost is not resent. */
+static void test_net_routed_keys_stop_once_any_connection_lacks_idem(void **state)
+{
+    (void)state;
+    struct fake n1 = {.features = {PROTO_FEAT_IDEM, PROTO_FEAT_IDEM},
+                      .act = {ACT_OK, ACT_DROP, ACT_OK}};
+    struct fake n2 = {.act = {ACT_OK}};
+    fake_start(&n1);
+    fake_start(&n2);
+    struct pl_node nodes[2] = {{1, "", PL_NODE_ACTIVE}, {2, "", PL_NODE_ACTIVE}};
+    snprintf(nodes[0].address, sizeof nodes[0].address, "127.0.0.1:%u", n1.port);
+    snprintf(nodes[1].address, sizeof nodes[1].address, "127.0.0.1:%u", n2.port);
+    struct placement p;
+    placement_init(&p);
+    struct err e;
+    assert_int_equal(placement_initial(&p, nodes, 2, 2, 1, &e), 0);
+    assert_int_equal(placement_assign(&p, "b", 1, 2, &e), 0);
+    struct buf table, answer;
+    buf_init(&table);
+    buf_init(&answer);
+    assert_int_equal(placement_encode(&p, &table), 0);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &answer, buf_w);
+    msgpack_pack_map(&pk, 3);
+    msgpack_pack_str_with_body(&pk, "epoch", 5);
+    msgpack_pack_uint64(&pk, 3);
+    msgpack_pack_str_with_body(&pk, "table", 5);
+    buf_append(&answer, table.data, table.len);
+    msgpack_pack_str_with_body(&pk, "leaders", 7);
+    msgpack_pack_array(&pk, 0);
+    n1.placement = n2.placement = &answer;
+
+    char uri[96];
+    snprintf(uri, sizeof uri, "strata://127.0.0.1:%u", n1.port);
+    struct strata *db;
+    assert_int_equal(strata_open(uri, &db, &e), 0);
+    strata_set_timeouts(db, 4000, 1000);
+    /* {"op": "kv.put", "key": "k", "value": 1, "branch": "b"} */
+    static const uint8_t put_b[] = {0x84, 0xa2, 'o',  'p', 0xa6, 'k', 'v',  '.', 'p', 'u',  't',
+                                    0xa3, 'k',  'e',  'y', 0xa1, 'k', 0xa5, 'v', 'a', 'l',  'u',
+                                    'e',  0x01, 0xa6, 'b', 'r',  'a', 'n',  'c', 'h', 0xa1, 'b'};
+    struct buf res;
+    buf_init(&res);
+    assert_int_equal(strata_exec(db, PUT, sizeof PUT, &res, &e), 0);
+    assert_int_equal(strata_exec(db, put_b, sizeof put_b, &res, &e), 0);
+    assert_int_equal(strata_exec(db, PUT, sizeof PUT, &res, &e), STRATA_UNKNOWN_OUTCOME);
+    strata_close(db);
+    buf_close(&res);
+    fake_stop(&n1);
+    fake_stop(&n2);
+    assert_int_equal(n1.nwrites, 2); /* the lost one was not resent */
+    assert_true(n1.w[0].keyed);
+    assert_false(n1.w[1].keyed);
+    assert_int_equal(n2.nwrites, 1);
+    assert_false(n2.w[0].keyed);
+    buf_close(&table);
+    buf_close(&answer);
+    placement_free(&p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -316,6 +388,7 @@ int main(void)
         cmocka_unit_test(test_net_not_run_write_goes_bare_to_server_without_idem),
         cmocka_unit_test(test_net_forgotten_outcome_is_unknown_outcome),
         cmocka_unit_test(test_net_idempotency_off_ignores_features),
+        cmocka_unit_test(test_net_routed_keys_stop_once_any_connection_lacks_idem),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
