@@ -10,7 +10,9 @@
  * servers route. Either way: timeouts, reconnects with backoff, and a write whose
  * answer was lost (connection failed after it was sent, UNKNOWN_OUTCOME from a server) is
  * resent with the same idempotency key (keys.h), which the servers' state machine
- * answers at most once; with ?idempotency=off it ends UNKNOWN_OUTCOME, never resent. */
+ * answers at most once; with ?idempotency=off it ends UNKNOWN_OUTCOME, never resent.
+ * Keys go only to servers that say they honor them: a write is keyed, and resent, only
+ * while every open connection's WELCOME listed "idem" (docs/protocol.md §4). */
 #include "net.h"
 
 #include "keys.h"
@@ -168,6 +170,7 @@ static void conn_close(struct net *n, int i)
     buf_reset(&c->out);
     c->waiting = 0;
     c->checked = false;
+    c->features = 0;
     if (n->home == i)
         n->home = -1;
 }
@@ -447,7 +450,7 @@ static int conn_open(struct net *n, int i, struct err *err)
         else if (f.kind != PROTO_WELCOME)
             rc = err_set(err, STRATA_PROTOCOL_ERROR, "%s did not answer HELLO with WELCOME",
                          c->addr);
-        else if ((rc = proto_welcome_decode(&f, &z, &w, err)) == 0) {
+        else if ((rc = proto_welcome_decode_features(&f, &z, &w, &c->features, err)) == 0) {
             c->node_id = w.node_id;
             /* Every node the handle talks to must belong to one cluster. */
             if (n->cluster_id[0] == '\0' && w.cluster_id_len < sizeof n->cluster_id)
@@ -669,7 +672,8 @@ struct slot {
     bool sent;       /* on a connection in this round, not answered yet */
     bool routed;     /* sent with [shard, epoch] to a node chosen by the table */
     bool nf_retried; /* BRANCH_NOT_FOUND from a routed send was retried once already */
-    bool keyed;      /* a write sent with an idempotency key: resent when its answer is lost */
+    bool keyable;    /* a write that may carry a key (numbered): keyed if the nodes allow */
+    bool keyed;      /* sent with an idempotency key: resent when its answer is lost */
     bool sent_once;  /* sent at least once: later sends are retries */
     bool lost;       /* an answer to it was lost: it may have been applied */
     uint64_t seq;    /* its key's seq */
@@ -737,6 +741,26 @@ static void conn_fail(struct net *n, int i, struct slot *s, size_t cnt, const st
     n->conns[i].down_until = now_ms() + DOWN_MS;
     if (n->mode == NET_MODE_ROUTED)
         n->stale = true;
+}
+
+/* May a write on connection ci carry a key, or be resent? Only while every open
+ * connection — ci's included — listed "idem" in its WELCOME: a node that does not would
+ * execute a resend as a second write, and one such node in sight means a cluster of mixed
+ * versions (a rolling upgrade), where the shard's leader may be one (docs/protocol.md §4,
+ * what "idem" guarantees). */
+static bool keys_usable(struct net *n, int ci)
+{
+    const struct net_conn *old = (n->conns[ci].features & PROTO_FEAT_IDEM) ? NULL : &n->conns[ci];
+    for (size_t i = 0; i < n->nconns && old == NULL; i++)
+        if (n->conns[i].fd >= 0 && !(n->conns[i].features & PROTO_FEAT_IDEM))
+            old = &n->conns[i];
+    if (old != NULL && !n->warned_unkeyed) {
+        n->warned_unkeyed = true;
+        log_warn("libstrata: %s does not list idempotency keys in its handshake (an older "
+                 "server): writes go without keys and are not resent while it is connected",
+                 old->addr);
+    }
+    return old == NULL;
 }
 
 /* Does `hint` (len bytes) name connection i's own address? */
@@ -807,6 +831,15 @@ static void on_response(struct net *n, int i, const struct proto_response *r, st
     sl->done = true;
     sl->code = r->code;
     err_clear(sl->err); /* a resent write's earlier loss is no longer the story */
+    if (r->code == STRATA_OUTCOME_FORGOTTEN) {
+        /* A resend the server has no record of: the first attempt may have been applied.
+         * To the program that is an unknown outcome (docs/client.md §5). */
+        sl->code = err_set(sl->err, STRATA_UNKNOWN_OUTCOME,
+                           "the server no longer remembers the outcome of this resent write "
+                           "(it may have been applied): %.*s",
+                           (int)r->message_len, msg);
+        return;
+    }
     if (r->code) {
         err_set(sl->err, r->code, "%.*s", (int)r->message_len, msg);
         return;
@@ -911,6 +944,24 @@ static void round_trip(struct net *n, struct slot *s, size_t cnt, unsigned flags
         uint32_t f = (uint32_t)flags;
         const uint8_t *cmd = s[i].cmd;
         size_t len = s[i].len;
+        /* Keyed or not is decided at the first send, by the nodes connected then; a
+         * resend needs them to honor keys still (keys_usable). */
+        bool usable = s[i].keyable && keys_usable(n, ci);
+        if (!s[i].sent_once) {
+            s[i].keyed = usable;
+        } else if (s[i].keyed && !usable) {
+            if (s[i].lost) {
+                char m[ERR_MSG_MAX];
+                snprintf(m, sizeof m, "%s", s[i].err->msg);
+                s[i].done = true;
+                s[i].code = err_set(s[i].err, STRATA_UNKNOWN_OUTCOME,
+                                    "a write's answer was lost and it is not resent (a "
+                                    "connected node does not honor idempotency keys): %s",
+                                    m);
+                continue;
+            }
+            s[i].keyed = false; /* never executed (NOT_LEADER, ...): bare from now on */
+        }
         if (s[i].keyed) {
             if (keys_wrap(s[i].cmd, s[i].len, &s[i].kc, n->client_id, s[i].seq, n->call_ack,
                           s[i].sent_once, &s[i].kbuf)) {
@@ -1010,14 +1061,14 @@ int net_exec_many(struct net *n, const uint8_t *const *cmds, const size_t *lens,
         }
         if (s[i].write && !n->no_keys && n->have_id) {
             keys_inspect(cmds[i], lens[i], &s[i].kc);
-            s[i].keyed = s[i].kc.ok;
+            s[i].keyable = s[i].kc.ok;
         }
     }
     /* Number this call's keyed writes. Every lower seq belongs to an earlier call, which
      * has returned: those are acknowledged, and the servers may forget their answers. */
     n->call_ack = n->last_seq + 1;
     for (size_t i = 0; i < cnt; i++)
-        if (s[i].keyed)
+        if (s[i].keyable)
             s[i].seq = ++n->last_seq;
     unsigned backoff = BACKOFF_MIN_MS, redirects = 0, moved_now = 0, reads_after_moved = 0;
     struct err cerr;

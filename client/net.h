@@ -18,6 +18,7 @@ struct net_conn {
     int fd; /* -1 when closed */
     struct proto_reader rd;
     uint64_t node_id;    /* from its WELCOME */
+    uint32_t features;   /* PROTO_FEAT_* its WELCOME listed (0 when closed) */
     uint64_t down_until; /* monotonic ms: connecting failed, prefer other nodes until then */
     struct buf out;      /* the current round's requests to it */
     size_t waiting;      /* the current round's requests without an answer */
@@ -61,6 +62,7 @@ struct net {
      * whose answer was lost is resent with the same key. */
     bool no_keys;           /* ?idempotency=off */
     bool have_id;           /* client_id drawn (at the first write) */
+    bool warned_unkeyed;    /* logged once that a node without "idem" turned keys off */
     uint8_t client_id[16];
     uint64_t last_seq;      /* seq of the handle's last numbered write */
     uint64_t call_ack;      /* the current call's first seq: every lower one is answered */
@@ -78,8 +80,9 @@ void net_close(struct net *n);
  * results and errors. Reads are retried across reconnects; a write whose connection
  * failed after it was sent, or that a server answered UNKNOWN_OUTCOME, is sent again with
  * the same idempotency key until it gets a real answer (UNKNOWN_OUTCOME when the call's
- * budget runs out first; at once without keys). Returns 0 (look at codes) or
- * OUT_OF_MEMORY. */
+ * budget runs out first; at once without keys). Keys are sent, and writes resent, only
+ * while every open connection's WELCOME listed "idem" (docs/protocol.md §4). Returns 0
+ * (look at codes) or OUT_OF_MEMORY. */
 int net_exec_many(struct net *n, const uint8_t *const *cmds, const size_t *lens, size_t cnt,
                   unsigned flags, struct buf *results, int *codes, struct err *errs);
 

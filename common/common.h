@@ -29,7 +29,9 @@
     X(PROTOCOL_ERROR, 16, "protocol error")                                                \
     X(INTERNAL, 17, "internal error")                                                      \
     X(ALREADY_EXISTS, 18, "already exists")                                                \
-    X(OUT_OF_MEMORY, 19, "out of memory")
+    X(OUT_OF_MEMORY, 19, "out of memory")                                                  \
+    X(OUTCOME_FORGOTTEN, 20,                                                               \
+      "outcome of a resent write no longer remembered (it may have been applied)")
 
 enum strata_code {
 #define X(name, num, msg) STRATA_##name = num,

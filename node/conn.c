@@ -574,7 +574,9 @@ static void handle_hello(struct conn *c, const struct proto_frame *f)
                               strlen(st.leader_address)};
     struct buf b;
     buf_init(&b);
-    if (proto_welcome_append(&b, &w) == 0)
+    /* This node's engine honors idempotency keys (storage/idem.c): clients may key and
+     * resend writes sent on this connection (docs/protocol.md §4, Features). */
+    if (proto_welcome_append_features(&b, &w, PROTO_FEAT_IDEM) == 0)
         conn_send(c, &b);
     buf_close(&b);
     c->state = CONN_READY;

@@ -201,8 +201,47 @@ static int decode_uint(const struct proto_frame *f, const msgpack_object *o, uin
     return 0;
 }
 
-/* The fields a body map may carry; keys not listed are ignored (forward compatible). */
-enum ftype { F_UINT, F_STR };
+/* The fields a body map may carry; keys not listed are ignored (forward compatible).
+ * F_FEATURES: an array of names, decoded into a mask (u) of the ones known here. */
+enum ftype { F_UINT, F_STR, F_BOOL, F_FEATURES };
+
+static const struct {
+    const char *name;
+    uint32_t bit;
+} feature_names[] = {
+    {"idem", PROTO_FEAT_IDEM},
+};
+#define NFEATURES (sizeof feature_names / sizeof feature_names[0])
+
+static int decode_features(const struct proto_frame *f, const msgpack_object *v, uint64_t *mask,
+                           struct err *err)
+{
+    const char *kn = kind_name(f->kind);
+    if (v->type != MSGPACK_OBJECT_ARRAY)
+        return err_set(err, STRATA_PROTOCOL_ERROR,
+                       "%s: \"features\" must be an array of strings (got %s)", kn, type_name(v));
+    if (v->via.array.size > PROTO_FEATURES_MAX)
+        return err_set(err, STRATA_PROTOCOL_ERROR, "%s: \"features\" has %u elements (at most %d)",
+                       kn, v->via.array.size, PROTO_FEATURES_MAX);
+    *mask = 0;
+    for (uint32_t i = 0; i < v->via.array.size; i++) {
+        const msgpack_object *e = &v->via.array.ptr[i];
+        if (e->type != MSGPACK_OBJECT_STR)
+            return err_set(err, STRATA_PROTOCOL_ERROR,
+                           "%s: \"features\" element %u must be a string (got %s)", kn, i,
+                           type_name(e));
+        if (e->via.str.size == 0 || e->via.str.size > PROTO_FEATURE_NAME_MAX)
+            return err_set(err, STRATA_PROTOCOL_ERROR,
+                           "%s: \"features\" element %u is %u bytes (a name has 1 to %d)", kn, i,
+                           e->via.str.size, PROTO_FEATURE_NAME_MAX);
+        /* A name this version does not know is some later node's: ignored. */
+        for (size_t j = 0; j < NFEATURES; j++)
+            if (strlen(feature_names[j].name) == e->via.str.size &&
+                memcmp(feature_names[j].name, e->via.str.ptr, e->via.str.size) == 0)
+                *mask |= feature_names[j].bit;
+    }
+    return 0;
+}
 
 struct field {
     const char *key;
@@ -246,6 +285,16 @@ static int decode_map(const struct proto_frame *f, const char *what, const msgpa
                 int rc = decode_uint(f, v, fd->max, quoted, &fd->u, err);
                 if (rc)
                     return rc;
+            } else if (fd->type == F_FEATURES) {
+                int rc = decode_features(f, v, &fd->u, err);
+                if (rc)
+                    return rc;
+            } else if (fd->type == F_BOOL) {
+                if (v->type != MSGPACK_OBJECT_BOOLEAN)
+                    return err_set(err, STRATA_PROTOCOL_ERROR,
+                                   "%s: \"%s\" must be a boolean (got %s)", kn, fd->key,
+                                   type_name(v));
+                fd->u = v->via.boolean;
             } else if (v->type != MSGPACK_OBJECT_STR) {
                 return err_set(err, STRATA_PROTOCOL_ERROR, "%s: \"%s\" must be a string (got %s)",
                                kn, fd->key, type_name(v));
@@ -286,22 +335,25 @@ static int code_from_name(const char *p, size_t n)
     return err_from_name(name);
 }
 
-/* {"name", "message"} of a failed response or an ERROR frame; leader only in responses. */
+/* {"name", "message"} of a failed response or an ERROR frame; leader and forgotten only
+ * in responses (*forgotten: the "forgotten" flag, false when absent). */
 static int decode_error_map(const struct proto_frame *f, const msgpack_object *o, int *code,
                             const char **msg, size_t *msg_len, const char **leader,
-                            size_t *leader_len, struct err *err)
+                            size_t *leader_len, bool *forgotten, struct err *err)
 {
     struct field fs[] = {
         {.key = "name", .type = F_STR, .required = true},
         {.key = "message", .type = F_STR, .required = true},
         {.key = "leader", .type = F_STR},
+        {.key = "forgotten", .type = F_BOOL},
     };
     int rc =
-        decode_map(f, leader != NULL ? "error map" : "body", o, fs, leader != NULL ? 3 : 2, err);
+        decode_map(f, leader != NULL ? "error map" : "body", o, fs, leader != NULL ? 4 : 2, err);
     if (rc)
         return rc;
     int c = code_from_name(fs[0].s, fs[0].slen);
-    if (c <= 0)
+    /* Names of internal codes (>= PROTO_CODE_LIMIT) are never sent. */
+    if (c <= 0 || c >= PROTO_CODE_LIMIT)
         return err_set(err, STRATA_PROTOCOL_ERROR, "%s: \"name\" \"%.*s\" is not an error name",
                        kind_name(f->kind), (int)(fs[0].slen > 64 ? 64 : fs[0].slen), fs[0].s);
     *code = c;
@@ -310,22 +362,29 @@ static int decode_error_map(const struct proto_frame *f, const msgpack_object *o
     if (leader != NULL) {
         *leader = fs[2].present ? fs[2].s : NULL;
         *leader_len = fs[2].present ? fs[2].slen : 0;
+        *forgotten = fs[3].present && fs[3].u;
     }
     return 0;
 }
 
+/* `code` as it goes on the wire: OUTCOME_FORGOTTEN is HISTORY_UNAVAILABLE + forgotten. */
 static void enc_error_map(struct enc *e, int code, const char *message, const char *leader)
 {
     if (message == NULL)
         message = err_message(code);
-    msgpack_pack_map(&e->pk, leader != NULL ? 3 : 2);
+    bool forgotten = code == STRATA_OUTCOME_FORGOTTEN;
+    msgpack_pack_map(&e->pk, 2 + (leader != NULL) + forgotten);
     enc_cstr(e, "name");
-    enc_cstr(e, err_name(code));
+    enc_cstr(e, err_name(forgotten ? STRATA_HISTORY_UNAVAILABLE : code));
     enc_cstr(e, "message");
     enc_str(e, message, strlen(message));
     if (leader != NULL) {
         enc_cstr(e, "leader");
         enc_str(e, leader, strlen(leader));
+    }
+    if (forgotten) {
+        enc_cstr(e, "forgotten");
+        msgpack_pack_true(&e->pk);
     }
 }
 
@@ -380,11 +439,19 @@ int proto_hello_decode(const struct proto_frame *f, msgpack_zone *z, struct prot
 
 int proto_welcome_append(struct buf *out, const struct proto_welcome *w)
 {
+    return proto_welcome_append_features(out, w, 0);
+}
+
+int proto_welcome_append_features(struct buf *out, const struct proto_welcome *w, uint32_t features)
+{
+    uint32_t nf = 0;
+    for (size_t j = 0; j < NFEATURES; j++)
+        nf += (features & feature_names[j].bit) != 0;
     struct enc e;
     int rc = enc_begin(&e, out, PROTO_WELCOME);
     if (rc)
         return rc;
-    msgpack_pack_map(&e.pk, w->leader != NULL ? 5 : 4);
+    msgpack_pack_map(&e.pk, 4 + (w->leader != NULL) + (nf > 0));
     enc_cstr(&e, "version");
     msgpack_pack_uint32(&e.pk, w->version);
     enc_cstr(&e, "node_id");
@@ -398,11 +465,26 @@ int proto_welcome_append(struct buf *out, const struct proto_welcome *w)
         enc_cstr(&e, "leader");
         enc_str(&e, w->leader, w->leader_len);
     }
+    if (nf > 0) {
+        /* Omitted when empty: the WELCOME stays byte for byte what older nodes sent. */
+        enc_cstr(&e, "features");
+        msgpack_pack_array(&e.pk, nf);
+        for (size_t j = 0; j < NFEATURES; j++)
+            if (features & feature_names[j].bit)
+                enc_cstr(&e, feature_names[j].name);
+    }
     return enc_end(&e);
 }
 
 int proto_welcome_decode(const struct proto_frame *f, msgpack_zone *z, struct proto_welcome *w,
                          struct err *err)
+{
+    uint32_t features;
+    return proto_welcome_decode_features(f, z, w, &features, err);
+}
+
+int proto_welcome_decode_features(const struct proto_frame *f, msgpack_zone *z,
+                                  struct proto_welcome *w, uint32_t *features, struct err *err)
 {
     struct field fs[] = {
         {.key = "version", .type = F_UINT, .required = true, .max = UINT32_MAX},
@@ -410,9 +492,10 @@ int proto_welcome_decode(const struct proto_frame *f, msgpack_zone *z, struct pr
         {.key = "cluster_id", .type = F_STR, .required = true},
         {.key = "epoch", .type = F_UINT, .required = true, .max = UINT64_MAX},
         {.key = "leader", .type = F_STR},
+        {.key = "features", .type = F_FEATURES},
     };
     int rc = check_kind(f, PROTO_WELCOME, err);
-    if (rc || (rc = decode_body_map(f, z, fs, 5, err)))
+    if (rc || (rc = decode_body_map(f, z, fs, 6, err)))
         return rc;
     if (fs[0].u == 0)
         return err_set(err, STRATA_PROTOCOL_ERROR, "WELCOME: \"version\" 0 is not a version");
@@ -425,6 +508,7 @@ int proto_welcome_decode(const struct proto_frame *f, msgpack_zone *z, struct pr
     w->epoch = fs[3].u;
     w->leader = fs[4].present ? fs[4].s : NULL;
     w->leader_len = fs[4].present ? fs[4].slen : 0;
+    *features = fs[5].present ? (uint32_t)fs[5].u : 0;
     return 0;
 }
 
@@ -530,15 +614,17 @@ int proto_response_ok_append(struct buf *out, uint64_t id, const uint8_t *result
 int proto_response_err_append(struct buf *out, uint64_t id, int code, const char *message,
                               const char *leader)
 {
-    /* A code the peer cannot map back to a name would make the response undecodable. */
-    if (code <= 0 || code >= STRATA_CODE_COUNT)
+    /* A code the peer cannot map back to a name would make the response undecodable;
+     * OUTCOME_FORGOTTEN is the one internal code with a wire form (enc_error_map). */
+    if (code <= 0 || (code >= PROTO_CODE_LIMIT && code != STRATA_OUTCOME_FORGOTTEN))
         return STRATA_INVALID_ARGUMENT;
     struct enc e;
     int rc = enc_begin(&e, out, PROTO_RESPONSE);
     if (rc)
         return rc;
     msgpack_pack_uint64(&e.pk, id);
-    msgpack_pack_uint8(&e.pk, (uint8_t)code);
+    msgpack_pack_uint8(
+        &e.pk, (uint8_t)(code == STRATA_OUTCOME_FORGOTTEN ? STRATA_HISTORY_UNAVAILABLE : code));
     enc_error_map(&e, code, message, leader);
     return enc_end(&e);
 }
@@ -555,7 +641,7 @@ int proto_response_decode(const struct proto_frame *f, msgpack_zone *z, struct p
     if ((rc = unpack_value(f, &off, z, &o, false, "id", err)) ||
         (rc = decode_uint(f, &o, UINT64_MAX, "id", &id, err)) ||
         (rc = unpack_value(f, &off, z, &o, false, "code", err)) ||
-        (rc = decode_uint(f, &o, STRATA_CODE_COUNT - 1, "code", &code, err)))
+        (rc = decode_uint(f, &o, PROTO_CODE_LIMIT - 1, "code", &code, err)))
         return rc;
     size_t start = off;
     if ((rc = unpack_value(f, &off, z, &o, true, code == 0 ? "result" : "error map", err)))
@@ -574,14 +660,22 @@ int proto_response_decode(const struct proto_frame *f, msgpack_zone *z, struct p
         return 0;
     }
     int named;
+    bool forgotten;
     if ((rc = decode_error_map(f, &o, &named, &r->message, &r->message_len, &r->leader,
-                               &r->leader_len, err)))
+                               &r->leader_len, &forgotten, err)))
         return rc;
     /* Code and name are both stable; disagreement means a broken sender. */
     if (named != r->code)
         return err_set(err, STRATA_PROTOCOL_ERROR,
                        "RESPONSE: code %d does not match error name %s (%d)", r->code,
                        err_name(named), named);
+    if (forgotten && r->code != STRATA_HISTORY_UNAVAILABLE)
+        return err_set(err, STRATA_PROTOCOL_ERROR,
+                       "RESPONSE: \"forgotten\" is true with code %d (%s), not "
+                       "HISTORY_UNAVAILABLE",
+                       r->code, err_name(r->code));
+    if (forgotten)
+        r->code = STRATA_OUTCOME_FORGOTTEN;
     return 0;
 }
 
@@ -589,7 +683,7 @@ int proto_response_decode(const struct proto_frame *f, msgpack_zone *z, struct p
 
 int proto_error_append(struct buf *out, int code, const char *message)
 {
-    if (code <= 0 || code >= STRATA_CODE_COUNT)
+    if (code <= 0 || code >= PROTO_CODE_LIMIT)
         return STRATA_INVALID_ARGUMENT;
     struct enc e;
     int rc = enc_begin(&e, out, PROTO_ERROR);
@@ -609,5 +703,5 @@ int proto_error_decode(const struct proto_frame *f, msgpack_zone *z, int *code,
     size_t off = 0;
     if ((rc = unpack_value(f, &off, z, &o, true, "body", err)))
         return rc;
-    return decode_error_map(f, &o, code, message, message_len, NULL, NULL, err);
+    return decode_error_map(f, &o, code, message, message_len, NULL, NULL, NULL, err);
 }

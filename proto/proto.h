@@ -39,6 +39,18 @@ enum {
     PROTO_REQ_FORWARDED = 2, /* sent by a node on behalf of a client (no further forward) */
 };
 
+/* Features a node lists in WELCOME's "features" (docs/protocol.md §4), as mask bits.
+ * Names the decoder does not know are ignored; the encoder writes the known bits only. */
+enum {
+    PROTO_FEAT_IDEM = 1u << 0, /* "idem": honors idempotency keys in commands */
+};
+#define PROTO_FEATURES_MAX 64     /* elements in a "features" array */
+#define PROTO_FEATURE_NAME_MAX 64 /* bytes in one name */
+
+/* RESPONSE and ERROR codes on the wire are below this: version 1 clients refuse others.
+ * A code at or above it (OUTCOME_FORGOTTEN) is internal, or sent translated (§6). */
+#define PROTO_CODE_LIMIT 20
+
 struct proto_frame {
     uint8_t version;
     uint8_t kind;
@@ -94,6 +106,12 @@ struct proto_welcome {
 int proto_welcome_append(struct buf *out, const struct proto_welcome *w);
 int proto_welcome_decode(const struct proto_frame *f, msgpack_zone *z, struct proto_welcome *w,
                          struct err *err);
+/* The same, with the node's features: appended as "features" when not 0; decoded into
+ * *features (0 when absent or nil, unknown names ignored, a malformed value refused). */
+int proto_welcome_append_features(struct buf *out, const struct proto_welcome *w,
+                                  uint32_t features);
+int proto_welcome_decode_features(const struct proto_frame *f, msgpack_zone *z,
+                                  struct proto_welcome *w, uint32_t *features, struct err *err);
 
 /* REQUEST body: three MessagePack values in sequence — id (uint), flags (uint), and
  * the command (a map, passed through as bytes: the same bytes go to the engine and the
@@ -118,7 +136,9 @@ int proto_request_append_routed(struct buf *out, uint64_t id, uint32_t flags, co
 int proto_request_decode(const struct proto_frame *f, struct proto_request *r, struct err *err);
 
 /* RESPONSE body: id (uint), code (uint, 0 = ok), then the result value (code 0) or an
- * error map {"name": str, "message": str, "leader": "host:port"?}. */
+ * error map {"name": str, "message": str, "leader": "host:port"?, "forgotten": bool?}.
+ * OUTCOME_FORGOTTEN is written as HISTORY_UNAVAILABLE with "forgotten": true (version 1
+ * clients refuse codes >= PROTO_CODE_LIMIT) and decoded back into OUTCOME_FORGOTTEN. */
 struct proto_response {
     uint64_t id;
     int code;

@@ -114,6 +114,12 @@ int main(int argc, char **argv)
     bad |= proto_welcome_append(&b, &w) || save(dir, "welcome.bin", &b);
     buf_append(&all, b.data, b.len);
 
+    /* What this version's nodes send: the same WELCOME listing its features. */
+    buf_reset(&b);
+    bad |= proto_welcome_append_features(&b, &w, PROTO_FEAT_IDEM) ||
+           save(dir, "welcome_features.bin", &b);
+    buf_append(&all, b.data, b.len);
+
     buf_reset(&b);
     cmd_kv_get(&cmd);
     bad |= proto_request_append(&b, 7, 0, cmd.data, cmd.len) || save(dir, "request_kv_get.bin", &b);
@@ -136,6 +142,12 @@ int main(int argc, char **argv)
     bad |=
         proto_response_err_append(&b, 8, STRATA_NOT_LEADER, "not the leader", "127.0.0.2:9876") ||
         save(dir, "response_not_leader.bin", &b);
+    buf_append(&all, b.data, b.len);
+
+    buf_reset(&b);
+    bad |= proto_response_err_append(&b, 10, STRATA_OUTCOME_FORGOTTEN,
+                                     "seq 3 is no longer remembered", NULL) ||
+           save(dir, "response_forgotten.bin", &b);
     buf_append(&all, b.data, b.len);
 
     buf_reset(&b);

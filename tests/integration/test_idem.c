@@ -3,8 +3,10 @@
  * RESPONSE frame and drops the connection, once alone and once after kill -9 of the
  * leader — and libstrata's resend, with the same idempotency key, is applied exactly
  * once and returns the remembered answer byte for byte. Without keys the same loss ends
- * UNKNOWN_OUTCOME (so the relay really loses answers). Last, the old leader restarts and
- * replays its log: every replica's engine digest, which covers the table, is equal. */
+ * UNKNOWN_OUTCOME (so the relay really loses answers), and so does it when the relay strips
+ * the "features" of the servers' WELCOME — the client then takes them for servers older
+ * than keys, sends none and resends nothing. Last, the old leader restarts and replays its
+ * log: every replica's engine digest, which covers the table, is equal. */
 #include "harness.h"
 #include "storage.h"
 #include "tests.h"
@@ -26,11 +28,15 @@
 
 /* One connection at a time, client <-> target. Server-to-client bytes are cut into
  * frames; while `armed`, the first RESPONSE is kept (not forwarded), `swallowed` is set,
- * and the relay waits for `release` (bounded) before closing both sides. */
+ * and the relay waits for `release` (bounded) before closing both sides. With `strip`,
+ * a WELCOME goes on without its "features" (what a server older than them sends).
+ * Client-to-server requests are counted, and those whose command carries "idem". */
 struct relay {
     int lfd, port, target;
     pthread_t th;
-    atomic_bool stop, armed, swallowed, release;
+    atomic_bool stop, armed, swallowed, release, strip;
+    atomic_uint server_features; /* of the last WELCOME from the server */
+    atomic_int requests, keyed;
     struct buf kept; /* the swallowed response's result bytes */
     int kept_code;
 };
@@ -60,8 +66,9 @@ static void relay_one(struct relay *r, int cfd)
     int sfd = h_raw_connect(r->target);
     if (sfd < 0)
         return;
-    struct proto_reader rd;
+    struct proto_reader rd, up;
     proto_reader_init(&rd, PROTO_MAX_FRAME_DEFAULT);
+    proto_reader_init(&up, PROTO_MAX_FRAME_DEFAULT);
     uint8_t b[65536];
     bool holding = false;
     uint64_t hold_deadline = 0;
@@ -76,8 +83,22 @@ static void relay_one(struct relay *r, int cfd)
             continue;
         if (p[0].revents) {
             ssize_t n = recv(cfd, b, sizeof b, 0);
-            if (n <= 0 || h_raw_send(sfd, b, (size_t)n))
+            if (n <= 0 || h_raw_send(sfd, b, (size_t)n) || proto_reader_feed(&up, b, (size_t)n))
                 break;
+            struct proto_frame f;
+            struct err e;
+            while (proto_reader_next(&up, &f, &e) == 1) {
+                struct proto_request q;
+                if (f.kind != PROTO_REQUEST || proto_request_decode(&f, &q, &e) != 0)
+                    continue;
+                atomic_fetch_add(&r->requests, 1);
+                /* The key "idem" (fixstr a4) in the command map. */
+                for (size_t i = 0; i + 5 <= q.cmd_len; i++)
+                    if (memcmp(q.cmd + i, "\xa4idem", 5) == 0) {
+                        atomic_fetch_add(&r->keyed, 1);
+                        break;
+                    }
+            }
         }
         if (p[1].revents) {
             ssize_t n = recv(sfd, b, sizeof b, 0);
@@ -107,6 +128,23 @@ static void relay_one(struct relay *r, int cfd)
                 }
                 struct buf out;
                 buf_init(&out);
+                if (f.kind == PROTO_WELCOME) {
+                    msgpack_zone z;
+                    msgpack_zone_init(&z, 256);
+                    struct proto_welcome w;
+                    uint32_t feats = 0;
+                    bad = proto_welcome_decode_features(&f, &z, &w, &feats, &e) != 0;
+                    atomic_store(&r->server_features, feats);
+                    if (!bad && atomic_load(&r->strip))
+                        bad = proto_welcome_append(&out, &w) || h_raw_send(cfd, out.data, out.len);
+                    msgpack_zone_destroy(&z);
+                    if (bad || atomic_load(&r->strip)) {
+                        buf_close(&out);
+                        if (bad)
+                            break;
+                        continue;
+                    }
+                }
                 bad = proto_frame_append(&out, f.kind, f.body, f.len) ||
                       h_raw_send(cfd, out.data, out.len);
                 buf_close(&out);
@@ -118,6 +156,7 @@ static void relay_one(struct relay *r, int cfd)
         }
     }
     proto_reader_close(&rd);
+    proto_reader_close(&up);
     close(sfd);
 }
 
@@ -228,6 +267,23 @@ static uint64_t event_len(struct strata *db)
     return n;
 }
 
+/* state.get of `cell`: its counter (UINT64_MAX when the read fails) and value. */
+static uint64_t cell_counter(struct strata *db, const char *cell, uint64_t *value)
+{
+    struct buf res;
+    buf_init(&res);
+    uint64_t n = UINT64_MAX;
+    struct h_obj x;
+    if (h_exec(db, 0, &res, NULL, "{\"op\":\"state.get\",\"cell\":\"%s\"}", cell) == 0 &&
+        h_obj_parse(&x, &res) == 0) {
+        n = h_map_u64(x.o, "counter");
+        *value = h_map_u64(x.o, "value");
+        h_obj_free(&x);
+    }
+    buf_close(&res);
+    return n;
+}
+
 /* Group 1's digest and applied index on node i (cluster.status {digest: true}). */
 static int group_digest(const struct h_cluster *c, int i, char *hex, size_t cap, uint64_t *applied)
 {
@@ -283,6 +339,32 @@ void test_idem(void)
     buf_close(&k.res);
     strata_close(plain);
 
+    /* 1b. The same loss through a relay that strips the WELCOME's features: libstrata
+     * (keys on, the default) takes the nodes for older servers, sends the write without a
+     * key and does not resend it. */
+    atomic_store(&r.strip, true);
+    struct strata *stripped = open_via(&r, "");
+    REQUIRE(stripped != NULL, "keyed handle opened through the stripping relay");
+    REQUIRE(h_exec(stripped, 0, NULL, NULL, "{\"op\":\"kv.put\",\"key\":\"w\",\"value\":1}") == 0,
+            "warm-up write through the stripping relay");
+    CHECK(atomic_load(&r.server_features) == PROTO_FEAT_IDEM,
+          "the server's WELCOME lists idem (features %u)", atomic_load(&r.server_features));
+    atomic_store(&r.requests, 0);
+    atomic_store(&r.keyed, 0);
+    k = (struct call){.db = stripped, .json = "{\"op\":\"state.set\",\"cell\":\"s\",\"value\":7}"};
+    REQUIRE(lose_answer(&c, &r, &k, -1, -1), "the relay swallowed the write's answer");
+    CHECK(k.code == STRATA_UNKNOWN_OUTCOME, "write to a server without idem, answer lost: %s (%s)",
+          err_name(k.code), k.err.msg);
+    CHECK(atomic_load(&r.requests) == 1 && atomic_load(&r.keyed) == 0,
+          "sent once, without a key (%d requests, %d keyed)", atomic_load(&r.requests),
+          atomic_load(&r.keyed));
+    buf_close(&k.res);
+    uint64_t value = 0, counter = cell_counter(stripped, "s", &value);
+    CHECK(counter == 1 && value == 7, "applied once, never resent (counter %llu)",
+          (unsigned long long)counter);
+    strata_close(stripped);
+    atomic_store(&r.strip, false);
+
     /* 2. With keys (the default): the answer is lost, the connection dropped; the resend
      * gets the remembered answer. */
     struct strata *db = open_via(&r, "");
@@ -318,18 +400,9 @@ void test_idem(void)
     CHECK(r.kept_code == 0 && k.res.len == r.kept.len &&
               memcmp(k.res.data, r.kept.data, k.res.len) == 0,
           "the new leader's answer is the lost one, byte for byte");
-    struct buf res;
-    buf_init(&res);
-    struct h_obj x;
-    if (CHECK(h_exec(db, 0, &res, NULL, "{\"op\":\"state.get\",\"cell\":\"n\"}") == 0 &&
-                  h_obj_parse(&x, &res) == 0,
-              "state.get after the failover")) {
-        CHECK(h_map_u64(x.o, "counter") == 2 && h_map_u64(x.o, "value") == 1,
-              "the cas applied once: counter 2, value 1 (counter %llu)",
-              (unsigned long long)h_map_u64(x.o, "counter"));
-        h_obj_free(&x);
-    }
-    buf_close(&res);
+    counter = cell_counter(db, "n", &value);
+    CHECK(counter == 2 && value == 1, "the cas applied once: counter 2, value 1 (counter %llu)",
+          (unsigned long long)counter);
     buf_close(&k.res);
     CHECK(event_len(db) == 2, "still 2 events");
     strata_close(db);

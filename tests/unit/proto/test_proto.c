@@ -604,6 +604,9 @@ static void test_response_err_append_bad_code(void **state)
     assert_int_equal(proto_response_err_append(&wire, 1, STRATA_CODE_COUNT, "x", NULL),
                      STRATA_INVALID_ARGUMENT);
     assert_int_equal(proto_error_append(&wire, -1, "x"), STRATA_INVALID_ARGUMENT);
+    /* Internal codes have no wire form in ERROR frames (version 1 clients refuse them). */
+    assert_int_equal(proto_error_append(&wire, STRATA_OUTCOME_FORGOTTEN, "x"),
+                     STRATA_INVALID_ARGUMENT);
     assert_int_equal(wire.len, 0);
     buf_close(&wire);
 }
@@ -676,6 +679,15 @@ static void test_response_decode_bad_codes_and_names(void **state)
                  STRATA_PROTOCOL_ERROR, "code");
     expect_error(decode_response_parts(V_UINT, V_UINT, 1u << 31, em, NULL, 0, &g, &e), &e,
                  STRATA_PROTOCOL_ERROR, "out of range");
+    /* Codes from 20 on never travel, whatever name comes with them. */
+    em[0].s = "OUTCOME_FORGOTTEN";
+    expect_error(
+        decode_response_parts(V_UINT, V_UINT, STRATA_OUTCOME_FORGOTTEN, em, NULL, 0, &g, &e), &e,
+        STRATA_PROTOCOL_ERROR, "RESPONSE: code 20 is out of range (at most 19)");
+    expect_error(
+        decode_response_parts(V_UINT, V_UINT, STRATA_HISTORY_UNAVAILABLE, em, NULL, 0, &g, &e), &e,
+        STRATA_PROTOCOL_ERROR, "\"OUTCOME_FORGOTTEN\" is not an error name");
+    em[0].s = "NOT_FOUND";
     /* Name and code disagree. */
     expect_error(decode_response_parts(V_UINT, V_UINT, STRATA_CONFLICT, em, NULL, 0, &g, &e), &e,
                  STRATA_PROTOCOL_ERROR, "does not match");
@@ -710,6 +722,307 @@ static void test_response_decode_result_not_one_value(void **state)
                  STRATA_PROTOCOL_ERROR, "error map is missing");
 }
 
+/* ---- Features and the forgotten marker (docs/protocol.md §4, §6) ------------------------ */
+
+/* Does p[0..n) contain the needle? */
+static bool contains(const void *p, size_t n, const char *needle, size_t len)
+{
+    const uint8_t *b = p;
+    for (size_t i = 0; i + len <= n; i++)
+        if (memcmp(b + i, needle, len) == 0)
+            return true;
+    return false;
+}
+
+/* A WELCOME body with the four required fields, then "features" given as raw MessagePack
+ * (raw == NULL: no "features" key at all). */
+static int decode_welcome_features(const char *raw, size_t raw_len, uint32_t *features,
+                                   struct err *e)
+{
+    struct buf body;
+    buf_init(&body);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &body, sink);
+    msgpack_pack_map(&pk, raw != NULL ? 5 : 4);
+    const struct kv req[] = {{"version", V_UINT, 1, NULL},
+                             {"node_id", V_UINT, 2, NULL},
+                             {"cluster_id", V_STR, 0, "c"},
+                             {"epoch", V_UINT, 0, NULL}};
+    for (size_t i = 0; i < 4; i++) {
+        msgpack_pack_str_with_body(&pk, req[i].key, strlen(req[i].key));
+        pack_val(&pk, req[i].t, req[i].u, req[i].s);
+    }
+    if (raw != NULL) {
+        msgpack_pack_str_with_body(&pk, "features", 8);
+        buf_append(&body, raw, raw_len);
+    }
+    struct proto_frame f = frame_of(PROTO_WELCOME, &body);
+    msgpack_zone z;
+    msgpack_zone_init(&z, 256);
+    struct proto_welcome w;
+    *features = 0xdeadbeef; /* must be overwritten on success */
+    int rc = proto_welcome_decode_features(&f, &z, &w, features, e);
+    msgpack_zone_destroy(&z);
+    buf_close(&body);
+    return rc;
+}
+
+/* MessagePack of an array of n copies of one string (n < 2^16). */
+static void pack_str_array(struct buf *b, const char *const *names, size_t n)
+{
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, b, sink);
+    msgpack_pack_array(&pk, n);
+    for (size_t i = 0; i < n; i++)
+        msgpack_pack_str_with_body(&pk, names[i], strlen(names[i]));
+}
+
+static void test_welcome_features_roundtrip(void **state)
+{
+    (void)state;
+    struct proto_welcome w = {1, 3, "c-1234", 6, 9, "127.0.0.2:9876", 14};
+    msgpack_zone z;
+    msgpack_zone_init(&z, 256);
+    /* 0: the old encoding byte for byte. An unknown bit is not written. */
+    const uint32_t masks[] = {0, PROTO_FEAT_IDEM, PROTO_FEAT_IDEM | (1u << 31), 1u << 31};
+    const uint32_t want[] = {0, PROTO_FEAT_IDEM, PROTO_FEAT_IDEM, 0};
+    struct buf old;
+    buf_init(&old);
+    assert_int_equal(proto_welcome_append(&old, &w), 0);
+    for (size_t i = 0; i < sizeof masks / sizeof masks[0]; i++) {
+        struct buf wire;
+        buf_init(&wire);
+        assert_int_equal(proto_welcome_append_features(&wire, &w, masks[i]), 0);
+        if (want[i] == 0) {
+            assert_int_equal(wire.len, old.len);
+            assert_memory_equal(wire.data, old.data, old.len);
+        } else {
+            assert_true(wire.len == old.len + 15); /* a8 "features" 91 a4 "idem" */
+            assert_true(contains(wire.data, wire.len,
+                                 "\xa8"
+                                 "features\x91\xa4idem",
+                                 15));
+        }
+        struct proto_reader r;
+        struct proto_frame f = read_one(&r, &wire);
+        struct proto_welcome g;
+        uint32_t feats = 0xdeadbeef;
+        struct err e;
+        assert_int_equal(proto_welcome_decode_features(&f, &z, &g, &feats, &e), 0);
+        assert_int_equal(feats, want[i]);
+        assert_int_equal(g.node_id, 3);
+        assert_int_equal(g.leader_len, 14);
+        /* The decoder without features reads the same WELCOME (what older code calls). */
+        assert_int_equal(proto_welcome_decode(&f, &z, &g, &e), 0);
+        assert_true(g.epoch == 9);
+        proto_reader_close(&r);
+        buf_close(&wire);
+    }
+    buf_close(&old);
+    msgpack_zone_destroy(&z);
+}
+
+static void test_welcome_features_absent_nil_unknown(void **state)
+{
+    (void)state;
+    struct err e;
+    uint32_t feats;
+    /* Absent, nil, empty: none — what a server older than features means. */
+    assert_int_equal(decode_welcome_features(NULL, 0, &feats, &e), 0);
+    assert_int_equal(feats, 0);
+    assert_int_equal(decode_welcome_features("\xc0", 1, &feats, &e), 0);
+    assert_int_equal(feats, 0);
+    assert_int_equal(decode_welcome_features("\x90", 1, &feats, &e), 0);
+    assert_int_equal(feats, 0);
+    /* Names this version does not know are ignored; a repeated one counts once. */
+    const char *names[] = {"compress", "idem", "IDEM", "idem2", "idem"};
+    struct buf a;
+    buf_init(&a);
+    pack_str_array(&a, names, 5);
+    assert_int_equal(decode_welcome_features((const char *)a.data, a.len, &feats, &e), 0);
+    assert_int_equal(feats, PROTO_FEAT_IDEM);
+    buf_reset(&a);
+    pack_str_array(&a, names, 1);
+    assert_int_equal(decode_welcome_features((const char *)a.data, a.len, &feats, &e), 0);
+    assert_int_equal(feats, 0);
+    /* Exactly at the limits: 64 names, a name of 64 bytes. */
+    const char *many[PROTO_FEATURES_MAX];
+    char long_name[PROTO_FEATURE_NAME_MAX + 1];
+    memset(long_name, 'x', PROTO_FEATURE_NAME_MAX);
+    long_name[PROTO_FEATURE_NAME_MAX] = '\0';
+    for (size_t i = 0; i < PROTO_FEATURES_MAX; i++)
+        many[i] = i == 63 ? "idem" : long_name;
+    buf_reset(&a);
+    pack_str_array(&a, many, PROTO_FEATURES_MAX);
+    assert_int_equal(decode_welcome_features((const char *)a.data, a.len, &feats, &e), 0);
+    assert_int_equal(feats, PROTO_FEAT_IDEM);
+    buf_close(&a);
+}
+
+static void test_welcome_features_malformed(void **state)
+{
+    (void)state;
+    struct err e;
+    uint32_t feats;
+    /* Every type but an array (nil is absent, above). */
+    const struct {
+        const char *raw;
+        size_t len;
+        const char *got;
+    } wrong[] = {{"\x01", 1, "(got unsigned integer)"},
+                 {"\xff", 1, "(got negative integer)"},
+                 {"\xa4idem", 5, "(got string)"},
+                 {"\xc3", 1, "(got boolean)"},
+                 {"\xca\x00\x00\x00\x00", 5, "(got float)"},
+                 {"\x81\xa1k\x01", 4, "(got map)"},
+                 {"\xc4\x04idem", 6, "(got binary)"}};
+    for (size_t i = 0; i < sizeof wrong / sizeof wrong[0]; i++) {
+        expect_error(decode_welcome_features(wrong[i].raw, wrong[i].len, &feats, &e), &e,
+                     STRATA_PROTOCOL_ERROR, "WELCOME: \"features\" must be an array of strings");
+        expect_error(decode_welcome_features(wrong[i].raw, wrong[i].len, &feats, &e), &e,
+                     STRATA_PROTOCOL_ERROR, wrong[i].got);
+    }
+    /* Elements that are not names. */
+    expect_error(decode_welcome_features("\x91\x01", 2, &feats, &e), &e, STRATA_PROTOCOL_ERROR,
+                 "WELCOME: \"features\" element 0 must be a string (got unsigned integer)");
+    expect_error(decode_welcome_features("\x92\xa4idem\xc4\x01x", 9, &feats, &e), &e,
+                 STRATA_PROTOCOL_ERROR,
+                 "WELCOME: \"features\" element 1 must be a string (got binary)");
+    expect_error(decode_welcome_features("\x92\xa4idem\xc0", 7, &feats, &e), &e,
+                 STRATA_PROTOCOL_ERROR, "element 1 must be a string (got nil)");
+    expect_error(decode_welcome_features("\x91\x91\xa4idem", 7, &feats, &e), &e,
+                 STRATA_PROTOCOL_ERROR, "element 0 must be a string (got array)");
+    expect_error(decode_welcome_features("\x91\xa0", 2, &feats, &e), &e, STRATA_PROTOCOL_ERROR,
+                 "WELCOME: \"features\" element 0 is 0 bytes (a name has 1 to 64)");
+    char long_name[PROTO_FEATURE_NAME_MAX + 2];
+    memset(long_name, 'x', PROTO_FEATURE_NAME_MAX + 1);
+    long_name[PROTO_FEATURE_NAME_MAX + 1] = '\0';
+    const char *names[PROTO_FEATURES_MAX + 1];
+    names[0] = "idem";
+    names[1] = long_name;
+    struct buf a;
+    buf_init(&a);
+    pack_str_array(&a, names, 2);
+    expect_error(decode_welcome_features((const char *)a.data, a.len, &feats, &e), &e,
+                 STRATA_PROTOCOL_ERROR, "element 1 is 65 bytes (a name has 1 to 64)");
+    for (size_t i = 0; i <= PROTO_FEATURES_MAX; i++)
+        names[i] = "idem";
+    buf_reset(&a);
+    pack_str_array(&a, names, PROTO_FEATURES_MAX + 1);
+    expect_error(decode_welcome_features((const char *)a.data, a.len, &feats, &e), &e,
+                 STRATA_PROTOCOL_ERROR, "WELCOME: \"features\" has 65 elements (at most 64)");
+    buf_close(&a);
+    /* Truncated inside the array: the frame's framing check names it. */
+    expect_error(decode_welcome_features("\x92\xa4idem", 6, &feats, &e), &e, STRATA_PROTOCOL_ERROR,
+                 "WELCOME: body is truncated");
+    /* Given twice. */
+    struct kv twice[] = {{"version", V_UINT, 1, NULL},
+                         {"node_id", V_UINT, 2, NULL},
+                         {"cluster_id", V_STR, 0, "c"},
+                         {"epoch", V_UINT, 0, NULL},
+                         {"features", V_NIL, 0, NULL},
+                         {"features", V_NIL, 0, NULL},
+                         {NULL, 0, 0, NULL}};
+    expect_error(decode_kvs(PROTO_WELCOME, dec_welcome, twice, &e), &e, STRATA_PROTOCOL_ERROR,
+                 "duplicate key \"features\"");
+}
+
+static void test_response_forgotten_roundtrip(void **state)
+{
+    (void)state;
+    msgpack_zone z;
+    msgpack_zone_init(&z, 256);
+    for (int with_leader = 0; with_leader < 2; with_leader++) {
+        struct buf wire;
+        buf_init(&wire);
+        const char *leader = with_leader ? "h:1" : NULL;
+        assert_int_equal(proto_response_err_append(&wire, 77, STRATA_OUTCOME_FORGOTTEN,
+                                                   "seq 3 is no longer remembered", leader),
+                         0);
+        /* On the wire: code 5 and the name HISTORY_UNAVAILABLE, which every version 1
+         * client reads, plus the marker. */
+        const uint8_t *body = wire.data + PROTO_HEADER_SIZE;
+        assert_int_equal(body[0], 77);
+        assert_int_equal(body[1], STRATA_HISTORY_UNAVAILABLE);
+        assert_true(contains(wire.data, wire.len, "\xa4name\xb3HISTORY_UNAVAILABLE", 25));
+        assert_true(contains(wire.data, wire.len,
+                             "\xa9"
+                             "forgotten\xc3",
+                             11));
+        assert_false(contains(wire.data, wire.len, "OUTCOME_FORGOTTEN", 17));
+        struct proto_reader r;
+        struct proto_frame f = read_one(&r, &wire);
+        struct proto_response g;
+        struct err e;
+        assert_int_equal(proto_response_decode(&f, &z, &g, &e), 0);
+        assert_int_equal(g.code, STRATA_OUTCOME_FORGOTTEN);
+        assert_int_equal(g.message_len, 29);
+        assert_memory_equal(g.message, "seq 3 is no longer remembered", 29);
+        assert_int_equal(g.leader_len, with_leader ? 3 : 0);
+        proto_reader_close(&r);
+        buf_close(&wire);
+    }
+    /* Plain HISTORY_UNAVAILABLE, or the marker false or nil: the old meaning. */
+    struct proto_response g;
+    struct err e;
+    struct kv em[] = {{"name", V_STR, 0, "HISTORY_UNAVAILABLE"},
+                      {"message", V_STR, 0, "pruned"},
+                      {NULL, 0, 0, NULL},
+                      {NULL, 0, 0, NULL}};
+    assert_int_equal(
+        decode_response_parts(V_UINT, V_UINT, STRATA_HISTORY_UNAVAILABLE, em, NULL, 0, &g, &e), 0);
+    assert_int_equal(g.code, STRATA_HISTORY_UNAVAILABLE);
+    em[2] = (struct kv){"forgotten", V_NIL, 0, NULL};
+    assert_int_equal(
+        decode_response_parts(V_UINT, V_UINT, STRATA_HISTORY_UNAVAILABLE, em, NULL, 0, &g, &e), 0);
+    assert_int_equal(g.code, STRATA_HISTORY_UNAVAILABLE);
+    const char fals[] = "\x83\xa4name\xb3HISTORY_UNAVAILABLE\xa7message\xa1m\xa9"
+                        "forgotten\xc2";
+    assert_int_equal(decode_response_parts(V_UINT, V_UINT, STRATA_HISTORY_UNAVAILABLE, NULL, fals,
+                                           sizeof fals - 1, &g, &e),
+                     0);
+    assert_int_equal(g.code, STRATA_HISTORY_UNAVAILABLE);
+    msgpack_zone_destroy(&z);
+}
+
+static void test_response_forgotten_malformed(void **state)
+{
+    (void)state;
+    struct proto_response g;
+    struct err e;
+    struct kv em[] = {{"name", V_STR, 0, "HISTORY_UNAVAILABLE"},
+                      {"message", V_STR, 0, "m"},
+                      {"forgotten", V_UINT, 1, NULL},
+                      {NULL, 0, 0, NULL}};
+    for (int t = 1; t <= V_COUNT; t++) {
+        if (t == V_BOOL || t == V_NIL)
+            continue;
+        em[2].t = (enum vk)t;
+        expect_error(
+            decode_response_parts(V_UINT, V_UINT, STRATA_HISTORY_UNAVAILABLE, em, NULL, 0, &g, &e),
+            &e, STRATA_PROTOCOL_ERROR, "RESPONSE: \"forgotten\" must be a boolean");
+    }
+    /* True only with HISTORY_UNAVAILABLE. */
+    em[0].s = "CONFLICT";
+    em[2].t = V_BOOL;
+    expect_error(decode_response_parts(V_UINT, V_UINT, STRATA_CONFLICT, em, NULL, 0, &g, &e), &e,
+                 STRATA_PROTOCOL_ERROR,
+                 "RESPONSE: \"forgotten\" is true with code 4 (CONFLICT), not HISTORY_UNAVAILABLE");
+    /* Given twice. */
+    const char twice[] = "\x84\xa4name\xb3HISTORY_UNAVAILABLE\xa7message\xa1m\xa9"
+                         "forgotten\xc3\xa9"
+                         "forgotten\xc3";
+    expect_error(decode_response_parts(V_UINT, V_UINT, STRATA_HISTORY_UNAVAILABLE, NULL, twice,
+                                       sizeof twice - 1, &g, &e),
+                 &e, STRATA_PROTOCOL_ERROR, "duplicate key \"forgotten\"");
+    /* ERROR frames do not know the key: ignored there like any unknown key. */
+    struct kv ef[] = {{"name", V_STR, 0, "TOO_LARGE"},
+                      {"message", V_STR, 0, "m"},
+                      {"forgotten", V_UINT, 1, NULL},
+                      {NULL, 0, 0, NULL}};
+    assert_int_equal(decode_kvs(PROTO_ERROR, dec_error, ef, &e), 0);
+}
+
 /* ---- ERROR ----------------------------------------------------------------------------- */
 
 static void test_error_roundtrip(void **state)
@@ -717,7 +1030,7 @@ static void test_error_roundtrip(void **state)
     (void)state;
     msgpack_zone z;
     msgpack_zone_init(&z, 256);
-    for (int code = 1; code < STRATA_CODE_COUNT; code++) {
+    for (int code = 1; code < PROTO_CODE_LIMIT; code++) {
         struct buf wire;
         buf_init(&wire);
         assert_int_equal(proto_error_append(&wire, code, code == 15 ? NULL : "frame refused"), 0);
@@ -787,9 +1100,17 @@ static void decode_everything(const struct proto_frame *f0, msgpack_zone *z,
         }
         case PROTO_WELCOME: {
             struct proto_welcome w;
-            rc = proto_welcome_decode(&f, z, &w, &e);
-            if (rc == 0)
-                assert_int_equal(proto_welcome_append(&again, &w), 0);
+            uint32_t feats;
+            rc = proto_welcome_decode_features(&f, z, &w, &feats, &e);
+            if (rc == 0) {
+                assert_int_equal(proto_welcome_append_features(&again, &w, feats), 0);
+                struct proto_frame g = {1, PROTO_WELCOME, again.data + PROTO_HEADER_SIZE,
+                                        again.len - PROTO_HEADER_SIZE};
+                struct proto_welcome w2;
+                uint32_t feats2;
+                assert_int_equal(proto_welcome_decode_features(&g, z, &w2, &feats2, &e), 0);
+                assert_true(feats2 == feats && w2.node_id == w.node_id);
+            }
             break;
         }
         case PROTO_REQUEST: {
@@ -812,6 +1133,8 @@ static void decode_everything(const struct proto_frame *f0, msgpack_zone *z,
             rc = proto_response_decode(&f, z, &p, &e);
             if (rc == 0 && p.code == 0)
                 assert_true(within(p.result, p.result_len, &f));
+            if (rc == 0)
+                assert_true(p.code < PROTO_CODE_LIMIT || p.code == STRATA_OUTCOME_FORGOTTEN);
             break;
         }
         default: {
@@ -820,7 +1143,7 @@ static void decode_everything(const struct proto_frame *f0, msgpack_zone *z,
             size_t ml;
             rc = proto_error_decode(&f, z, &code, &m, &ml, &e);
             if (rc == 0)
-                assert_true(code > 0 && code < STRATA_CODE_COUNT);
+                assert_true(code > 0 && code < PROTO_CODE_LIMIT);
             break;
         }
         }
@@ -970,6 +1293,11 @@ int main(void)
         cmocka_unit_test(test_welcome_roundtrip),
         cmocka_unit_test(test_welcome_decode_wrong_type_every_field),
         cmocka_unit_test(test_welcome_decode_zero_ids),
+        cmocka_unit_test(test_welcome_features_roundtrip),
+        cmocka_unit_test(test_welcome_features_absent_nil_unknown),
+        cmocka_unit_test(test_welcome_features_malformed),
+        cmocka_unit_test(test_response_forgotten_roundtrip),
+        cmocka_unit_test(test_response_forgotten_malformed),
         cmocka_unit_test(test_request_roundtrip),
         cmocka_unit_test(test_request_decode_wrong_types),
         cmocka_unit_test(test_request_decode_trailing_bytes),
