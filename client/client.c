@@ -7,6 +7,7 @@
 #include "net.h"
 #include "storage.h"
 
+#include <stdio.h>
 #include <string.h>
 
 /* Which kind of database a handle talks to. */
@@ -108,6 +109,20 @@ void strata_close(struct strata *db)
     sm_free(db);
 }
 
+/* A program's own idempotency key (the `idem` argument) whose outcome the engine no
+ * longer remembers: to the program that is an unknown outcome, as over the network
+ * (client/net.c, docs/client.md §5); OUTCOME_FORGOTTEN stays internal. */
+static int in_process_outcome(int rc, struct err *err)
+{
+    if (rc != STRATA_OUTCOME_FORGOTTEN)
+        return rc;
+    if (err == NULL)
+        return STRATA_UNKNOWN_OUTCOME;
+    char msg[sizeof err->msg];
+    snprintf(msg, sizeof msg, "%s", err->msg);
+    return err_set(err, STRATA_UNKNOWN_OUTCOME, "%s", msg);
+}
+
 int strata_exec(struct strata *db, const uint8_t *cmd, size_t len, struct buf *result,
                 struct err *err)
 {
@@ -144,10 +159,11 @@ int strata_exec_flags(struct strata *db, const uint8_t *cmd, size_t len, unsigne
         return rc ? err_set(err, rc, "out of memory") : code;
     }
     case BACKEND_FILE:
-        return local_exec(db->local, cmd, len, result, err);
+        return in_process_outcome(local_exec(db->local, cmd, len, result, err), err);
     case BACKEND_MEM:
         /* The client's clock stamps the write; the engine itself never reads a clock. */
-        return storage_exec(db->engine, cmd, len, clock_now_us(), result, err);
+        return in_process_outcome(
+            storage_exec(db->engine, cmd, len, clock_now_us(), result, err), err);
     }
     return err_set(err, STRATA_INTERNAL, "handle has an unknown backend %d", (int)db->kind);
 }

@@ -53,9 +53,9 @@ void strata_close(struct strata *db);
  * nothing to `result`, and the database is unchanged — except STRATA_UNKNOWN_OUTCOME
  * (servers only): the write was sent and may or may not have been applied (with
  * idempotency keys, the default, only when the call's budget ran out while resending
- * it), and HISTORY_UNAVAILABLE for a resent write the server no longer remembers. Writes are stamped with the
- * wall clock of whoever applies them first — the client's for mem:, the leader's for
- * file: and strata:// — and timestamps never go backwards. */
+ * it, or when the server no longer remembers the outcome of a resent write). Writes are
+ * stamped with the wall clock of whoever applies them first — the client's for mem:, the
+ * leader's for file: and strata:// — and timestamps never go backwards. */
 int strata_exec(struct strata *db, const uint8_t *cmd, size_t len, struct buf *result,
                 struct err *err);
 

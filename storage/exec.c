@@ -470,7 +470,7 @@ int storage_exec(struct storage *s, const uint8_t *cmd, size_t len, int64_t ts_u
     if ((rc = resolve_common(&x, d, NULL)) || (rc = move_check(&x, d)))
         goto done;
     if (key.present && key.retry && move_idem_lossy(&x, d)) {
-        rc = err_set(err, STRATA_HISTORY_UNAVAILABLE,
+        rc = err_set(err, STRATA_OUTCOME_FORGOTTEN,
                      "the outcome of this resent write (seq %llu) is not known: its branch "
                      "moved here from a shard that had dropped client records, and this "
                      "shard does not remember the request (the write may have been applied)",

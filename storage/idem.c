@@ -93,7 +93,7 @@ int idem_lookup(const struct storage *s, const struct idem_key *k, const struct 
     if (!find_client(t, k->client, &pos)) {
         if (k->retry && t->dropped > 0) {
             hex(k->client, id);
-            return err_set(err, STRATA_HISTORY_UNAVAILABLE,
+            return err_set(err, STRATA_OUTCOME_FORGOTTEN,
                            "the outcome of request seq %llu of client %s is not known: this "
                            "shard does not remember the client and has dropped %llu client "
                            "records (the write may have been applied)",
@@ -109,7 +109,7 @@ int idem_lookup(const struct storage *s, const struct idem_key *k, const struct 
     }
     if (k->seq <= c->floor) {
         hex(k->client, id);
-        return err_set(err, STRATA_HISTORY_UNAVAILABLE,
+        return err_set(err, STRATA_OUTCOME_FORGOTTEN,
                        "the outcome of request seq %llu of client %s is no longer remembered "
                        "(seqs up to %llu are forgotten; the write may have been applied)",
                        (unsigned long long)k->seq, id, (unsigned long long)c->floor);

@@ -225,7 +225,7 @@ static void test_idem_window_forgets_oldest_and_refuses_them(void **state)
     OK(s, "{\"op\":\"event.append\",\"type\":\"t\",\"payload\":{}," IDEM(CA, 3, 1, false) "}");
     /* seq 1 left the window of 2: refused, never applied twice. */
     const char *m =
-        FAILS(s, STRATA_HISTORY_UNAVAILABLE,
+        FAILS(s, STRATA_OUTCOME_FORGOTTEN,
               "{\"op\":\"event.append\",\"type\":\"t\",\"payload\":{}," IDEM(CA, 1, 1, true) "}");
     assert_non_null(strstr(m, "seq 1"));
     assert_non_null(strstr(m, "no longer remembered"));
@@ -234,7 +234,7 @@ static void test_idem_window_forgets_oldest_and_refuses_them(void **state)
     EXPECT(s, "3", "{\"op\":\"event.len\"}");
     /* ack: everything below 3 is answered, so forgotten (even if still in the window). */
     OK(s, "{\"op\":\"event.append\",\"type\":\"t\",\"payload\":{}," IDEM(CA, 4, 3, false) "}");
-    FAILS(s, STRATA_HISTORY_UNAVAILABLE,
+    FAILS(s, STRATA_OUTCOME_FORGOTTEN,
           "{\"op\":\"event.append\",\"type\":\"t\",\"payload\":{}," IDEM(CA, 2, 1, true) "}");
     OK(s, "{\"op\":\"event.append\",\"type\":\"t\",\"payload\":{}," IDEM(CA, 3, 1, true) "}");
     EXPECT(s, "4", "{\"op\":\"event.len\"}");
@@ -258,7 +258,7 @@ static void test_idem_client_eviction_is_deterministic(void **state)
         /* CC makes three: CB is the least recently written and goes. */
         OK(s, "{\"op\":\"kv.put\",\"key\":\"c\",\"value\":1," IDEM(CC, 1, 1, false) "}");
         const char *m =
-            FAILS(s, STRATA_HISTORY_UNAVAILABLE,
+            FAILS(s, STRATA_OUTCOME_FORGOTTEN,
                   "{\"op\":\"kv.put\",\"key\":\"b\",\"value\":9," IDEM(CB, 1, 1, true) "}");
         assert_non_null(strstr(m, "dropped 1 client"));
         /* CA is still known: its retry gets the answer. */
@@ -266,7 +266,7 @@ static void test_idem_client_eviction_is_deterministic(void **state)
         EXPECT(s, "{\"value\":2,\"version\":3,\"ts\":3000}", "{\"op\":\"kv.get\",\"key\":\"a\"}");
         /* A first attempt of a new client runs (and evicts CA now). */
         OK(s, "{\"op\":\"kv.put\",\"key\":\"d\",\"value\":1," IDEM(CD, 1, 1, false) "}");
-        FAILS(s, STRATA_HISTORY_UNAVAILABLE,
+        FAILS(s, STRATA_OUTCOME_FORGOTTEN,
               "{\"op\":\"kv.put\",\"key\":\"a\",\"value\":9," IDEM(CA, 1, 1, true) "}");
         EXPECT(s, "{\"value\":1,\"version\":1,\"ts\":1000}",
                "{\"op\":\"kv.get\",\"key\":\"a\",\"at_version\":1}");
@@ -287,13 +287,13 @@ static void test_idem_byte_bound_evicts(void **state)
     OK(s, "{\"op\":\"kv.put\",\"key\":\"a\",\"value\":1," IDEM(CA, 1, 1, false) "}");
     OK(s, "{\"op\":\"kv.put\",\"key\":\"b\",\"value\":1," IDEM(CB, 1, 1, false) "}");
     OK(s, "{\"op\":\"kv.put\",\"key\":\"c\",\"value\":1," IDEM(CC, 1, 1, false) "}");
-    FAILS(s, STRATA_HISTORY_UNAVAILABLE,
+    FAILS(s, STRATA_OUTCOME_FORGOTTEN,
           "{\"op\":\"kv.put\",\"key\":\"a\",\"value\":1," IDEM(CA, 1, 1, true) "}");
     OK(s, "{\"op\":\"kv.put\",\"key\":\"c\",\"value\":1," IDEM(CC, 1, 1, true) "}");
     /* One client alone over the bound keeps only its newest answer. */
     OK(s, "{\"op\":\"kv.put\",\"key\":\"c\",\"value\":1," IDEM(CC, 2, 1, false) "}");
     OK(s, "{\"op\":\"kv.put\",\"key\":\"c\",\"value\":1," IDEM(CC, 3, 1, false) "}");
-    FAILS(s, STRATA_HISTORY_UNAVAILABLE,
+    FAILS(s, STRATA_OUTCOME_FORGOTTEN,
           "{\"op\":\"kv.put\",\"key\":\"c\",\"value\":1," IDEM(CC, 1, 1, true) "}");
     const char *m = OK(s, "{\"op\":\"kv.put\",\"key\":\"c\",\"value\":1," IDEM(CC, 3, 1, true) "}");
     assert_non_null(strstr(m, "\"version\":5,"));
@@ -325,7 +325,7 @@ static void test_idem_snapshot_restore_keeps_the_table(void **state)
            "{\"op\":\"event.append\",\"type\":\"t\",\"payload\":{}," IDEM(CA, 7, 1, true) "}");
     EXPECT(r, "1", "{\"op\":\"event.len\"}");
     /* CB's floor (ack 2) came along too. */
-    FAILS(r, STRATA_HISTORY_UNAVAILABLE,
+    FAILS(r, STRATA_OUTCOME_FORGOTTEN,
           "{\"op\":\"kv.put\",\"key\":\"k\",\"value\":1," IDEM(CB, 1, 1, true) "}");
     /* Restoring the old snapshot drops the table again. */
     assert_int_equal(storage_restore(r, plain.data, plain.len, &err), 0);

@@ -1168,7 +1168,7 @@ static void test_move_lossy_source_refuses_unknown_resends(void **state)
     assert_int_equal(run(dst, NULL, &e,
                          "{\"op\":\"kv.put\",\"branch\":\"b\",\"key\":\"k\",\"value\":1,"
                          MV_IDEM(MV_CA, 1, true) "}"),
-                     STRATA_HISTORY_UNAVAILABLE);
+                     STRATA_OUTCOME_FORGOTTEN);
     assert_non_null(strstr(e.msg, "dropped client records"));
     char v[256];
     result_text(dst, v, sizeof v, "{\"op\":\"kv.history\",\"branch\":\"b\",\"key\":\"k\"}");
@@ -1189,7 +1189,7 @@ static void test_move_lossy_source_refuses_unknown_resends(void **state)
     assert_int_equal(run(r, NULL, &e,
                          "{\"op\":\"kv.put\",\"branch\":\"b\",\"key\":\"k\",\"value\":1,"
                          MV_IDEM(MV_CA, 1, true) "}"),
-                     STRATA_HISTORY_UNAVAILABLE);
+                     STRATA_OUTCOME_FORGOTTEN);
     buf_close(&snap);
     storage_free(r);
     storage_free(src);
