@@ -631,7 +631,8 @@ struct import_work {
     uint64_t next_id;        /* the engine's next branch id before it was made */
     struct change *newlog;   /* the rebuilt change log (rebuild_log) */
     size_t newlog_cap;
-    struct change *add;      /* this chunk's versions, then sorted (log_merge_*) */
+    /* This chunk's versions for the change log, sorted (log_merge_*). */
+    struct change *add;
     size_t nadd;
 };
 
