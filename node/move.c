@@ -78,6 +78,12 @@ struct drive {
     /* Where the writers' pause goes (logged at the cut-over): loop ms when the fence was
      * sent, the last import answered and the table change was asked for. */
     uint64_t fence_sent_ms, imported_ms, cas_sent_ms;
+    /* The chunks of the current phase, as the driver saw them (logged at its end):
+     * count, bytes, and each step's round trip — summed and the longest. */
+    struct chunk_stats {
+        uint32_t chunks;
+        uint64_t bytes, records, export_ms, export_max, import_ms, import_max;
+    } cs;
     int rounds, conflicts;
     unsigned backoff;
     bool main;    /* a step is in flight */
@@ -528,6 +534,22 @@ static int advance_fn(struct migration *m, void *ctx, struct err *err)
     return migration_advance(m, a->d->name, len, a->d->id, a->next, a->message, err);
 }
 
+/* What the chunks of the phase that ends cost (tests/bench/move_pause.sh sums these up):
+ * an export's round trip is the source leader's read, an import's the target's log
+ * round and apply. */
+static void log_chunks(struct drive *d)
+{
+    struct chunk_stats *c = &d->cs;
+    if (c->chunks)
+        log_info("move %llu of '%s': %s chunks: %u, %llu bytes, %llu records; export %llu ms "
+                 "(longest %llu), import %llu ms (longest %llu)",
+                 (unsigned long long)d->id, d->name, migration_phase_name(d->phase), c->chunks,
+                 (unsigned long long)c->bytes, (unsigned long long)c->records,
+                 (unsigned long long)c->export_ms, (unsigned long long)c->export_max,
+                 (unsigned long long)c->import_ms, (unsigned long long)c->import_max);
+    memset(c, 0, sizeof *c);
+}
+
 static void advanced(void *arg, int code, const char *msg, const struct migration *m)
 {
     (void)m;
@@ -545,6 +567,7 @@ static void advanced(void *arg, int code, const char *msg, const struct migratio
             } else {
                 log_info("move %llu of '%s': %s -> %s", (unsigned long long)d->id, d->name,
                          migration_phase_name(d->phase), migration_phase_name(a->next));
+                log_chunks(d);
                 d->phase = a->next;
                 if (a->next == MIG_ABORTING)
                     snprintf(d->message, sizeof d->message, "%s", a->message);
@@ -641,6 +664,10 @@ static void import_done(struct drive *d, int code, const msgpack_object *res, co
         drive_abort(d, "the target refused the copy", msg);
         return;
     }
+    uint64_t took = uv_now(d->mv->n->loop) - d->step_ms;
+    d->cs.import_ms += took;
+    if (took > d->cs.import_max)
+        d->cs.import_max = took;
     d->conflicts = 0;
     d->backoff = 0;
     take_marker(d, res);
@@ -667,6 +694,13 @@ static void exported(struct drive *d, int code, const msgpack_object *res, const
     uint64_t records = 0;
     obj_u64(node_map_get(res, "records"), &records);
     bool last = obj_bool(node_map_get(res, "last"));
+    uint64_t took = uv_now(d->mv->n->loop) - d->step_ms;
+    d->cs.chunks++;
+    d->cs.bytes += blob->via.bin.size;
+    d->cs.records += records;
+    d->cs.export_ms += took;
+    if (took > d->cs.export_max)
+        d->cs.export_max = took;
     if (d->phase == MIG_CATCHING_UP) {
         d->rounds++;
         if (last && records < SMALL_ROUND)

@@ -120,11 +120,18 @@ static int export_copy(struct exec *x, struct branch *b, uint64_t at, const uint
         /* The key's lineage chain, newest first (levels are older and older). */
         size_t n = 0;
         struct entry *key_entry = min;
+        bool resume =
+            after_key && bkey_cmp(key_entry->key, key_entry->klen, after_key, after_klen) == 0;
         for (int i = 0; i < nl; i++) {
             struct entry *e = lv[i].cur;
             if (e == NULL || bkey_cmp(e->key, e->klen, key_entry->key, key_entry->klen) != 0)
                 continue;
             for (const struct version *v = e->head; v; v = v->older) {
+                /* Resuming inside a key: what is left of this level is older than the
+                 * last version exported and would be skipped — do not walk it (a long
+                 * history crossed by many chunks would be walked whole by each). */
+                if (resume && v->ver <= after_ver)
+                    break;
                 if (v->ver > lv[i].bound || (n > 0 && v->ver >= chain[n - 1]->ver))
                     continue;
                 if (n == cap) {
@@ -140,8 +147,6 @@ static int export_copy(struct exec *x, struct branch *b, uint64_t at, const uint
                 chain[n++] = v;
             }
         }
-        bool resume = after_key && bkey_cmp(key_entry->key, key_entry->klen, after_key,
-                                            after_klen) == 0;
         if (move_key_ok(key_entry->key, key_entry->klen)) {
             for (size_t i = n; i-- > 0;) {
                 if (resume && chain[i]->ver <= after_ver)
@@ -476,6 +481,7 @@ struct pend {
     bool fresh, inserted;
     struct version *top, *bottom;
     uint64_t prev; /* newest version so far: the branch's head, then each record's */
+    uint64_t cut;  /* splice freed the branch's versions from this one up (0: none) */
 };
 
 static bool is_u64(const msgpack_object *o)
@@ -623,8 +629,11 @@ struct import_work {
     size_t nslots;
     struct branch *created;  /* a branch this import made (deleted on failure) */
     uint64_t next_id;        /* the engine's next branch id before it was made */
-    struct change *newlog;   /* the rebuilt change log (last copy chunk) */
+    struct change *newlog;   /* the rebuilt change log (rebuild_log) */
     size_t newlog_cap;
+    /* This chunk's versions for the change log, sorted (log_merge_*). */
+    struct change *add;
+    size_t nadd;
 };
 
 static void work_free(struct storage *s, struct import_work *w)
@@ -644,6 +653,7 @@ static void work_free(struct storage *s, struct import_work *w)
     sm_free(w->pends);
     sm_free(w->slots);
     sm_free(w->newlog);
+    sm_free(w->add);
 }
 
 /* The pend of a record's key (created on first sight). -1: out of memory. */
@@ -751,7 +761,8 @@ static int build_versions(struct exec *x, const msgpack_object *recs, struct bra
 }
 
 /* Link a key's received versions on top of its chain. Versions the source pruned (at or
- * above the gap of the oldest received one) go, so the chain matches the source's. */
+ * above the gap of the oldest received one) go, so the chain matches the source's;
+ * p->cut says from which version on (the change log must drop them too). */
 static void splice(struct pend *p)
 {
     struct entry *e = p->e;
@@ -767,6 +778,7 @@ static void splice(struct pend *p)
                 }
             }
             struct version *older = h->older;
+            p->cut = h->ver;
             sm_free(h);
             h = older;
         }
@@ -816,6 +828,73 @@ static size_t rebuild_log(struct branch *b, struct change *log, uint64_t floor)
                     log[n++] = (struct change){v->ver, e};
     qsort(log, n, sizeof *log, cmp_change);
     return n;
+}
+
+/* The change log of a branch being copied is kept whole after every copy chunk — its
+ * versions above `floor`, in (version, key) order, exactly what rebuild_log gives — by
+ * merging each chunk's versions into it. So no chunk walks the whole branch: the last
+ * one used to rebuild it from every chain in one apply, a stall of every target
+ * replica's loop that grew with the branch's history. Prepare (may fail): count the
+ * chunk's versions and allocate. */
+static int log_merge_prepare(struct branch *b, struct import_work *w, uint64_t floor)
+{
+    size_t k = 0;
+    for (uint32_t i = 0; i < w->nrec; i++)
+        k += w->recs[i].ver > floor;
+    if ((w->add = sm_malloc((k ? k : 1) * sizeof *w->add)) == NULL)
+        return STRATA_OUT_OF_MEMORY;
+    if (b->caplog < b->nlog + k) {
+        /* Grown geometrically: a fresh array per chunk costs a page fault per 4 KiB. A
+         * larger capacity left behind by a failed import is harmless. */
+        size_t cap = b->caplog * 2 > b->nlog + k ? b->caplog * 2 : b->nlog + k;
+        struct change *log = sm_realloc(b->log, cap * sizeof *log);
+        if (log == NULL)
+            return STRATA_OUT_OF_MEMORY;
+        b->log = log;
+        b->caplog = cap;
+    }
+    return 0;
+}
+
+/* The pend of a key, or NULL when the chunk has none. */
+static const struct pend *pend_find(const struct import_work *w, const uint8_t *k, size_t klen)
+{
+    size_t j = hindex_hash(k, klen) & (w->nslots - 1);
+    for (; w->slots[j]; j = (j + 1) & (w->nslots - 1)) {
+        const struct pend *p = &w->pends[w->slots[j] - 1];
+        if (p->klen == klen && memcmp(p->key, k, klen) == 0)
+            return p;
+    }
+    return NULL;
+}
+
+/* Install (after splice; cannot fail): drop the versions splice freed, merge in the
+ * chunk's, sorted, from the back, in place: what sorts before all of them stays put. */
+static void log_merge_install(struct branch *b, struct import_work *w, uint64_t floor)
+{
+    bool cut = false;
+    for (uint32_t i = 0; i < w->npend && !cut; i++)
+        cut = w->pends[i].cut != 0;
+    if (cut) { /* rare: the source pruned a key between two chunks */
+        size_t n = 0;
+        for (size_t i = 0; i < b->nlog; i++) {
+            const struct change *c = &b->log[i];
+            const struct pend *p = pend_find(w, c->e->key, c->e->klen);
+            if (p == NULL || p->cut == 0 || c->ver < p->cut)
+                b->log[n++] = *c;
+        }
+        b->nlog = n;
+    }
+    w->nadd = 0;
+    for (uint32_t i = 0; i < w->nrec; i++)
+        if (w->recs[i].ver > floor)
+            w->add[w->nadd++] = (struct change){w->recs[i].ver, w->pends[w->recs[i].pend].e};
+    qsort(w->add, w->nadd, sizeof *w->add, cmp_change);
+    size_t i = b->nlog, j = w->nadd, n = b->nlog + w->nadd;
+    while (j > 0)
+        b->log[--n] =
+            i > 0 && cmp_change(&b->log[i - 1], &w->add[j - 1]) > 0 ? b->log[--i] : w->add[--j];
+    b->nlog += w->nadd;
 }
 
 /* Decide what the blob is for the branch: *apply true, or false for an old chunk
@@ -1030,8 +1109,16 @@ int move_import(struct exec *x)
         nm.imported_to = hd.at;
     if (merge && im.dropped > 0)
         nm.idem_lossy = true;
-    bool rebuild = hd.copy && hd.last;
-    if (rebuild) {
+    /* A copy chunk merges its versions into the log (log_merge_prepare). Only a branch
+     * that holds copied versions but no log yet — its earlier chunks were applied by a
+     * build that rebuilt the log at the last chunk only — is rebuilt here once. */
+    bool rebuild = hd.copy && w.created == NULL && !replace && b->nlog == 0;
+    if (hd.copy && !rebuild) {
+        if (log_merge_prepare(b, &w, hd.floor)) {
+            rc = err_set(x->err, STRATA_OUT_OF_MEMORY, "out of memory importing");
+            goto err;
+        }
+    } else if (rebuild) {
         w.newlog_cap = count_own(b, &w, hd.floor);
         if ((w.newlog = sm_malloc((w.newlog_cap ? w.newlog_cap : 1) * sizeof *w.newlog)) == NULL) {
             rc = err_set(x->err, STRATA_OUT_OF_MEMORY, "out of memory importing");
@@ -1067,7 +1154,9 @@ int move_import(struct exec *x)
     if (!hd.copy)
         for (uint32_t i = 0; i < w.nrec; i++)
             b->log[b->nlog++] = (struct change){w.recs[i].ver, w.pends[w.recs[i].pend].e};
-    if (rebuild) {
+    if (hd.copy && !rebuild) {
+        log_merge_install(b, &w, hd.floor);
+    } else if (rebuild) {
         sm_free(b->log);
         b->nlog = rebuild_log(b, w.newlog, hd.floor);
         b->log = w.newlog;

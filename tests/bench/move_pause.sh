@@ -7,7 +7,9 @@
 # "done", also holds the copy and the 1 s grace, so it catches unrelated stalls too),
 # and how long a command took from the first MOVED it met to its answer; from the
 # servers' logs: the fence-to-cut-over time of each move and its steps (the fence
-# command, the final copy, waiting for the seal, the table change).
+# command, the final copy, waiting for the seal, the table change), and the chunks of
+# each phase (count per move, the longest export and import round trip of each move,
+# as the driver saw them).
 #
 #   tests/bench/move_pause.sh [ROUNDS]      (default 30; STRATA_BUILD, default build;
 #                                            STRATA_MOVE_SLOW=MS prints writes slower
@@ -27,14 +29,14 @@ dir=$(grep -o '/tmp/strata-integ-[A-Za-z0-9]*' "$out" | head -1)
 if [[ -n ${KEEP:-} ]]; then
     mkdir -p "$KEEP" && cp "$out" "$KEEP/client.log" && cp "$dir"/*.log "$KEEP/"
 fi
-# p50 / p99 / max of the numbers on stdin, with a label.
+# p50 / p99 / max of the numbers on stdin, with a label (and a unit: default " ms").
 stats() {
-    sort -n | awk -v label="$1" '{a[NR] = $1}
+    sort -n | awk -v label="$1" -v u="${2- ms}" '{a[NR] = $1}
         END {
             if (NR == 0) exit
             i = int(NR * 0.99); if (i < 1) i = 1
-            printf "%s (%d): p50 %d ms, p99 %d ms, max %d ms\n", label, NR,
-                   a[int((NR + 1) / 2)], a[i], a[NR]
+            printf "%s (%d): p50 %d%s, p99 %d%s, max %d%s\n", label, NR,
+                   a[int((NR + 1) / 2)], u, a[i], u, a[NR], u
         }'
 }
 grep -ho 'cut over to shard [0-9]*, [0-9]* ms after the fence' "$dir"/*.log |
@@ -47,5 +49,18 @@ if [[ -n $steps ]]; then
 fi
 grep -ho 'answered [0-9]* ms after the first MOVED' "$out" | awk '{print $2}' |
     stats "first MOVED to answer (client commands)"
-grep -ho 'failed [0-9]* ms after the first MOVED' "$out" | awk '{print $2}' |
+{ grep -ho 'failed [0-9]* ms after the first MOVED' "$out" || true; } | awk '{print $2}' |
     stats "first MOVED to failure (client commands)"
+# The driver's chunk lines: "<phase> chunks: N, B bytes, R records; export T ms (longest
+# L), import T ms (longest L)", one per phase of each move.
+for ph in copying catching_up fenced; do
+    lines=$(grep -ho "$ph chunks: .*" "$dir"/*.log || true)
+    [[ -z $lines ]] && continue
+    sed -n 's/.*chunks: \([0-9]*\),.*/\1/p' <<<"$lines" | stats "$ph: chunks per move" ""
+    sed -n 's/.* \([0-9]*\) bytes,.*/\1/p' <<<"$lines" | awk '{print int($1 / 1024)}' |
+        stats "  data per move" " KiB"
+    sed -n 's/.*export [0-9]* ms (longest \([0-9]*\)).*/\1/p' <<<"$lines" |
+        stats "  longest export round trip of a move"
+    sed -n 's/.*import [0-9]* ms (longest \([0-9]*\)).*/\1/p' <<<"$lines" |
+        stats "  longest import round trip of a move"
+done

@@ -745,6 +745,99 @@ static void test_move_retention_gaps_follow_the_source(void **state)
     storage_free(dst);
 }
 
+/* The copy of `name` read at version `at` into dst in one chunk. */
+static void copy_one_chunk(struct storage *src, struct storage *dst, const char *name, uint64_t id,
+                           uint64_t at)
+{
+    struct res r;
+    assert_int_equal(run(src, &r, NULL,
+                         "{\"op\":\"move.export\",\"name\":\"%s\",\"mode\":\"copy\",\"at\":%llu,"
+                         "\"max_bytes\":3145728}",
+                         name, (unsigned long long)at),
+                     0);
+    assert_true(get_bool(r.o, "last"));
+    const msgpack_object *bl = get(r.o, "blob");
+    assert_int_equal(import_blob(dst, name, 7, id, (const uint8_t *)bl->via.bin.ptr,
+                                 bl->via.bin.size, NULL, NULL),
+                     0);
+    res_free(&r);
+}
+
+static void same_snapshot(struct storage *a, struct storage *b)
+{
+    struct buf x, y;
+    t_snapshot(a, &x);
+    t_snapshot(b, &y);
+    assert_int_equal(x.len, y.len);
+    assert_memory_equal(x.data, y.data, x.len);
+    buf_close(&x);
+    buf_close(&y);
+}
+
+/* Each copy chunk merges its versions into the target's change log (no chunk walks the
+ * whole branch): a copy in many 4 KiB chunks — long histories crossed by chunks, a key
+ * pruned on the source between two chunks, a fork whose first chunks hold only what it
+ * reads through — leaves the target byte for byte as a copy in one chunk does. */
+static void test_move_chunked_copy_equals_one_chunk(void **state)
+{
+    (void)state;
+    static char big[1500];
+    memset(big, 'v', sizeof big - 1);
+    for (int kind = 0; kind < 2; kind++) {
+        struct storage *src = engine(), *dst = engine(), *one = engine();
+        const char *name = kind == 0 ? "b" : "g";
+        uint64_t rv[3] = {0, 0, 0};
+        if (kind == 0) {
+            OK(src, "{\"op\":\"branch.create\",\"name\":\"b\"}");
+            OK(src, "{\"op\":\"branch.set_retention\",\"name\":\"b\",\"keep_last\":3}");
+            fill(src, "b", 60, 0);
+            for (int i = 0; i < 3; i++) {
+                OK(src, "{\"op\":\"kv.put\",\"branch\":\"b\",\"key\":\"r\",\"value\":\"%d%s\"}", i,
+                   big);
+                rv[i] = storage_version(src); /* a version names one write: r's */
+            }
+        } else {
+            OK(src, "{\"op\":\"branch.create\",\"name\":\"p\"}");
+            fill(src, "p", 40, 0);
+            OK(src, "{\"op\":\"branch.fork\",\"source\":\"p\",\"name\":\"g\"}");
+            fill(src, "p", 5, 100);
+            fill(src, "g", 20, 200);
+        }
+        step(src, dst, name, 4, 4096, true, NULL);
+        int steps = 1;
+        struct position p;
+        assert_true(target_position(dst, name, &p));
+        uint64_t at = p.at;
+        if (kind == 0) {
+            /* Copy up to inside r (its three big versions never fit one chunk), then two
+             * writes prune the versions of r copied already: the next chunk's first r
+             * carries a gap reaching below them, and the target drops them. */
+            for (; p.ver != rv[0] && p.ver != rv[1]; steps++) {
+                assert_true(steps < 1000);
+                assert_false(step(src, dst, name, 4, 4096, true, NULL));
+                assert_true(target_position(dst, name, &p));
+            }
+            for (int i = 3; i < 5; i++)
+                OK(src, "{\"op\":\"kv.put\",\"branch\":\"b\",\"key\":\"r\",\"value\":%d}", i);
+        }
+        int chunks = 0;
+        copy_all(src, dst, name, 4, 4096, true, &chunks);
+        assert_true(steps + chunks > 3);
+        copy_one_chunk(src, one, name, 4, at);
+        same_snapshot(dst, one);
+        SAME(dst, one, "{\"op\":\"move.status\",\"name\":\"%s\"}", name);
+        /* ... and goes on from there exactly as the one-chunk copy does. */
+        OK(src, "{\"op\":\"move.fence\",\"name\":\"%s\",\"to_shard\":2,\"move_id\":4}", name);
+        catch_up(src, dst, name, 4, 4096);
+        catch_up(src, one, name, 4, 3145728);
+        same_reads(src, dst, name, storage_version(src));
+        same_reads(dst, one, name, storage_version(src));
+        storage_free(src);
+        storage_free(dst);
+        storage_free(one);
+    }
+}
+
 /* The markers are state like any other: a snapshot of the target mid-import restores
  * to the same bytes, and the import goes on from the restored engine. */
 static void test_move_snapshot_keeps_markers(void **state)
@@ -1262,6 +1355,7 @@ int main(void)
         cmocka_unit_test(test_move_fence_refuses_forks_default_and_aborted_moves),
         cmocka_unit_test(test_move_fork_materialized),
         cmocka_unit_test(test_move_retention_gaps_follow_the_source),
+        cmocka_unit_test(test_move_chunked_copy_equals_one_chunk),
         cmocka_unit_test(test_move_snapshot_keeps_markers),
         cmocka_unit_test(test_move_abort_and_leftovers),
         cmocka_unit_test(test_move_import_bad_input),
