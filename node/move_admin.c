@@ -144,12 +144,6 @@ static void exec_send(struct node *n, uint32_t gid, const struct buf *inner, fwd
     buf_close(&b);
 }
 
-/* The chunk size of a move started without one. Smaller than the record's own default
- * (MIG_CHUNK_DEFAULT, 1 MiB): every chunk is exported on the source leader's loop and
- * applied on every target replica's loop in one go, and writes to the moving branch
- * wait behind each (docs/sharding.md "Sizes"). */
-#define MOVE_CHUNK_DEFAULT (256u << 10)
-
 /* cluster.move_branch {branch, to_shard, chunk_bytes?} on the meta leader. */
 static void move_branch_local(struct node *n, const uint8_t *cmd, size_t len,
                               const struct auth_key *key, fwd_done_cb cb, void *arg)
@@ -185,7 +179,7 @@ static void move_branch_local(struct node *n, const uint8_t *cmd, size_t len,
     }
     *r = (struct start_req){.n = n,
                             .to = (uint32_t)shard,
-                            .chunk = chunk ? (uint32_t)chunk : MOVE_CHUNK_DEFAULT,
+                            .chunk = (uint32_t)chunk,
                             .standalone = sa && sa->via.boolean,
                             .cb = cb,
                             .arg = arg};

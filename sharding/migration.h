@@ -25,7 +25,11 @@
 #define MIG_MAX_MOVES 64 /* in flight at once */
 #define MIG_RECENT 16    /* finished moves remembered */
 #define MIG_MESSAGE_MAX 200
-#define MIG_CHUNK_DEFAULT (1u << 20)
+/* 256 KiB: every chunk is exported on the source leader's loop and applied on every
+ * target replica's loop in one go, and writes to the moving branch wait behind each;
+ * against 1 MiB it halved the tail of those writes for a copy about twice as long
+ * (docs/benchmarks.md, move section). */
+#define MIG_CHUNK_DEFAULT (256u << 10)
 #define MIG_CHUNK_MIN 4096u
 #define MIG_CHUNK_MAX (3u << 20)
 
