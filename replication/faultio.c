@@ -577,8 +577,8 @@ static int io_snapshot_put(struct raft_io *io, unsigned trailing, struct raft_io
     struct repl_group *g = io_group(io);
     struct faultio *f = &g->fio;
     /* Our own snapshot, still being encoded: its buffers are a placeholder that must
-     * never reach raft_uv. */
-    bool encoding = trailing > 0 && snapfork_encoding(g, snapshot);
+     * never reach raft_uv (told by the buffer, whatever the trailing). */
+    bool encoding = snapfork_encoding(g, snapshot);
     struct fio_req *r = new_req(g, R_SNAPSHOT);
     if (r == NULL)
         return f->held > 0 || encoding ? RAFT_NOMEM
@@ -589,7 +589,7 @@ static int io_snapshot_put(struct raft_io *io, unsigned trailing, struct raft_io
     r->snapshot = snapshot;
     link_req(f, r);
     /* An install: its bytes are decoded into a fresh engine while raft_uv writes them. */
-    if (trailing == 0 && !f->closing)
+    if (trailing == 0 && !encoding && !f->closing)
         r->prep = restoreprep_start(g, snapshot);
     if (encoding) {
         r->stage = S_ENCODING; /* faultio_snapshot_encoded goes on */

@@ -340,6 +340,11 @@ static int check_options(const struct repl_options *o, struct err *err)
                        o->heartbeat_timeout_ms, o->election_timeout_ms);
     if (o->snapshot_threshold == 0)
         return err_set(err, STRATA_INVALID_ARGUMENT, "snapshot_threshold must be > 0");
+    /* raft 0.22 hands the I/O layer an install as a snapshot put with trailing 0, and
+     * faultio tells its own snapshots from installs that way. */
+    if (o->snapshot_trailing == 0)
+        return err_set(err, STRATA_INVALID_ARGUMENT,
+                       "snapshot_trailing must be > 0 (entries kept after a snapshot)");
     if (o->max_entry_bytes < 64 || o->max_entry_bytes > (64u << 20))
         return err_set(err, STRATA_INVALID_ARGUMENT, "max_entry_bytes must be 64..%u", 64u << 20);
     return 0;

@@ -124,6 +124,7 @@ struct repl_group {
     struct raft_change change;
     struct raft_transfer xfer;
     bool assign_pending; /* add committed: promote to voter next */
+    uint64_t stuck_handover_ns; /* request.c cantchange: when it last handed over (mono) */
 
     /* stop */
     struct raft_transfer stop_xfer;

@@ -588,12 +588,22 @@ static void cantchange(struct repl_group *g, const char *what)
              stuck ? ": that entry is committed and applied, so this leader's state is stuck; "
                      "handing leadership away"
                    : "");
-    if (stuck) {
+    /* At most once per 30 s per group, and not while a transfer runs: every refused
+     * request would queue another hand-over, and leaders that all met the state would
+     * bounce the leadership between them on each retry. */
+    uint64_t now = clock_mono_ns();
+    bool recent = g->stuck_handover_ns != 0 && now - g->stuck_handover_ns < 30 * UINT64_C(1000000000);
+    if (stuck && !recent && raft_transferee(&g->raft) == 0) {
+        g->stuck_handover_ns = now;
         struct req *t = req_new(REQ_TRANSFER, stuck_transfer_done, NULL);
         if (t != NULL) {
             t->id = 0;
             admin_submit(g, t);
         }
+    } else if (stuck && recent) {
+        log_error("group %u: configuration state stuck again within 30 s of handing "
+                  "leadership away (term %llu): not handing it over again yet",
+                  g->group_id, (unsigned long long)raft_current_term(&g->raft));
     }
 }
 

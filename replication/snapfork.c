@@ -596,22 +596,16 @@ void snapfork_cancel(struct repl_group *g)
     struct snapfork *sf = &g->snap;
     struct sf_child *c = sf->child;
     if (c != NULL && !c->reaped) {
-        uint64_t t0 = clock_mono_ns();
+        /* Not waited for here: tearing down a copy-on-write image of the whole node can
+         * take long, and every group shares this loop. Detached from the group, the
+         * child is reaped by try_reap's timer (the loop runs until its handles close). */
         kill(c->pid, SIGKILL);
-        int status = 0;
-        pid_t r;
-        do
-            r = waitpid(c->pid, &status, 0); /* a killed child exits at once */
-        while (r < 0 && errno == EINTR);
-        log_info("group %u: snapshot encoder pid %ld stopped and reaped in %.3f ms", g->group_id,
-                 (long)c->pid, (double)(clock_mono_ns() - t0) / 1e6);
+        log_info("group %u: snapshot encoder pid %ld killed; reaped when it has exited",
+                 g->group_id, (long)c->pid);
         c->failed = false; /* killed on purpose: child_reaped need not say so */
         c->g = NULL;       /* its record, if any arrives, is not wanted */
         sf->child = NULL;
-        c->reaped = true;
-        live_children--;
-        uv_close((uv_handle_t *)&c->poll, child_handle_closed);
-        uv_close((uv_handle_t *)&c->timer, child_handle_closed);
+        try_reap(c);
     }
     if (sf->state == SF_ENCODING)
         sf->state = SF_CANCELED;

@@ -495,8 +495,9 @@ int idem_merge_prepare(struct storage *s, const msgpack_object *o, struct idem_m
         const msgpack_object *f = c->via.array.ptr;
         if (c->type != MSGPACK_OBJECT_ARRAY || c->via.array.size != 4 ||
             f[0].type != MSGPACK_OBJECT_BIN || f[0].via.bin.size != IDEM_CLIENT_LEN ||
-            f[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER || !is_int64(&f[2]) ||
-            f[3].type != MSGPACK_OBJECT_ARRAY) {
+            f[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER || f[1].via.u64 == UINT64_MAX ||
+            !is_int64(&f[2]) || f[3].type != MSGPACK_OBJECT_ARRAY) {
+            /* (a floor of UINT64_MAX would wrap to 0 where it is applied: floor + 1) */
             idem_merge_discard(m);
             return bad_move(err, "client fields");
         }

@@ -432,7 +432,7 @@ static void test_group_open_bad_options(void **state)
     struct {
         const char *what;
         struct repl_options o;
-    } cases[8];
+    } cases[9];
     int n = 0;
     cases[n].what = "node_id";
     cases[n].o = base;
@@ -452,6 +452,9 @@ static void test_group_open_bad_options(void **state)
     cases[n].what = "snapshot_threshold";
     cases[n].o = base;
     cases[n++].o.snapshot_threshold = 0;
+    cases[n].what = "snapshot_trailing"; /* 0 is how raft marks an install */
+    cases[n].o = base;
+    cases[n++].o.snapshot_trailing = 0;
     cases[n].what = "max_entry_bytes";
     cases[n].o = base;
     cases[n++].o.max_entry_bytes = 10;
