@@ -187,6 +187,15 @@ int restoreprep_take(struct repl_group *g, const struct raft_buffer *buf, struct
         rp->swapped_total++;
         return 1;
     }
+    if (rp->code == STRATA_OUT_OF_MEMORY) {
+        /* Not a verdict on the bytes: decode them on the loop instead of rejecting an
+         * install raft would then drop. */
+        rp->state = RP_IDLE;
+        rp->fallback_total++;
+        log_warn("group %u: the off-loop decode ran out of memory: decoding on the loop",
+                 g->group_id);
+        return 0;
+    }
     rp->state = RP_IDLE;
     rp->rejected_total++;
     err_set(err, rp->code, "%s", rp->msg);
