@@ -500,9 +500,13 @@ void test_http(void)
     }
     CHECK(snaps >= 1, "snapshots were taken and counted (threshold 64): %.0f", snaps);
     /* Taken by forked encoders (replication/snapfork.c), which report their own time and
-     * the memory copied on write meanwhile. */
+     * the memory copied on write meanwhile; sanitizer builds encode on the loop. */
+#if !defined(__SANITIZE_ADDRESS__)
     CHECK(encoded >= 1, "the forked encodes are timed: %.0f", encoded);
     CHECK(cow > 0, "their copy-on-write bytes are counted: %.0f", cow);
+#else
+    (void)encoded, (void)cow;
+#endif
     double fwd1 = metric_now(http_port[F], "strata_forwarded_requests_total");
     CHECK(fwd1 - (fwd0 < 0 ? 0 : fwd0) >= 10, "the follower's forwarded count rose by >= 10");
     CHECK(check_exposition(&m, &samples) == 0, "the text is still well formed after traffic");
